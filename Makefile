@@ -1,0 +1,34 @@
+# espnet_mtla: `make test` and `make demo` install whatever is missing first.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install system-deps test demo bench clean-venv
+
+install: $(STAMP) system-deps
+
+# Re-runs only when the pinned requirements or the package metadata change.
+$(STAMP): requirements.txt setup.cfg pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'" >&2; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "pip<25"
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+system-deps:
+	@bash utils/install_system_deps.sh
+
+test: install
+	$(PY) -m pytest -q test
+
+demo: install
+	$(PY) -m espnet_mtla.bin.bench_attention --quick --out-dir exp/demo_bench
+
+bench: install
+	$(PY) -m espnet_mtla.bin.bench_attention --reference --out-dir docs/bench
+
+clean-venv:
+	rm -rf $(VENV)

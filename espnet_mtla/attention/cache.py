@@ -1,0 +1,125 @@
+"""Per-layer KV caches with pre-allocated growth, per-row lengths and beam reordering.
+
+Every cache stores, for each batch row, the keys/values of the tokens seen so far,
+left-aligned: row ``b`` holds ``lengths[b]`` tokens in its first
+``ceil(lengths[b] / tokens_per_slot)`` slots. Rows of one batch may hold different numbers
+of tokens (padded prompts of different lengths); new tokens are written at each row's own
+offset, so a row's cache never contains padding.
+
+Buffers have the time (slot) axis at dim -2: ``(B, *lead, capacity, dim)``.
+- MHA/MQA/GQA: ``k`` (B, H_kv, cap, d_k) and ``v`` (B, H_kv, cap, d_v), one slot per token.
+- MLA: ``latent`` (B, cap, kv_lora_rank) and ``rope`` (B, cap, qk_rope_head_dim).
+- MTLA: the same, but one slot per ``down_rate`` tokens; the last slot of a row holds the
+  partial merge of its current chunk.
+"""
+
+import math
+from typing import Dict, Tuple
+
+import torch
+
+
+class AttentionCache:
+    """Growable slot buffers shared by all attention types.
+
+    Args:
+        batch_size: rows (utterances x beams).
+        shapes: buffer name -> (lead dims..., feature dim), e.g. ``{"k": (4, 64)}``.
+        tokens_per_slot: 1, or MTLA's ``down_rate``.
+        capacity: initial capacity in tokens; doubled when exceeded (never per step).
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        shapes: Dict[str, Tuple[int, ...]],
+        tokens_per_slot: int = 1,
+        capacity: int = 256,
+        dtype: torch.dtype = torch.float32,
+        device=None,
+    ):
+        self.tokens_per_slot = tokens_per_slot
+        self.shapes = dict(shapes)
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        # Upper bound on max(lengths), tracked in Python so that slicing needs no device sync.
+        self.max_length = 0
+        slots = self.num_slots(max(capacity, 1))
+        self.buffers = {
+            name: torch.zeros(batch_size, *shape[:-1], slots, shape[-1], dtype=dtype, device=device)
+            for name, shape in self.shapes.items()
+        }
+
+    # -- sizes ---------------------------------------------------------------------------
+    def num_slots(self, num_tokens):
+        """Slots that ``num_tokens`` tokens occupy (int or LongTensor)."""
+        if isinstance(num_tokens, torch.Tensor):
+            return torch.div(num_tokens + self.tokens_per_slot - 1, self.tokens_per_slot, rounding_mode="floor")
+        return math.ceil(num_tokens / self.tokens_per_slot)
+
+    @property
+    def batch_size(self) -> int:
+        return self.lengths.shape[0]
+
+    @property
+    def capacity_slots(self) -> int:
+        return next(iter(self.buffers.values())).shape[-2]
+
+    def bytes_per_slot(self) -> int:
+        """Bytes of one slot of one row, over all buffers."""
+        return sum(
+            math.prod(buf.shape[1:-2]) * buf.shape[-1] * buf.element_size() for buf in self.buffers.values()
+        )
+
+    def nbytes(self) -> int:
+        """Bytes the cached tokens occupy: sum over rows of slots(length) x bytes per slot."""
+        return int(self.num_slots(self.lengths).sum().item()) * self.bytes_per_slot()
+
+    def allocated_nbytes(self) -> int:
+        """Bytes held by the pre-allocated buffers (>= nbytes())."""
+        return sum(buf.numel() * buf.element_size() for buf in self.buffers.values())
+
+    # -- writing -------------------------------------------------------------------------
+    def reserve(self, extra_slots: int) -> None:
+        """Make room for ``extra_slots`` slots past the current maximum length."""
+        needed = self.num_slots(self.max_length) + extra_slots
+        if needed <= self.capacity_slots:
+            return
+        new_cap = max(needed, 2 * self.capacity_slots)
+        for name, buf in self.buffers.items():
+            grown = buf.new_zeros(*buf.shape[:-2], new_cap, buf.shape[-1])
+            grown[..., : buf.shape[-2], :] = buf
+            self.buffers[name] = grown
+
+    def write(self, name: str, slot_index: torch.Tensor, values: torch.Tensor) -> None:
+        """Write ``values`` (B, *lead, N, d) at per-row slots ``slot_index`` (B, N).
+
+        Out of place when autograd needs it (training through a prefix), in place otherwise.
+        """
+        buf = self.buffers[name]
+        index = slot_index.view(slot_index.shape[0], *([1] * (buf.dim() - 3)), slot_index.shape[1], 1)
+        index = index.expand(*values.shape)
+        values = values.to(buf.dtype)
+        if torch.is_grad_enabled() and (values.requires_grad or buf.requires_grad):
+            self.buffers[name] = buf.scatter(-2, index, values)
+        else:
+            buf.scatter_(-2, index, values)
+
+    def advance(self, new_tokens: torch.Tensor, max_new: int) -> None:
+        """Count ``new_tokens`` (B,) more tokens per row; ``max_new`` bounds them (no sync)."""
+        self.lengths = self.lengths + new_tokens
+        self.max_length += max_new
+
+    def view(self, name: str) -> torch.Tensor:
+        """The buffer up to the longest row: (B, *lead, S, d)."""
+        return self.buffers[name][..., : self.num_slots(self.max_length), :]
+
+    # -- beam search ---------------------------------------------------------------------
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows ``index`` (B',), e.g. the surviving beams; B' may differ from B."""
+        index = index.to(self.lengths.device)
+        self.lengths = self.lengths.index_select(0, index)
+        self.buffers = {name: buf.index_select(0, index) for name, buf in self.buffers.items()}
+
+    def __repr__(self) -> str:
+        dims = ", ".join(f"{n}={tuple(b.shape)}" for n, b in self.buffers.items())
+        return f"{type(self).__name__}({dims}, tokens_per_slot={self.tokens_per_slot}, max_length={self.max_length})"

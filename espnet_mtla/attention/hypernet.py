@@ -1,0 +1,44 @@
+"""MTLA's hyper-network: the weight with which each latent enters its chunk's merged slot."""
+
+import math
+
+import torch
+from torch import nn
+
+
+def sinusoid(index: torch.Tensor, dim: int) -> torch.Tensor:
+    """Transformer sinusoidal embedding of integer ``index`` (...,) -> (..., dim), float32."""
+    freqs = torch.exp(
+        torch.arange(0, dim, 2, device=index.device, dtype=torch.float32) * (-math.log(10000.0) / dim)
+    )
+    angles = index.to(torch.float32).unsqueeze(-1) * freqs
+    # Interleave sin/cos as (sin f0, cos f0, sin f1, ...).
+    return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)
+
+
+class ChunkMergeHyperNetwork(nn.Module):
+    """w_t = sigmoid(<W_c e(j), W_p c_t>) for latent c_t in chunk j = t // down_rate.
+
+    ``e(j)`` is the sinusoidal embedding of the chunk index, so the weight depends on both
+    the token's content and which chunk (temporal slot) it is merged into. The merged slot
+    of chunk j after its i-th token is sum_{t <= i in chunk j} w_t c_t: a weighted cumulative
+    sum, identical whether computed all at once (training) or token by token (decoding).
+    """
+
+    def __init__(self, latent_dim: int, rank_ratio: int = 4):
+        super().__init__()
+        if latent_dim % 2 != 0:
+            raise ValueError(f"kv_lora_rank must be even for MTLA's chunk embedding, got {latent_dim}")
+        if rank_ratio < 1 or latent_dim % rank_ratio != 0:
+            raise ValueError(
+                f"hypernet_rank_ratio ({rank_ratio}) must be >= 1 and divide kv_lora_rank ({latent_dim})"
+            )
+        self.latent_dim = latent_dim
+        self.chunk_proj = nn.Linear(latent_dim, latent_dim // rank_ratio)
+        self.latent_proj = nn.Linear(latent_dim, latent_dim // rank_ratio)
+
+    def forward(self, latent: torch.Tensor, chunk_index: torch.Tensor) -> torch.Tensor:
+        """latent: (B, T, d_c); chunk_index: (B, T) integer -> weights (B, T, 1), latent's dtype."""
+        chunk = self.chunk_proj(sinusoid(chunk_index, self.latent_dim).to(latent.dtype))
+        logits = (chunk * self.latent_proj(latent)).sum(-1, keepdim=True)
+        return torch.sigmoid(logits)

@@ -1,0 +1,267 @@
+"""Multi-head latent attention (DeepSeek-V2/V3 MLA), written so that MTLA can subclass it.
+
+Keys and values of all heads are reconstructed from one low-rank latent per cache slot:
+    c_t  = RMSNorm(W_dkv x_t)                    (d_c = kv_lora_rank)       cached
+    k^R_t = RoPE(W_kr x_t)                        (d_r = qk_rope_head_dim)   cached, shared by heads
+    k_t,h = [W_uk,h c_t ; k^R_t],  v_t,h = W_uv,h c_t
+MLA caches one slot (c_t, k^R_t) per token. MTLA (``down_rate`` s > 1) merges s consecutive
+latents into one slot, weighted by a hyper-network; ``merge_weights`` is its hook.
+
+Two computations, equal up to float rounding:
+- parallel, nothing cached yet (training, first prompt): keys expanded per head and fed to
+  the fused causal ``scaled_dot_product_attention`` kernel (see ``_attend_causal``);
+- with a cache (decode steps, prompt after a prefix): the absorbed form, where queries are
+  projected into the latent space (q W_uk) and attend to the cached slots directly.
+"""
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from espnet_mtla.attention.base import CachedAttention, check_dropout, check_positive, sdpa
+from espnet_mtla.attention.rope import RotaryEmbedding, check_rope_dim
+
+
+class MultiHeadLatentAttention(CachedAttention):
+    """MLA. Cache: ``kv_lora_rank + qk_rope_head_dim`` numbers per token."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        q_lora_rank: int = 0,
+        kv_lora_rank: int = 256,
+        qk_nope_head_dim: int = 64,
+        qk_rope_head_dim: int = 32,
+        v_head_dim: int = 64,
+        dropout: float = 0.0,
+        bias: bool = False,
+        rope_base: float = 10000.0,
+    ):
+        super().__init__()
+        for name, value in [
+            ("embed_dim", embed_dim),
+            ("num_heads", num_heads),
+            ("kv_lora_rank", kv_lora_rank),
+            ("qk_nope_head_dim", qk_nope_head_dim),
+            ("v_head_dim", v_head_dim),
+        ]:
+            check_positive(value, name)
+        if not isinstance(q_lora_rank, int) or q_lora_rank < 0:
+            raise ValueError(f"q_lora_rank must be an integer >= 0 (0: no query compression), got {q_lora_rank!r}")
+        check_rope_dim(qk_rope_head_dim, "qk_rope_head_dim")
+        check_dropout(dropout)
+        self.num_heads = num_heads
+        self.kv_lora_rank = kv_lora_rank
+        self.qk_nope_head_dim = qk_nope_head_dim
+        self.qk_rope_head_dim = qk_rope_head_dim
+        self.v_head_dim = v_head_dim
+        self.dropout = dropout
+        qk_head_dim = qk_nope_head_dim + qk_rope_head_dim
+        self.scale = qk_head_dim**-0.5
+
+        if q_lora_rank > 0:
+            self.q_proj = nn.Sequential(
+                nn.Linear(embed_dim, q_lora_rank, bias=bias),
+                nn.RMSNorm(q_lora_rank, eps=1e-6),
+                nn.Linear(q_lora_rank, num_heads * qk_head_dim, bias=False),
+            )
+        else:
+            self.q_proj = nn.Linear(embed_dim, num_heads * qk_head_dim, bias=bias)
+        self.kv_down = nn.Linear(embed_dim, kv_lora_rank + qk_rope_head_dim, bias=bias)
+        self.kv_norm = nn.RMSNorm(kv_lora_rank, eps=1e-6)
+        # No bias: the absorbed form folds W_uk into the queries, which a bias would break.
+        self.kv_up = nn.Linear(kv_lora_rank, num_heads * (qk_nope_head_dim + v_head_dim), bias=False)
+        self.out_proj = nn.Linear(num_heads * v_head_dim, embed_dim, bias=bias)
+        self.rope = RotaryEmbedding(qk_rope_head_dim, rope_base, option="qk_rope_head_dim")
+
+    down_rate = 1
+
+    @property
+    def tokens_per_slot(self) -> int:
+        return self.down_rate
+
+    def cache_shapes(self):
+        return {"latent": (self.kv_lora_rank,), "rope": (self.qk_rope_head_dim,)}
+
+    def merge_weights(self, latent: torch.Tensor, chunk_index: torch.Tensor) -> Optional[torch.Tensor]:
+        """Weight of each latent in its merged slot, (B, T, 1); None means 1 (MLA)."""
+        return None
+
+    # -- projections ---------------------------------------------------------------------
+    def _queries(self, x, positions):
+        """x: (B, T, D) -> q_nope (B, T, H, d_nope), q_rope (B, T, H, d_r) rotated."""
+        batch, time, _ = x.shape
+        q = self.q_proj(x).view(batch, time, self.num_heads, -1)
+        q_nope, q_rope = q.split([self.qk_nope_head_dim, self.qk_rope_head_dim], dim=-1)
+        return q_nope, self.rope(q_rope, positions)
+
+    def _latents(self, x, positions, start):
+        """x: (B, T, D) -> weighted latents (B, T, d_c), rotated rope keys (B, T, d_r)."""
+        latent, k_rope = self.kv_down(x).split([self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
+        latent = self.kv_norm(latent)
+        rank = start.unsqueeze(1) + torch.arange(x.shape[1], device=x.device)
+        weights = self.merge_weights(latent, torch.div(rank, self.down_rate, rounding_mode="floor"))
+        if weights is not None:
+            latent = latent * weights
+        return latent, self.rope(k_rope, positions)
+
+    def _up_weights(self):
+        """W_uk (H, d_nope, d_c) and W_uv (H, d_v, d_c), views of ``kv_up``."""
+        w = self.kv_up.weight.view(self.num_heads, self.qk_nope_head_dim + self.v_head_dim, self.kv_lora_rank)
+        return w[:, : self.qk_nope_head_dim], w[:, self.qk_nope_head_dim :]
+
+    # -- merging into slots --------------------------------------------------------------
+    def _merge(self, latent, k_rope, lengths, start, cache):
+        """Within-chunk weighted cumulative sums of the new tokens, continuing the cache.
+
+        New token t of row b has rank a = start[b] + t and lies in chunk a // s. The rows are
+        shifted right by r_b = start[b] % s so that chunk boundaries align across rows; the
+        cache's partial last slot (its weighted sum so far) is carried in at column r_b - 1.
+
+        Returns partial (B, U, d_c) running sums in the shifted frame, own (B, T, d_c) each
+        token's own partial state, and the slots to write: index (B, m), latent (B, m, d_c),
+        rope (B, m, d_r). U = m * s.
+        """
+        s = self.down_rate
+        batch, time, _ = latent.shape
+        device = latent.device
+        has_carry = s > 1 and cache is not None and cache.max_length > 0
+        shift = start % s if has_carry else torch.zeros_like(start)
+        num_chunks = -(-(time + (s - 1 if has_carry else 0)) // s)
+        width = num_chunks * s
+        column = shift.unsqueeze(1) + torch.arange(time, device=device)  # (B, T)
+        shifted = latent.new_zeros(batch, width, latent.shape[-1]).scatter(
+            1, column.unsqueeze(-1).expand_as(latent), latent
+        )
+        shifted_rope = k_rope.new_zeros(batch, width, k_rope.shape[-1]).scatter(
+            1, column.unsqueeze(-1).expand_as(k_rope), k_rope
+        )
+        if has_carry:
+            # Rows at a chunk boundary (shift 0) carry nothing; clamp keeps their gather in range.
+            base = torch.div(start, s, rounding_mode="floor").clamp(max=cache.capacity_slots - 1)
+            carry_at = (torch.arange(width, device=device) == (shift - 1).unsqueeze(1)).unsqueeze(-1)  # (B, U, 1)
+            for name, frame in (("latent", shifted), ("rope", shifted_rope)):
+                buf = cache.buffers[name]
+                carry = buf.gather(1, base.view(batch, 1, 1).expand(batch, 1, buf.shape[-1]))
+                merged = torch.where(carry_at, carry.to(frame.dtype), frame)
+                if name == "latent":
+                    shifted = merged
+                else:
+                    shifted_rope = merged
+        partial = shifted.view(batch, num_chunks, s, -1).cumsum(2).view(batch, width, -1)
+        own = partial.gather(1, column.unsqueeze(-1).expand_as(latent))
+        # A slot's content is the running sum at the last token of its chunk that exists.
+        chunk_end = torch.arange(num_chunks, device=device) * s + (s - 1)
+        last = torch.minimum(chunk_end.unsqueeze(0), (shift + lengths - 1).unsqueeze(1)).clamp(min=0)
+        slot_latent = partial.gather(1, last.unsqueeze(-1).expand(batch, num_chunks, partial.shape[-1]))
+        slot_rope = shifted_rope.gather(1, last.unsqueeze(-1).expand(batch, num_chunks, k_rope.shape[-1]))
+        slot_index = torch.div(start, s, rounding_mode="floor").unsqueeze(1) + torch.arange(
+            num_chunks, device=device
+        )
+        return partial, own, (slot_index, slot_latent, slot_rope)
+
+    def _write(self, cache, slots, lengths, time):
+        index, latent, rope = slots
+        cache.reserve(index.shape[1])
+        cache.write("latent", index, latent)
+        cache.write("rope", index, rope)
+        cache.advance(lengths, time)
+
+    def _store(self, x, positions, lengths, start, cache):
+        latent, k_rope = self._latents(x, positions, start)
+        _, _, slots = self._merge(latent, k_rope, lengths, start, cache)
+        self._write(cache, slots, lengths, x.shape[1])
+
+    # -- attention -----------------------------------------------------------------------
+    def _attend(self, x, positions, lengths, start, cache):
+        batch, time, _ = x.shape
+        q_nope, q_rope = self._queries(x, positions)
+        latent, k_rope = self._latents(x, positions, start)
+        empty = cache is None or cache.max_length == 0
+        partial, own, slots = self._merge(latent, k_rope, lengths, start, cache)
+        if empty:
+            out = self._attend_causal(q_nope, q_rope, partial, k_rope, time)
+        if cache is not None:
+            self._write(cache, slots, lengths, time)
+        if not empty:
+            out = self._attend_cached(q_nope, q_rope, own, k_rope, start, cache)
+        return self.out_proj(out.reshape(batch, time, -1))
+
+    def _attend_causal(self, q_nope, q_rope, partial, k_rope, time):
+        """Parallel attention from scratch with the fused causal kernel; never builds (T, T).
+
+        MTLA's stride-aware causal pattern: the query at rank a = j*s + i (chunk j) sees the
+        completed chunk summaries 0..j-1 and its own partial state (chunk j up to a). Queries
+        are grouped by i: each group is a (num_chunks x num_chunks) causal attention over
+        keys [anchor, summary_0, ..., summary_{m-2}], where the anchor stands for the query's
+        own partial state. Its score is made per-query by an extra query column holding
+        q . k_own against an anchor key column of 1, and an extra value column (1 for the
+        anchor) returns the anchor's softmax weight, by which v_own is added afterwards.
+        Work is ~T^2/(2s) score entries instead of T^2/2. With s = 1 this is plain causal
+        attention over expanded keys.
+
+        q_nope (B, T, H, d_n), q_rope (B, T, H, d_r), partial (B, U, d_c), k_rope (B, T, d_r)
+        -> (B, T, H, d_v).
+        """
+        s, heads = self.down_rate, self.num_heads
+        batch, width = partial.shape[:2]
+        num_chunks = width // s
+        dropout = self.dropout if self.training else 0.0
+        own_kv = self.kv_up(partial).view(batch, width, heads, -1)
+        k_own, v_own = own_kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)  # (B, U, H, .)
+        pad = (0, 0, 0, 0, 0, width - time)
+        q_nope, q_rope = nn.functional.pad(q_nope, pad), nn.functional.pad(q_rope, pad)
+        k_rope = nn.functional.pad(k_rope, pad[2:]).unsqueeze(2).expand(-1, -1, heads, -1)  # (B, U, H, d_r)
+        if s == 1:
+            q = torch.cat([q_nope, q_rope], dim=-1).transpose(1, 2)
+            k = torch.cat([k_own, k_rope], dim=-1).transpose(1, 2)
+            out = sdpa(q, k, v_own.transpose(1, 2), is_causal=True, scale=self.scale, dropout_p=dropout)
+            return out.transpose(1, 2)[:, :time]
+
+        own_score = (q_nope * k_own).sum(-1, keepdim=True) + (q_rope * k_rope).sum(-1, keepdim=True)
+        q = torch.cat([q_nope, q_rope, own_score], dim=-1)  # (B, U, H, d_qk + 1)
+        last = slice(s - 1, None, s)  # chunk ends: summaries
+        k_sum = torch.cat([k_own[:, last], k_rope[:, last], torch.zeros_like(own_score[:, last])], dim=-1)
+        v_sum = nn.functional.pad(v_own[:, last], (0, 1))  # value column d_v: anchor weight
+        anchor_k = torch.zeros_like(k_sum[:, :1])
+        anchor_k[..., -1] = 1.0
+        anchor_v = torch.zeros_like(v_sum[:, :1])
+        anchor_v[..., -1] = 1.0
+        k = torch.cat([anchor_k, k_sum[:, :-1]], dim=1)  # (B, m, H, d_qk + 1)
+        v = torch.cat([anchor_v, v_sum[:, :-1]], dim=1)  # (B, m, H, d_v + 1)
+
+        def by_group(t):  # (B, m, H, d) -> (B*s, H, m, d), the same keys for every group
+            return t.transpose(1, 2).unsqueeze(1).expand(batch, s, *t.transpose(1, 2).shape[1:]).reshape(
+                batch * s, heads, num_chunks, -1
+            )
+
+        q = q.view(batch, num_chunks, s, heads, -1).permute(0, 2, 3, 1, 4).reshape(batch * s, heads, num_chunks, -1)
+        out = sdpa(q, by_group(k), by_group(v), is_causal=True, scale=self.scale, dropout_p=dropout)
+        out = out.view(batch, s, heads, num_chunks, -1).permute(0, 3, 1, 2, 4).reshape(batch, width, heads, -1)
+        out = out[..., :-1] + out[..., -1:] * v_own
+        return out[:, :time]
+
+    def _attend_cached(self, q_nope, q_rope, own, k_rope, start, cache):
+        """Absorbed attention over the cache's slots plus each query's own partial state.
+
+        q_nope (B, T, H, d_n), q_rope (B, T, H, d_r), own (B, T, d_c), k_rope (B, T, d_r)
+        -> (B, T, H, d_v). The query at rank a sees completed slots k < a // s and ``own``.
+        """
+        time = q_nope.shape[1]
+        w_uk, w_uv = self._up_weights()
+        slots, slots_rope = cache.view("latent"), cache.view("rope")  # (B, S, d_c), (B, S, d_r)
+        q_latent = torch.einsum("bthn,hnc->bthc", q_nope, w_uk)  # (B, T, H, d_c)
+        scores = torch.einsum("bthc,bsc->bhts", q_latent, slots) + torch.einsum("bthr,bsr->bhts", q_rope, slots_rope)
+        rank = start.unsqueeze(1) + torch.arange(time, device=start.device)
+        completed = torch.div(rank, self.down_rate, rounding_mode="floor")  # (B, T)
+        visible = torch.arange(slots.shape[1], device=start.device) < completed.unsqueeze(-1)  # (B, T, S)
+        scores = scores.masked_fill(~visible.unsqueeze(1), float("-inf"))
+        own_score = torch.einsum("bthc,btc->bht", q_latent, own) + torch.einsum("bthr,btr->bht", q_rope, k_rope)
+        scores = torch.cat([scores, own_score.unsqueeze(-1)], dim=-1) * self.scale
+        probs = torch.softmax(scores.float(), dim=-1).to(q_nope.dtype)
+        probs = nn.functional.dropout(probs, self.dropout, self.training)
+        out_latent = torch.einsum("bhts,bsc->bthc", probs[..., :-1], slots.to(probs.dtype))
+        out_latent = out_latent + probs[..., -1].transpose(1, 2).unsqueeze(-1) * own.unsqueeze(2)
+        return torch.einsum("bthc,hvc->bthv", out_latent, w_uv)

@@ -1,0 +1,29 @@
+"""Multi-head temporal latent attention (MTLA, Deng & Woodland, NeurIPS 2025).
+
+MLA plus temporal compression: every ``down_rate`` (s) consecutive latents are merged into
+one cache slot, each weighted by a hyper-network (``ChunkMergeHyperNetwork``). The cache
+holds ceil(T/s) slots of (kv_lora_rank + qk_rope_head_dim) numbers; the last slot is the
+partial merge of the current chunk. A query sees the completed slots before its chunk and
+its own partial state (the stride-aware causal pattern), so parallel training computes
+exactly what step-by-step decoding computes. All the attention code lives in
+``MultiHeadLatentAttention``; this class only adds the merge.
+"""
+
+import torch
+
+from espnet_mtla.attention.base import check_positive
+from espnet_mtla.attention.hypernet import ChunkMergeHyperNetwork
+from espnet_mtla.attention.mla import MultiHeadLatentAttention
+
+
+class MultiHeadTemporalLatentAttention(MultiHeadLatentAttention):
+    """MTLA. ``down_rate`` >= 1 tokens per cache slot; other arguments as for MLA."""
+
+    def __init__(self, embed_dim: int, num_heads: int, down_rate: int = 2, hypernet_rank_ratio: int = 4, **mla_conf):
+        check_positive(down_rate, "down_rate")
+        super().__init__(embed_dim, num_heads, **mla_conf)
+        self.down_rate = down_rate
+        self.hypernet = ChunkMergeHyperNetwork(self.kv_lora_rank, hypernet_rank_ratio)
+
+    def merge_weights(self, latent: torch.Tensor, chunk_index: torch.Tensor) -> torch.Tensor:
+        return self.hypernet(latent, chunk_index)
