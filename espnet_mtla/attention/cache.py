@@ -8,7 +8,7 @@ offset, so a row's cache never contains padding.
 
 Buffers have the time (slot) axis at dim -2: ``(B, *lead, capacity, dim)``.
 - MHA/MQA/GQA: ``k`` (B, H_kv, cap, d_k) and ``v`` (B, H_kv, cap, d_v), one slot per token.
-- MLA: ``latent`` (B, cap, kv_lora_rank) and ``rope`` (B, cap, qk_rope_head_dim).
+- MLA: ``kv`` (B, cap, kv_lora_rank + qk_rope_head_dim): latent and rotated rope key.
 - MTLA: the same, but one slot per ``down_rate`` tokens; the last slot of a row holds the
   partial merge of its current chunk.
 """
@@ -48,6 +48,9 @@ class AttentionCache:
             name: torch.zeros(batch_size, *shape[:-1], slots, shape[-1], dtype=dtype, device=device)
             for name, shape in self.shapes.items()
         }
+        # Reordering copies into these (allocated once): fresh pages for every beam step
+        # cost more than the copy itself.
+        self._spare: Dict[str, torch.Tensor] = {}
 
     # -- sizes ---------------------------------------------------------------------------
     def num_slots(self, num_tokens):
@@ -89,6 +92,7 @@ class AttentionCache:
             grown = buf.new_zeros(*buf.shape[:-2], new_cap, buf.shape[-1])
             grown[..., : buf.shape[-2], :] = buf
             self.buffers[name] = grown
+        self._spare = {}
 
     def write(self, name: str, slot_index: torch.Tensor, values: torch.Tensor) -> None:
         """Write ``values`` (B, *lead, N, d) at per-row slots ``slot_index`` (B, N).
@@ -118,7 +122,15 @@ class AttentionCache:
         """Keep rows ``index`` (B',), e.g. the surviving beams; B' may differ from B."""
         index = index.to(self.lengths.device)
         self.lengths = self.lengths.index_select(0, index)
-        self.buffers = {name: buf.index_select(0, index) for name, buf in self.buffers.items()}
+        for name, buf in self.buffers.items():
+            spare = self._spare.get(name)
+            if spare is None or spare.shape[0] != index.shape[0] or spare.shape[1:] != buf.shape[1:]:
+                spare = buf.new_empty(index.shape[0], *buf.shape[1:])
+            if buf.requires_grad:
+                self.buffers[name] = buf.index_select(0, index)
+                continue
+            torch.index_select(buf, 0, index, out=spare)
+            self.buffers[name], self._spare[name] = spare, buf
 
     def __repr__(self) -> str:
         dims = ", ".join(f"{n}={tuple(b.shape)}" for n, b in self.buffers.items())

@@ -83,7 +83,9 @@ class MultiHeadLatentAttention(CachedAttention):
         return self.down_rate
 
     def cache_shapes(self):
-        return {"latent": (self.kv_lora_rank,), "rope": (self.qk_rope_head_dim,)}
+        # One buffer per slot: [latent c (d_c) ; rope key (d_r)], the absorbed key; its first
+        # d_c columns are also the absorbed value.
+        return {"kv": (self.kv_lora_rank + self.qk_rope_head_dim,)}
 
     def merge_weights(self, latent: torch.Tensor, chunk_index: torch.Tensor) -> Optional[torch.Tensor]:
         """Weight of each latent in its merged slot, (B, T, 1); None means 1 (MLA)."""
@@ -141,15 +143,12 @@ class MultiHeadLatentAttention(CachedAttention):
         if has_carry:
             # Rows at a chunk boundary (shift 0) carry nothing; clamp keeps their gather in range.
             base = torch.div(start, s, rounding_mode="floor").clamp(max=cache.capacity_slots - 1)
+            buf = cache.buffers["kv"]
+            carry = buf.gather(1, base.view(batch, 1, 1).expand(batch, 1, buf.shape[-1])).to(latent.dtype)
+            carry_latent, carry_rope = carry.split([self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
             carry_at = (torch.arange(width, device=device) == (shift - 1).unsqueeze(1)).unsqueeze(-1)  # (B, U, 1)
-            for name, frame in (("latent", shifted), ("rope", shifted_rope)):
-                buf = cache.buffers[name]
-                carry = buf.gather(1, base.view(batch, 1, 1).expand(batch, 1, buf.shape[-1]))
-                merged = torch.where(carry_at, carry.to(frame.dtype), frame)
-                if name == "latent":
-                    shifted = merged
-                else:
-                    shifted_rope = merged
+            shifted = torch.where(carry_at, carry_latent, shifted)
+            shifted_rope = torch.where(carry_at, carry_rope, shifted_rope)
         partial = shifted.view(batch, num_chunks, s, -1).cumsum(2).view(batch, width, -1)
         own = partial.gather(1, column.unsqueeze(-1).expand_as(latent))
         # A slot's content is the running sum at the last token of its chunk that exists.
@@ -165,8 +164,7 @@ class MultiHeadLatentAttention(CachedAttention):
     def _write(self, cache, slots, lengths, time):
         index, latent, rope = slots
         cache.reserve(index.shape[1])
-        cache.write("latent", index, latent)
-        cache.write("rope", index, rope)
+        cache.write("kv", index, torch.cat([latent, rope], dim=-1))
         cache.advance(lengths, time)
 
     def _store(self, x, positions, lengths, start, cache):
@@ -248,20 +246,54 @@ class MultiHeadLatentAttention(CachedAttention):
 
         q_nope (B, T, H, d_n), q_rope (B, T, H, d_r), own (B, T, d_c), k_rope (B, T, d_r)
         -> (B, T, H, d_v). The query at rank a sees completed slots k < a // s and ``own``.
+        The cache already holds the new tokens' slots.
         """
-        time = q_nope.shape[1]
+        batch, time = q_nope.shape[:2]
         w_uk, w_uv = self._up_weights()
-        slots, slots_rope = cache.view("latent"), cache.view("rope")  # (B, S, d_c), (B, S, d_r)
         q_latent = torch.einsum("bthn,hnc->bthc", q_nope, w_uk)  # (B, T, H, d_c)
-        scores = torch.einsum("bthc,bsc->bhts", q_latent, slots) + torch.einsum("bthr,bsr->bhts", q_rope, slots_rope)
+        slots = cache.view("kv")  # (B, S, d_c + d_r)
         rank = start.unsqueeze(1) + torch.arange(time, device=start.device)
         completed = torch.div(rank, self.down_rate, rounding_mode="floor")  # (B, T)
-        visible = torch.arange(slots.shape[1], device=start.device) < completed.unsqueeze(-1)  # (B, T, S)
+        if time == 1:
+            out_latent = self._decode_step(torch.cat([q_latent, q_rope], dim=-1), slots, completed)
+        else:
+            out_latent = self._attend_block(q_latent, q_rope, own, k_rope, slots, completed)
+        return torch.einsum("bthc,hvc->bthv", out_latent, w_uv)
+
+    def _decode_step(self, query, slots, completed):
+        """One new token per row: its own partial state is exactly the slot just written.
+
+        query (B, 1, H, d_c + d_r) absorbed; slots (B, S, d_c + d_r); completed (B, 1).
+        The heads act as the query rows of a single-head attention over the shared slots,
+        so the fused kernel reads the cache once for all heads; the value is the slot itself
+        (its rope columns give outputs that are dropped). -> (B, 1, H, d_c).
+        """
+        visible = torch.arange(slots.shape[1], device=slots.device) <= completed.unsqueeze(-1)  # (B, 1, S)
+        out = nn.functional.scaled_dot_product_attention(
+            query.to(slots.dtype),
+            slots.unsqueeze(1),
+            slots.unsqueeze(1),
+            attn_mask=visible.unsqueeze(1),
+            dropout_p=self.dropout if self.training else 0.0,
+            scale=self.scale,
+        )
+        return out[..., : self.kv_lora_rank].to(query.dtype)
+
+    def _attend_block(self, q_latent, q_rope, own, k_rope, slots, completed):
+        """Several new tokens per row: completed slots from the cache, own states apart.
+
+        q_latent (B, T, H, d_c), q_rope (B, T, H, d_r), own (B, T, d_c), k_rope (B, T, d_r),
+        slots (B, S, d_c + d_r), completed (B, T) -> (B, T, H, d_c).
+        """
+        slot_latent, slot_rope = slots.split([self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
+        scores = torch.einsum("bthc,bsc->bhts", q_latent, slot_latent) + torch.einsum(
+            "bthr,bsr->bhts", q_rope, slot_rope
+        )
+        visible = torch.arange(slots.shape[1], device=slots.device) < completed.unsqueeze(-1)  # (B, T, S)
         scores = scores.masked_fill(~visible.unsqueeze(1), float("-inf"))
         own_score = torch.einsum("bthc,btc->bht", q_latent, own) + torch.einsum("bthr,btr->bht", q_rope, k_rope)
         scores = torch.cat([scores, own_score.unsqueeze(-1)], dim=-1) * self.scale
-        probs = torch.softmax(scores.float(), dim=-1).to(q_nope.dtype)
+        probs = torch.softmax(scores.float(), dim=-1).to(q_latent.dtype)
         probs = nn.functional.dropout(probs, self.dropout, self.training)
-        out_latent = torch.einsum("bhts,bsc->bthc", probs[..., :-1], slots.to(probs.dtype))
-        out_latent = out_latent + probs[..., -1].transpose(1, 2).unsqueeze(-1) * own.unsqueeze(2)
-        return torch.einsum("bthc,hvc->bthv", out_latent, w_uv)
+        out_latent = torch.einsum("bhts,bsc->bthc", probs[..., :-1], slot_latent.to(probs.dtype))
+        return out_latent + probs[..., -1].transpose(1, 2).unsqueeze(-1) * own.unsqueeze(2)

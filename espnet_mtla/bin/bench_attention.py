@@ -1,0 +1,297 @@
+"""Benchmark one attention layer of every type, side by side in one run.
+
+    python -m espnet_mtla.bin.bench_attention [--reference] [--quick] [--out-dir DIR]
+
+Measures, for a 512-d, 8-head layer in fp32 (paper dims for MLA/MTLA):
+- training: forward+backward wall time and peak memory above the pre-step baseline at
+  T = 512, 2048, 4096 with batch 2 (causal, all positions are queries);
+- decoding: wall time per incremental step at cache contexts 1024 and 4096 with batch 16
+  (4 utterances x beam 4), including a beam reorder of the cache every step; cache bytes.
+Every configuration runs in its own subprocess so that peak RSS is its own.
+``--reference`` adds the reference implementation (pip ``mtla==0.3.2``), installed with
+``--no-deps`` into ``.venv-bench/mtla`` (``make bench`` does it) and loaded by file path.
+Writes ``results.json``, ``results.md`` and ``results.png`` to ``--out-dir``.
+"""
+
+import argparse
+import importlib.util
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+EMBED, HEADS = 512, 8
+LATENT = dict(kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64)
+VARIANTS = {
+    "MHA": ("mha", {}),
+    "MQA": ("mqa", {}),
+    "GQA (2 kv heads)": ("gqa", {"num_kv_heads": 2}),
+    "MLA": ("mla", LATENT),
+    "MTLA s=2": ("mtla", dict(LATENT, down_rate=2)),
+    "MTLA s=4": ("mtla", dict(LATENT, down_rate=4)),
+}
+REFERENCE = {"reference MTLA s=2 (mtla 0.3.2)": 2}
+REFERENCE_DIR = Path(".venv-bench/mtla")
+
+
+# -- memory -------------------------------------------------------------------------------
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _reset_peak() -> None:
+    """Reset VmHWM (peak RSS) to the current RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def measure(fn, repeats: int):
+    """Median wall time of ``fn`` and the peak RSS above the pre-call RSS, in MiB."""
+    fn()  # warm-up: one-time allocations and kernel selection
+    times, peaks = [], []
+    for _ in range(repeats):
+        before = _rss_kib("VmRSS")
+        _reset_peak()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+        peaks.append((_rss_kib("VmHWM") - before) / 1024)
+    return statistics.median(times), max(peaks)
+
+
+# -- layers -------------------------------------------------------------------------------
+def load_reference():
+    path = REFERENCE_DIR / "mtla" / "MTLA.py"
+    if not path.exists():
+        raise SystemExit(f"reference not installed: {path} missing; run 'make bench' (pip install --no-deps --target {REFERENCE_DIR} mtla==0.3.2)")
+    spec = importlib.util.spec_from_file_location("reference_mtla", path)
+    module = importlib.util.module_from_spec(spec)
+    stdout = sys.stdout
+    sys.stdout = open(os.devnull, "w")  # it prints a flash-attn warning on import
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.stdout.close()
+        sys.stdout = stdout
+    return module
+
+
+class ReferenceLayer:
+    """Adapter giving the reference layer the benchmark's train/decode calls."""
+
+    def __init__(self, down_rate):
+        module = load_reference()
+        self.layer = module.MultiheadTemporalLatentAttention(EMBED, HEADS, down_rate=down_rate, **LATENT)
+        self.down_rate = down_rate
+
+    def train_step(self, x):
+        position = torch.arange(x.shape[1], dtype=torch.float).expand(x.shape[0], -1)
+        return self.layer(x, x, x, position=position)
+
+    def start_decoding(self, batch, context):
+        """A state as after ``context`` tokens (contents random: only the timing matters)."""
+        slots = math.ceil(context / self.down_rate)
+        state = {}
+        self.layer._set_input_buffer(
+            state,
+            {
+                "prev_kv_t": torch.randn(batch, slots, LATENT["kv_lora_rank"]),
+                "prev_k_pe": torch.randn(batch, slots, LATENT["qk_rope_head_dim"]),
+                "infer_steps": torch.zeros(batch) + context,
+            },
+        )
+        self.state, self.step_index = state, context
+        return lambda: sum(t.numel() * t.element_size() for t in self.layer._get_input_buffer(state).values() if t.dim() > 1)
+
+    def decode_step(self, x, order):
+        position = torch.full((x.shape[0], 1), float(self.step_index))
+        self.step_index += 1
+        out = self.layer(x, x, x, position=position, incremental_state=self.state)
+        self.layer.reorder_incremental_state(self.state, order)
+        return out
+
+
+class OurLayer:
+    def __init__(self, attention_type, conf):
+        from espnet_mtla.attention import build_attention
+
+        self.layer = build_attention(attention_type, EMBED, HEADS, **conf)
+
+    def train_step(self, x):
+        return self.layer(x)
+
+    def start_decoding(self, batch, context):
+        self.cache = self.layer.new_cache(batch, capacity=context + 64)
+        with torch.no_grad():
+            for chunk in torch.randn(batch, context, EMBED).split(512, dim=1):
+                self.layer.prefill(self.cache, chunk)
+        return self.cache.nbytes
+
+    def decode_step(self, x, order):
+        out = self.layer(x, cache=self.cache)
+        self.cache.reorder(order)
+        return out
+
+
+# -- one configuration per subprocess -------------------------------------------------------
+def run_config(name, kind, args, queue):
+    torch.manual_seed(0)
+    torch.set_num_threads(args["threads"])
+    layer = ReferenceLayer(REFERENCE[name]) if kind == "reference" else OurLayer(*VARIANTS[name])
+    result = {"name": name, "train": {}, "decode": {}}
+    for length in args["train_lengths"]:
+        x = torch.randn(2, length, EMBED, requires_grad=True)
+
+        def train():
+            layer.layer.zero_grad(set_to_none=True)
+            layer.train_step(x).sum().backward()
+
+        seconds, peak = measure(train, args["repeats"] if length <= 2048 else 1)
+        result["train"][length] = {"seconds": seconds, "peak_mib": peak}
+    beams, utts = 4, 4
+    batch = beams * utts
+    for context in args["contexts"]:
+        with torch.no_grad():
+            cache_bytes = layer.start_decoding(batch, context)
+            gen = torch.Generator().manual_seed(context)
+            tokens = torch.randn(args["steps"] + 1, batch, 1, EMBED)
+            # Each utterance's beams pick random parents among that utterance's beams.
+            orders = [
+                (torch.randint(0, beams, (utts, beams), generator=gen) + torch.arange(utts).unsqueeze(1) * beams).flatten()
+                for _ in range(args["steps"] + 1)
+            ]
+            step = iter(range(args["steps"] + 1))
+
+            def decode():
+                for _ in range(args["steps"]):
+                    i = next(step, 0)
+                    layer.decode_step(tokens[i], orders[i])
+
+            layer.decode_step(tokens[0], orders[0])  # warm-up step
+            start = time.perf_counter()
+            decode()
+            per_step = (time.perf_counter() - start) / args["steps"]
+        result["decode"][context] = {"ms_per_step": per_step * 1000, "cache_bytes": cache_bytes()}
+    queue.put(result)
+
+
+def run_all(names, args):
+    ctx = mp.get_context("spawn")
+    results = []
+    for name, kind in names:
+        queue = ctx.Queue()
+        proc = ctx.Process(target=run_config, args=(name, kind, args, queue))
+        proc.start()
+        proc.join()
+        if proc.exitcode != 0:
+            raise SystemExit(f"benchmark of {name} failed (exit {proc.exitcode})")
+        result = queue.get()
+        results.append(result)
+        train = ", ".join(f"T={t}: {v['seconds']:.2f}s/{v['peak_mib']:.0f}MiB" for t, v in result["train"].items())
+        decode = ", ".join(f"ctx={c}: {v['ms_per_step']:.2f}ms" for c, v in result["decode"].items())
+        print(f"{name:34s} train {train} | decode {decode}", flush=True)
+    return results
+
+
+# -- report -------------------------------------------------------------------------------
+def machine() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, fp32"
+
+
+def markdown(results, args) -> str:
+    base = next((r for r in results if r["name"] == "MHA"), results[0])
+    lines = [f"Machine: {machine()}. Batch 2 for training; batch 16 (4 utterances x beam 4) for decoding.", ""]
+    head = ["attention"] + [f"train T={t} s (x MHA)" for t in args["train_lengths"]]
+    head += [f"peak MiB T={t} (x MHA)" for t in args["train_lengths"]]
+    head += [f"decode ms/step ctx={c} (x MHA)" for c in args["contexts"]] + [f"cache MB ctx={args['contexts'][-1]}"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        row = [r["name"]]
+        row += [f"{r['train'][t]['seconds']:.3f} ({r['train'][t]['seconds'] / base['train'][t]['seconds']:.2f})" for t in args["train_lengths"]]
+        row += [f"{r['train'][t]['peak_mib']:.0f} ({r['train'][t]['peak_mib'] / max(base['train'][t]['peak_mib'], 1e-9):.2f})" for t in args["train_lengths"]]
+        row += [f"{r['decode'][c]['ms_per_step']:.2f} ({r['decode'][c]['ms_per_step'] / base['decode'][c]['ms_per_step']:.2f})" for c in args["contexts"]]
+        row += [f"{r['decode'][args['contexts'][-1]]['cache_bytes'] / 1e6:.2f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results, args, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for r in results:
+        style = "--" if "reference" in r["name"] else "-"
+        t = args["train_lengths"]
+        axes[0].plot(t, [r["train"][x]["seconds"] for x in t], style, marker="o", label=r["name"])
+        axes[1].plot(t, [r["train"][x]["peak_mib"] for x in t], style, marker="o", label=r["name"])
+        c = args["contexts"]
+        axes[2].plot(c, [r["decode"][x]["ms_per_step"] for x in c], style, marker="o", label=r["name"])
+    for ax, title, ylabel, xlabel in [
+        (axes[0], "training forward+backward (B=2)", "seconds", "sequence length T"),
+        (axes[1], "training peak memory above baseline", "MiB", "sequence length T"),
+        (axes[2], "decode step incl. beam reorder (B=16)", "ms / step", "cache context"),
+    ]:
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        ax.set_xlabel(xlabel)
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"One attention layer, 512-d, 8 heads: {machine()}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out-dir", default="docs/bench", help="where results.{json,md,png} go")
+    parser.add_argument("--reference", action="store_true", help="include pip mtla==0.3.2 (see module doc)")
+    parser.add_argument("--quick", action="store_true", help="T=512 and context 1024 only, fewer repeats")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--steps", type=int, default=50, help="decode steps timed per context")
+    opts = parser.parse_args(argv)
+    args = {
+        "train_lengths": [512] if opts.quick else [512, 2048, 4096],
+        "contexts": [1024] if opts.quick else [1024, 4096],
+        "repeats": 2 if opts.quick else 3,
+        "steps": 10 if opts.quick else opts.steps,
+        "threads": opts.threads,
+    }
+    names = [(n, "ours") for n in VARIANTS]
+    if opts.reference:
+        names += [(n, "reference") for n in REFERENCE]
+    print(f"benchmarking on {machine()}", flush=True)
+    results = run_all(names, args)
+    out = Path(opts.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"machine": machine(), "settings": args, "results": results}
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown(results, args)
+    (out / "results.md").write_text(table)
+    plot(results, args, out / "results.png")
+    print("\n" + table)
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}")
+
+
+if __name__ == "__main__":
+    main()
