@@ -27,7 +27,10 @@ test: install
 demo: install
 	$(PY) -m espnet_mtla.bin.bench_attention --quick --out-dir exp/demo_bench
 
+# The reference implementation (pip mtla==0.3.2) goes into its own folder, never the venv:
+# its wheel also installs top-level `experiments` and `assets` packages.
 bench: install
+	test -f .venv-bench/mtla/mtla/MTLA.py || $(PY) -m pip install -q --no-deps --target .venv-bench/mtla mtla==0.3.2
 	$(PY) -m espnet_mtla.bin.bench_attention --reference --out-dir docs/bench
 
 clean-venv:

@@ -130,6 +130,8 @@ class MultiHeadLatentAttention(CachedAttention):
         batch, time, _ = latent.shape
         device = latent.device
         has_carry = s > 1 and cache is not None and cache.max_length > 0
+        if time == 1 and has_carry:
+            return self._merge_one(latent, k_rope, start, cache)
         shift = start % s if has_carry else torch.zeros_like(start)
         num_chunks = -(-(time + (s - 1 if has_carry else 0)) // s)
         width = num_chunks * s
@@ -160,6 +162,21 @@ class MultiHeadLatentAttention(CachedAttention):
             num_chunks, device=device
         )
         return partial, own, (slot_index, slot_latent, slot_rope)
+
+    def _merge_one(self, latent, k_rope, start, cache):
+        """``_merge`` for one new token per row (a decoding step), without the shifted frame.
+
+        The token joins slot start // s: a fresh slot when start % s == 0, else the partial
+        one, whose running sum it extends. latent (B, 1, d_c), k_rope (B, 1, d_r).
+        """
+        batch = latent.shape[0]
+        slot = torch.div(start, self.down_rate, rounding_mode="floor").unsqueeze(1)  # (B, 1)
+        buf = cache.buffers["kv"]
+        index = slot.clamp(max=buf.shape[1] - 1).unsqueeze(-1).expand(batch, 1, self.kv_lora_rank)
+        carry = buf[..., : self.kv_lora_rank].gather(1, index).to(latent.dtype)
+        continuing = (start % self.down_rate != 0).view(batch, 1, 1)
+        own = torch.where(continuing, carry + latent, latent)
+        return None, own, (slot, own, k_rope)
 
     def _write(self, cache, slots, lengths, time):
         index, latent, rope = slots
@@ -230,14 +247,13 @@ class MultiHeadLatentAttention(CachedAttention):
         k = torch.cat([anchor_k, k_sum[:, :-1]], dim=1)  # (B, m, H, d_qk + 1)
         v = torch.cat([anchor_v, v_sum[:, :-1]], dim=1)  # (B, m, H, d_v + 1)
 
-        def by_group(t):  # (B, m, H, d) -> (B*s, H, m, d), the same keys for every group
-            return t.transpose(1, 2).unsqueeze(1).expand(batch, s, *t.transpose(1, 2).shape[1:]).reshape(
-                batch * s, heads, num_chunks, -1
-            )
-
-        q = q.view(batch, num_chunks, s, heads, -1).permute(0, 2, 3, 1, 4).reshape(batch * s, heads, num_chunks, -1)
-        out = sdpa(q, by_group(k), by_group(v), is_causal=True, scale=self.scale, dropout_p=dropout)
-        out = out.view(batch, s, heads, num_chunks, -1).permute(0, 3, 1, 2, 4).reshape(batch, width, heads, -1)
+        # Groups become query heads sharing their head's keys: GQA layout, so the fused kernel
+        # reads the keys once per head instead of materialising s copies.
+        q = q.view(batch, num_chunks, s, heads, -1).permute(0, 3, 2, 1, 4).reshape(batch, heads * s, num_chunks, -1)
+        out = sdpa(
+            q, k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.scale, dropout_p=dropout, enable_gqa=True
+        )
+        out = out.view(batch, heads, s, num_chunks, -1).permute(0, 3, 2, 1, 4).reshape(batch, width, heads, -1)
         out = out[..., :-1] + out[..., -1:] * v_own
         return out[:, :time]
 

@@ -7,7 +7,8 @@ Measures, for a 512-d, 8-head layer in fp32 (paper dims for MLA/MTLA):
   T = 512, 2048, 4096 with batch 2 (causal, all positions are queries);
 - decoding: wall time per incremental step at cache contexts 1024 and 4096 with batch 16
   (4 utterances x beam 4), including a beam reorder of the cache every step; cache bytes.
-Every configuration runs in its own subprocess so that peak RSS is its own.
+Every configuration runs in its own subprocess. Peak memory is PyTorch's CPU allocation
+peak during one training step above what was allocated before it (profiler allocator events).
 ``--reference`` adds the reference implementation (pip ``mtla==0.3.2``), installed with
 ``--no-deps`` into ``.venv-bench/mtla`` (``make bench`` does it) and loaded by file path.
 Writes ``results.json``, ``results.md`` and ``results.png`` to ``--out-dir``.
@@ -22,10 +23,13 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
-import torch
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # silence the profiler backend's GPU probing on CPU machines
+import torch  # noqa: E402
 
 EMBED, HEADS = 512, 8
 LATENT = dict(kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64)
@@ -42,32 +46,38 @@ REFERENCE_DIR = Path(".venv-bench/mtla")
 
 
 # -- memory -------------------------------------------------------------------------------
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
+def peak_allocated_mib(fn) -> float:
+    """Peak of PyTorch's CPU allocations during ``fn`` above what was allocated before, MiB.
 
-
-def _reset_peak() -> None:
-    """Reset VmHWM (peak RSS) to the current RSS (Linux >= 4.0)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    Read from the profiler's allocator events: deterministic, unlike process RSS, which
+    glibc's free-list reuse makes depend on what ran before.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the profiler's notes about its own event buffers
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f)["traceEvents"]
+    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"]
+    deltas = [e["args"]["Bytes"] for e in events if e.get("name") == "[memory]"]
+    if not totals:
+        return 0.0
+    baseline = totals[0] - deltas[0]
+    return (max(totals) - baseline) / 2**20
 
 
 def measure(fn, repeats: int):
-    """Median wall time of ``fn`` and the peak RSS above the pre-call RSS, in MiB."""
+    """Median wall time of ``fn`` (after a warm-up call) and its peak allocation in MiB."""
     fn()  # warm-up: one-time allocations and kernel selection
-    times, peaks = [], []
+    times = []
     for _ in range(repeats):
-        before = _rss_kib("VmRSS")
-        _reset_peak()
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-        peaks.append((_rss_kib("VmHWM") - before) / 1024)
-    return statistics.median(times), max(peaks)
+    return statistics.median(times), peak_allocated_mib(fn)
 
 
 # -- layers -------------------------------------------------------------------------------
@@ -248,7 +258,7 @@ def plot(results, args, path: Path) -> None:
         axes[2].plot(c, [r["decode"][x]["ms_per_step"] for x in c], style, marker="o", label=r["name"])
     for ax, title, ylabel, xlabel in [
         (axes[0], "training forward+backward (B=2)", "seconds", "sequence length T"),
-        (axes[1], "training peak memory above baseline", "MiB", "sequence length T"),
+        (axes[1], "training peak allocation above baseline", "MiB", "sequence length T"),
         (axes[2], "decode step incl. beam reorder (B=16)", "ms / step", "cache context"),
     ]:
         ax.set_title(title)

@@ -1,0 +1,37 @@
+"""The attention benchmark's measuring parts (its numbers live in docs/benchmarks.md)."""
+
+import torch
+
+from espnet_mtla.bin.bench_attention import OurLayer, markdown, peak_allocated_mib
+
+
+def test_peak_allocation_counts_a_known_tensor():
+    def allocate():
+        big = torch.ones(16 * 2**20)  # 64 MiB of float32
+        del big
+        torch.ones(2**20)  # 4 MiB after the big one is freed: the peak stays 64
+
+    assert 64 <= peak_allocated_mib(allocate) < 66
+
+
+def test_decode_steps_keep_cache_accounting():
+    layer = OurLayer("mtla", dict(kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, down_rate=2))
+    layer.layer = layer.layer.eval()
+    cache_bytes = layer.start_decoding(batch=4, context=10)
+    assert cache_bytes() == 4 * 5 * (16 + 4) * 4
+    with torch.no_grad():
+        layer.decode_step(torch.randn(4, 1, 512), torch.tensor([1, 1, 0, 3]))
+    assert cache_bytes() == 4 * 6 * (16 + 4) * 4
+
+
+def test_markdown_reports_ratios_to_mha():
+    def result(name, seconds, ms):
+        return {
+            "name": name,
+            "train": {512: {"seconds": seconds, "peak_mib": 10.0}},
+            "decode": {1024: {"ms_per_step": ms, "cache_bytes": 2_000_000}},
+        }
+
+    args = {"train_lengths": [512], "contexts": [1024]}
+    table = markdown([result("MHA", 1.0, 4.0), result("MTLA s=2", 1.5, 1.0)], args)
+    assert "| MTLA s=2 | 1.500 (1.50) | 10 (1.00) | 1.00 (0.25) | 2.00 |" in table
