@@ -225,9 +225,9 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, fp32"
 
 
-def markdown(results, args) -> str:
+def markdown(results, args, machine_name=None) -> str:
     base = next((r for r in results if r["name"] == "MHA"), results[0])
-    lines = [f"Machine: {machine()}. Batch 2 for training; batch 16 (4 utterances x beam 4) for decoding.", ""]
+    lines = [f"Machine: {machine_name or machine()}. Batch 2 for training; batch 16 (4 utterances x beam 4) for decoding.", ""]
     head = ["attention"] + [f"train T={t} s (x MHA)" for t in args["train_lengths"]]
     head += [f"peak MiB T={t} (x MHA)" for t in args["train_lengths"]]
     head += [f"decode ms/step ctx={c} (x MHA)" for c in args["contexts"]] + [f"cache MB ctx={args['contexts'][-1]}"]
@@ -242,7 +242,7 @@ def markdown(results, args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results, args, path: Path) -> None:
+def plot(results, args, path: Path, machine_name=None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -265,9 +265,10 @@ def plot(results, args, path: Path) -> None:
         ax.set_ylabel(ylabel)
         ax.set_xlabel(xlabel)
         ax.set_xscale("log", base=2)
-        ax.grid(alpha=0.3)
+        ax.set_yscale("log")  # the reference is an order of magnitude above the rest
+        ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"One attention layer, 512-d, 8 heads: {machine()}", fontsize=9)
+    fig.suptitle(f"One attention layer, 512-d, 8 heads: {machine_name or machine()}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -279,7 +280,17 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="T=512 and context 1024 only, fewer repeats")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--steps", type=int, default=50, help="decode steps timed per context")
+    parser.add_argument("--replot", action="store_true", help="redo the table and plot from --out-dir's results.json")
     opts = parser.parse_args(argv)
+    out = Path(opts.out_dir)
+    if opts.replot:
+        report = json.loads((out / "results.json").read_text())
+        for r in report["results"]:  # JSON keys are strings
+            r["train"] = {int(k): v for k, v in r["train"].items()}
+            r["decode"] = {int(k): v for k, v in r["decode"].items()}
+        (out / "results.md").write_text(markdown(report["results"], report["settings"], report["machine"]))
+        plot(report["results"], report["settings"], out / "results.png", report["machine"])
+        return
     args = {
         "train_lengths": [512] if opts.quick else [512, 2048, 4096],
         "contexts": [1024] if opts.quick else [1024, 4096],
@@ -292,7 +303,6 @@ def main(argv=None):
         names += [(n, "reference") for n in REFERENCE]
     print(f"benchmarking on {machine()}", flush=True)
     results = run_all(names, args)
-    out = Path(opts.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = {"machine": machine(), "settings": args, "results": results}
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
