@@ -123,12 +123,12 @@ class AttentionCache:
         index = index.to(self.lengths.device)
         self.lengths = self.lengths.index_select(0, index)
         for name, buf in self.buffers.items():
-            spare = self._spare.get(name)
-            if spare is None or spare.shape[0] != index.shape[0] or spare.shape[1:] != buf.shape[1:]:
-                spare = buf.new_empty(index.shape[0], *buf.shape[1:])
             if buf.requires_grad:
                 self.buffers[name] = buf.index_select(0, index)
                 continue
+            spare = self._spare.get(name)
+            if spare is None or spare.shape != (index.shape[0], *buf.shape[1:]):
+                spare = buf.new_empty(index.shape[0], *buf.shape[1:])
             torch.index_select(buf, 0, index, out=spare)
             self.buffers[name], self._spare[name] = spare, buf
 

@@ -130,8 +130,6 @@ class MultiHeadLatentAttention(CachedAttention):
         batch, time, _ = latent.shape
         device = latent.device
         has_carry = s > 1 and cache is not None and cache.max_length > 0
-        if time == 1 and has_carry:
-            return self._merge_one(latent, k_rope, start, cache)
         shift = start % s if has_carry else torch.zeros_like(start)
         num_chunks = -(-(time + (s - 1 if has_carry else 0)) // s)
         width = num_chunks * s
@@ -162,21 +160,6 @@ class MultiHeadLatentAttention(CachedAttention):
             num_chunks, device=device
         )
         return partial, own, (slot_index, slot_latent, slot_rope)
-
-    def _merge_one(self, latent, k_rope, start, cache):
-        """``_merge`` for one new token per row (a decoding step), without the shifted frame.
-
-        The token joins slot start // s: a fresh slot when start % s == 0, else the partial
-        one, whose running sum it extends. latent (B, 1, d_c), k_rope (B, 1, d_r).
-        """
-        batch = latent.shape[0]
-        slot = torch.div(start, self.down_rate, rounding_mode="floor").unsqueeze(1)  # (B, 1)
-        buf = cache.buffers["kv"]
-        index = slot.clamp(max=buf.shape[1] - 1).unsqueeze(-1).expand(batch, 1, self.kv_lora_rank)
-        carry = buf[..., : self.kv_lora_rank].gather(1, index).to(latent.dtype)
-        continuing = (start % self.down_rate != 0).view(batch, 1, 1)
-        own = torch.where(continuing, carry + latent, latent)
-        return None, own, (slot, own, k_rope)
 
     def _write(self, cache, slots, lengths, time):
         index, latent, rope = slots
@@ -264,7 +247,7 @@ class MultiHeadLatentAttention(CachedAttention):
         -> (B, T, H, d_v). The query at rank a sees completed slots k < a // s and ``own``.
         The cache already holds the new tokens' slots.
         """
-        batch, time = q_nope.shape[:2]
+        time = q_nope.shape[1]
         w_uk, w_uv = self._up_weights()
         q_latent = torch.einsum("bthn,hnc->bthc", q_nope, w_uk)  # (B, T, H, d_c)
         slots = cache.view("kv")  # (B, S, d_c + d_r)
