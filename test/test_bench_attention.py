@@ -1,8 +1,11 @@
 """The attention benchmark's measuring parts (its numbers live in docs/benchmarks.md)."""
 
+import json
+
+import pytest
 import torch
 
-from espnet_mtla.bin.bench_attention import OurLayer, markdown, peak_allocated_mib
+from espnet_mtla.bin.bench_attention import OurLayer, main, markdown, peak_allocated_mib
 
 
 def test_peak_allocation_counts_a_known_tensor():
@@ -35,3 +38,30 @@ def test_markdown_reports_ratios_to_mha():
     args = {"train_lengths": [512], "contexts": [1024]}
     table = markdown([result("MHA", 1.0, 4.0), result("MTLA s=2", 1.5, 1.0)], args)
     assert "| MTLA s=2 | 1.500 (1.50) | 10 (1.00) | 1.00 (0.25) | 2.00 |" in table
+
+
+def test_bad_options_are_one_line_errors(tmp_path, capsys):
+    for argv, message in [
+        (["--steps", "0"], "argument --steps: must be an integer >= 1, got 0"),
+        (["--replot", "--out-dir", str(tmp_path)], f"--replot needs {tmp_path}/results.json: run the benchmark"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_replot_rewrites_table_and_plot_in_place(tmp_path):
+    report = {
+        "machine": "test machine",
+        "settings": {"train_lengths": [512], "contexts": [1024]},
+        "results": [
+            {"name": "MHA", "train": {"512": {"seconds": 1.0, "peak_mib": 10.0}}, "decode": {"1024": {"ms_per_step": 4.0, "cache_bytes": 8}}}
+        ],
+    }
+    (tmp_path / "results.json").write_text(json.dumps(report))
+    main(["--replot", "--out-dir", str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "results.md", "results.png"]
+    assert (tmp_path / "results.md").read_text().startswith("Machine: test machine.")
+    assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"

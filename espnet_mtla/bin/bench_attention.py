@@ -181,16 +181,10 @@ def run_config(name, kind, args, queue):
                 (torch.randint(0, beams, (utts, beams), generator=gen) + torch.arange(utts).unsqueeze(1) * beams).flatten()
                 for _ in range(args["steps"] + 1)
             ]
-            step = iter(range(args["steps"] + 1))
-
-            def decode():
-                for _ in range(args["steps"]):
-                    i = next(step, 0)
-                    layer.decode_step(tokens[i], orders[i])
-
             layer.decode_step(tokens[0], orders[0])  # warm-up step
             start = time.perf_counter()
-            decode()
+            for i in range(1, args["steps"] + 1):
+                layer.decode_step(tokens[i], orders[i])
             per_step = (time.perf_counter() - start) / args["steps"]
         result["decode"][context] = {"ms_per_step": per_step * 1000, "cache_bytes": cache_bytes()}
     queue.put(result)
@@ -203,10 +197,14 @@ def run_all(names, args):
         queue = ctx.Queue()
         proc = ctx.Process(target=run_config, args=(name, kind, args, queue))
         proc.start()
+        try:
+            # Read before joining: a child blocks on put() until its result is consumed.
+            result = queue.get(timeout=3600)
+        except Exception:
+            result = None
         proc.join()
-        if proc.exitcode != 0:
-            raise SystemExit(f"benchmark of {name} failed (exit {proc.exitcode})")
-        result = queue.get()
+        if proc.exitcode != 0 or result is None:
+            raise SystemExit(f"benchmark of {name} failed (exit {proc.exitcode}); its traceback is above")
         results.append(result)
         train = ", ".join(f"T={t}: {v['seconds']:.2f}s/{v['peak_mib']:.0f}MiB" for t, v in result["train"].items())
         decode = ", ".join(f"ctx={c}: {v['ms_per_step']:.2f}ms" for c, v in result["decode"].items())
@@ -215,6 +213,13 @@ def run_all(names, args):
 
 
 # -- report -------------------------------------------------------------------------------
+def write_atomic(path: Path, write) -> None:
+    """``write(tmp_path)`` then rename, so a killed run never leaves a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
 def machine() -> str:
     cpu = platform.processor() or "cpu"
     try:
@@ -270,7 +275,15 @@ def plot(results, args, path: Path, machine_name=None) -> None:
     axes[0].legend(fontsize=8)
     fig.suptitle(f"One attention layer, 512-d, 8 heads: {machine_name or machine()}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
 
 
 def main(argv=None):
@@ -278,24 +291,26 @@ def main(argv=None):
     parser.add_argument("--out-dir", default="docs/bench", help="where results.{json,md,png} go")
     parser.add_argument("--reference", action="store_true", help="include pip mtla==0.3.2 (see module doc)")
     parser.add_argument("--quick", action="store_true", help="T=512 and context 1024 only, fewer repeats")
-    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--steps", type=int, default=50, help="decode steps timed per context")
+    parser.add_argument("--threads", type=positive_int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--steps", type=positive_int, help="decode steps timed per context (default 50; 10 with --quick)")
     parser.add_argument("--replot", action="store_true", help="redo the table and plot from --out-dir's results.json")
     opts = parser.parse_args(argv)
     out = Path(opts.out_dir)
     if opts.replot:
+        if not (out / "results.json").is_file():
+            parser.error(f"--replot needs {out / 'results.json'}: run the benchmark with --out-dir {out} first")
         report = json.loads((out / "results.json").read_text())
         for r in report["results"]:  # JSON keys are strings
             r["train"] = {int(k): v for k, v in r["train"].items()}
             r["decode"] = {int(k): v for k, v in r["decode"].items()}
-        (out / "results.md").write_text(markdown(report["results"], report["settings"], report["machine"]))
+        write_atomic(out / "results.md", lambda tmp: tmp.write_text(markdown(report["results"], report["settings"], report["machine"])))
         plot(report["results"], report["settings"], out / "results.png", report["machine"])
         return
     args = {
         "train_lengths": [512] if opts.quick else [512, 2048, 4096],
         "contexts": [1024] if opts.quick else [1024, 4096],
         "repeats": 2 if opts.quick else 3,
-        "steps": 10 if opts.quick else opts.steps,
+        "steps": opts.steps or (10 if opts.quick else 50),
         "threads": opts.threads,
     }
     names = [(n, "ours") for n in VARIANTS]
@@ -305,9 +320,9 @@ def main(argv=None):
     results = run_all(names, args)
     out.mkdir(parents=True, exist_ok=True)
     report = {"machine": machine(), "settings": args, "results": results}
-    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_atomic(out / "results.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
     table = markdown(results, args)
-    (out / "results.md").write_text(table)
+    write_atomic(out / "results.md", lambda tmp: tmp.write_text(table))
     plot(results, args, out / "results.png")
     print("\n" + table)
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}")
