@@ -306,3 +306,14 @@ def test_embed_dim_must_divide_into_heads():
 def test_options_listing():
     assert "down_rate" in attention_options("mtla") and "kv_lora_rank" in attention_options("mtla")
     assert "num_kv_heads" in attention_options("gqa") and "num_kv_heads" not in attention_options("mha")
+
+
+def test_mask_and_cache_mismatches_are_clear_errors():
+    attn = make("mtla", dict(LATENT, down_rate=2))
+    x = torch.randn(3, 5, D)
+    with pytest.raises(ValueError, match=r"mask must have shape \(3, 5\) like x, got \(3, 4\)"):
+        attn(x, torch.ones(3, 4, dtype=torch.bool))
+    cache = attn.new_cache(2)
+    with pytest.raises(ValueError, match="x has 3 rows but the cache holds 2; reorder the cache"):
+        attn(x, cache=cache)
+    assert cache.lengths.tolist() == [0, 0] and cache.max_length == 0  # untouched

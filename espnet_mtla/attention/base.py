@@ -79,6 +79,11 @@ class CachedAttention(torch.nn.Module):
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Callable]:
         """Left-pack real tokens; returns x, positions, lengths (B,), start (B,), restore."""
         batch, time = x.shape[:2]
+        if cache is not None and cache.batch_size != batch:
+            raise ValueError(
+                f"x has {batch} rows but the cache holds {cache.batch_size}; "
+                "reorder the cache to the new rows (cache.reorder) before calling"
+            )
         start = cache.lengths if cache is not None else x.new_zeros(batch, dtype=torch.long)
         if mask is None:
             lengths = torch.full((batch,), time, dtype=torch.long, device=x.device)
