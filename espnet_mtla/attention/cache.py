@@ -132,6 +132,18 @@ class AttentionCache:
             torch.index_select(buf, 0, index, out=spare)
             self.buffers[name], self._spare[name] = spare, buf
 
+    def select(self, index: torch.Tensor) -> "AttentionCache":
+        """A new cache holding copies of rows ``index``; this one is left unchanged."""
+        index = index.to(self.lengths.device)
+        copy = object.__new__(AttentionCache)
+        copy.tokens_per_slot = self.tokens_per_slot
+        copy.shapes = dict(self.shapes)
+        copy.lengths = self.lengths.index_select(0, index)
+        copy.max_length = self.max_length
+        copy.buffers = {name: buf.index_select(0, index) for name, buf in self.buffers.items()}
+        copy._spare = {}
+        return copy
+
     def __repr__(self) -> str:
         dims = ", ".join(f"{n}={tuple(b.shape)}" for n, b in self.buffers.items())
         return f"{type(self).__name__}({dims}, tokens_per_slot={self.tokens_per_slot}, max_length={self.max_length})"
