@@ -31,6 +31,8 @@ from pathlib import Path
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # silence the profiler backend's GPU probing on CPU machines
 import torch  # noqa: E402
 
+from espnet_mtla.fileio import write_atomic  # noqa: E402
+
 EMBED, HEADS = 512, 8
 LATENT = dict(kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64)
 VARIANTS = {
@@ -213,13 +215,6 @@ def run_all(names, args):
 
 
 # -- report -------------------------------------------------------------------------------
-def write_atomic(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename, so a killed run never leaves a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def machine() -> str:
     cpu = platform.processor() or "cpu"
     try:

@@ -1,0 +1,13 @@
+"""`python -m espnet_mtla.bin.asr_train`: ESPnet's asr_train with the decoder-only classes registered."""
+
+from typing import List, Optional
+
+from espnet_mtla.bin.cli import run_training
+
+
+def main(cmd: Optional[List[str]] = None) -> None:
+    run_training("asr", cmd)
+
+
+if __name__ == "__main__":
+    main()

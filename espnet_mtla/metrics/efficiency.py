@@ -1,0 +1,82 @@
+"""Decoding efficiency report: per-utterance and total time, peak memory, KV-cache bytes, tokens/s.
+
+``EfficiencyRecorder`` wraps an ESPnet inference object's ``__call__`` (Speech2Text, ...) and
+the data iterator (for utterance ids); ``write`` saves ``efficiency.json``.
+"""
+
+import json
+import os
+import time
+from typing import Dict, Optional
+
+import torch
+
+from espnet_mtla.metrics.memory import PeakMemory
+from espnet_mtla.fileio import write_text_atomic
+
+
+def _decoder_caches(inference_object):
+    beam_search = getattr(inference_object, "beam_search", None)
+    scorers = getattr(beam_search, "full_scorers", {}) if beam_search is not None else {}
+    decoder = scorers.get("decoder")
+    return getattr(decoder, "active_caches", None)
+
+
+def _best_tokens(results) -> int:
+    if isinstance(results, tuple):  # (results, asr_results) or (results, interctc outputs)
+        results = results[0]
+    if not results:
+        return 0
+    return len(results[0][2])  # (text, token, token_int, hyp)
+
+
+class EfficiencyRecorder:
+    def __init__(self, device: str = "cpu"):
+        self.device = torch.device(device)
+        self.current_key: Optional[str] = None
+        self.utterances: Dict[str, dict] = {}
+        self.peak_kind: Optional[str] = None
+
+    def measure(self, call, inference_object, *args, **kwargs):
+        """Run ``call(inference_object, ...)`` and record it under the current utterance id."""
+        with PeakMemory(self.device) as peak:
+            start = time.perf_counter()
+            results = call(inference_object, *args, **kwargs)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            elapsed = time.perf_counter() - start
+        self.peak_kind = peak.kind
+        caches = _decoder_caches(inference_object)
+        key = self.current_key if self.current_key is not None else f"utt{len(self.utterances):06d}"
+        self.utterances[key] = {
+            "decode_time_s": round(elapsed, 6),
+            "output_tokens": _best_tokens(results),
+            "peak_memory_bytes": peak.bytes,
+            "cache_bytes": caches.nbytes() if caches is not None else None,
+            "cache_bytes_peak": caches.peak_nbytes if caches is not None else None,
+        }
+        return results
+
+    def summary(self) -> dict:
+        utts = self.utterances.values()
+        total_time = sum(u["decode_time_s"] for u in utts)
+        tokens = sum(u["output_tokens"] for u in utts)
+        caches = [u["cache_bytes_peak"] for u in utts if u["cache_bytes_peak"] is not None]
+        return {
+            "device": str(self.device),
+            "num_utterances": len(self.utterances),
+            "total_decode_time_s": round(total_time, 6),
+            "mean_decode_time_s": round(total_time / len(self.utterances), 6) if self.utterances else None,
+            "output_tokens": tokens,
+            "tokens_per_s": round(tokens / total_time, 3) if total_time > 0 else None,
+            "peak_memory_bytes": max((u["peak_memory_bytes"] for u in utts), default=0),
+            "peak_memory_kind": self.peak_kind,
+            "cache_bytes_peak": max(caches) if caches else None,
+            "utterances": self.utterances,
+        }
+
+    def write(self, path: str) -> dict:
+        summary = self.summary()
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        write_text_atomic(path, json.dumps(summary, indent=2) + "\n")
+        return summary

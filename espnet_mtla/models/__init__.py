@@ -1,0 +1,1 @@
+"""ESPnet model classes for the decoder-only stack (subclasses of ESPnet's task models)."""
