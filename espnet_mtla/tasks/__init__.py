@@ -60,9 +60,9 @@ def _explain_unknown_keys(build_model):
     """Wrap a Task.build_model: a TypeError for an unknown keyword becomes a ConfigError."""
 
     @functools.wraps(build_model)
-    def wrapper(args):
+    def wrapper(cls, args):
         try:
-            return build_model(args)
+            return build_model(cls, args)
         except TypeError as err:
             match = _UNEXPECTED.search(str(err))
             if not match:

@@ -1,0 +1,93 @@
+"""The CLIs: ESPnet's real trainer and inference through `python -m espnet_mtla.bin.*`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+
+from espnet_setup import TOKENS, config, write_yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEXTS = ["abc", "bad", "cab", "fed", "ace", "dab"]
+
+
+def write_data_dir(path, rng):
+    path.mkdir(parents=True)
+    with open(path / "wav.scp", "w") as wav_scp, open(path / "text", "w") as text:
+        for i, transcript in enumerate(TEXTS):
+            utt = f"utt{i}"
+            wav = path / f"{utt}.flac"
+            soundfile.write(wav, 0.1 * rng.standard_normal(4000 + 800 * i).astype(np.float32), 16000)
+            wav_scp.write(f"{utt} {wav}\n")
+            text.write(f"{utt} {transcript}\n")
+
+
+def run(module, args, cwd):
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="2")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_asr_train_then_decode_with_efficiency_report(tmp_path):
+    data = tmp_path / "data"
+    write_data_dir(data, np.random.default_rng(0))
+    (tmp_path / "tokens.txt").write_text("\n".join(TOKENS) + "\n")
+    conf = config("asr", "mtla")
+    conf.pop("token_list")
+    conf.update(max_epoch=2, batch_type="unsorted", batch_size=3, num_workers=0, seed=0,
+                optim="adam", optim_conf={"lr": 0.002}, best_model_criterion=[["valid", "acc", "max"]])
+    write_yaml(tmp_path / "train.yaml", conf)
+    exp = tmp_path / "exp"
+    train = run("espnet_mtla.bin.asr_train", [
+        "--config", "train.yaml", "--output_dir", str(exp), "--ngpu", "0", "--token_list", "tokens.txt",
+        "--train_data_path_and_name_and_type", "data/wav.scp,speech,sound",
+        "--train_data_path_and_name_and_type", "data/text,text,text",
+        "--valid_data_path_and_name_and_type", "data/wav.scp,speech,sound",
+        "--valid_data_path_and_name_and_type", "data/text,text,text",
+        "--train_shape_file", "data/text", "--valid_shape_file", "data/text",
+    ], cwd=tmp_path)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert (exp / "2epoch.pth").exists() and (exp / "valid.acc.best.pth").exists()
+    saved = (exp / "config.yaml").read_text()
+    assert "decoder: decoder_only" in saved and "attention_type: mtla" in saved
+
+    decode = run("espnet_mtla.bin.asr_inference", [
+        "--asr_train_config", str(exp / "config.yaml"), "--asr_model_file", str(exp / "valid.acc.best.pth"),
+        "--data_path_and_name_and_type", "data/wav.scp,speech,sound", "--output_dir", str(tmp_path / "decode"),
+        "--ngpu", "0", "--beam_size", "3", "--ctc_weight", "0.3", "--nbest", "2", "--maxlenratio", "-5",
+    ], cwd=tmp_path)
+    assert decode.returncode == 0, decode.stderr[-3000:]
+    best = tmp_path / "decode" / "1best_recog"
+    keys = [line.split()[0] for line in (best / "token").read_text().splitlines()]
+    assert sorted(keys) == [f"utt{i}" for i in range(len(TEXTS))]
+    assert (tmp_path / "decode" / "2best_recog" / "score").exists()
+
+    report = json.loads((best / "efficiency.json").read_text())
+    assert report["num_utterances"] == len(TEXTS)
+    assert sorted(report["utterances"]) == sorted(keys)
+    for utt in report["utterances"].values():
+        assert utt["decode_time_s"] > 0 and utt["cache_bytes"] > 0 and utt["cache_bytes_peak"] >= utt["cache_bytes"]
+    assert report["total_decode_time_s"] == pytest.approx(
+        sum(u["decode_time_s"] for u in report["utterances"].values()), abs=1e-5)
+    tokens = sum(len(line.split()) - 1 for line in (best / "token_int").read_text().splitlines())
+    assert report["output_tokens"] == tokens
+    assert report["peak_memory_kind"] in ("cpu_rss", "cpu_rss_lifetime")
+
+
+def test_config_error_is_one_line_without_traceback(tmp_path, capsys):
+    from espnet_mtla.bin import asr_train
+
+    conf = config("asr", "mtla")
+    conf["decoder_conf"]["attention_type"] = "mtlaa"
+    write_yaml(tmp_path / "train.yaml", conf)
+    with pytest.raises(SystemExit) as exit_info:
+        asr_train.main(["--config", str(tmp_path / "train.yaml"), "--output_dir", str(tmp_path / "exp"),
+                        "--ngpu", "0", "--dry_run", "true"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: decoder_conf: unknown attention_type 'mtlaa'")
+    assert not any("Traceback" in line for line in err)
