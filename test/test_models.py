@@ -5,7 +5,6 @@ import importlib
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from espnet_setup import ATTENTION_TYPES, INTENTS, SLU_TOKENS, TASKS, TOKENS, config, parse, write_yaml
 import espnet_mtla.tasks as registry
@@ -150,3 +149,44 @@ def test_config_mistakes_are_one_line_errors(tmp_path, edit, message):
     with pytest.raises(ConfigError, match=message) as info:
         registry.TASKS["asr"].build_model(parse("asr", tmp_path / "train.yaml"))
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("upstream", ["hubert_local", "wavlm_local"])
+def test_s3prl_frontend_from_a_local_checkpoint(tmp_path, upstream):
+    from espnet2.bin.asr_inference import Speech2Text
+
+    from espnet_mtla.bin.make_tiny_ssl_checkpoint import build_tiny_ssl_checkpoint
+
+    ckpt = build_tiny_ssl_checkpoint(tmp_path / "ssl.pt", upstream)
+    conf = config("asr", "mtla")
+    conf.update(frontend="s3prl", normalize=None, frontend_conf={
+        "frontend_conf": {"upstream": upstream, "path_or_url": ckpt}, "download_dir": None,
+        "multilayer_feature": True})
+    conf["encoder_conf"]["input_layer"] = "linear"
+    write_yaml(tmp_path / "train.yaml", conf)
+    args = parse("asr", tmp_path / "train.yaml")
+    model = registry.TASKS["asr"].build_model(args)
+    assert model.frontend.output_size() == 64
+    loss, _, _ = model(**batch("asr", len(TOKENS)))
+    loss.backward()
+    torch.save(model.state_dict(), tmp_path / "model.pth")
+    write_yaml(tmp_path / "config.yaml", vars(args))
+    infer = Speech2Text(str(tmp_path / "config.yaml"), str(tmp_path / "model.pth"), beam_size=2,
+                        ctc_weight=0.3, maxlenratio=-4)
+    results = infer(np.random.default_rng(0).standard_normal(8000).astype(np.float32))
+    assert len(results) >= 1
+
+
+def test_extracted_features_with_input_size(tmp_path):
+    conf = config("asr", "mla")
+    conf.update(input_size=20, frontend=None)
+    conf.pop("frontend_conf")
+    write_yaml(tmp_path / "train.yaml", conf)
+    model = registry.TASKS["asr"].build_model(parse("asr", tmp_path / "train.yaml"))
+    assert model.frontend is None
+    feats = torch.randn(2, 50, 20)
+    data = batch("asr", len(TOKENS))
+    data.update(speech=feats, speech_lengths=torch.tensor([50, 37]))
+    loss, _, _ = model(**data)
+    loss.backward()
+    assert torch.isfinite(loss)

@@ -18,19 +18,16 @@ import argparse
 import importlib.util
 import json
 import math
-import multiprocessing as mp
 import os
-import platform
 import statistics
 import sys
-import tempfile
 import time
-import warnings
 from pathlib import Path
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # silence the profiler backend's GPU probing on CPU machines
 import torch  # noqa: E402
 
+from espnet_mtla.bin.bench_common import machine, peak_allocated_mib, positive_int, run_in_subprocess  # noqa: E402
 from espnet_mtla.fileio import write_atomic  # noqa: E402
 
 EMBED, HEADS = 512, 8
@@ -45,30 +42,6 @@ VARIANTS = {
 }
 REFERENCE = {"reference MTLA s=2 (mtla 0.3.2)": 2}
 REFERENCE_DIR = Path(".venv-bench/mtla")
-
-
-# -- memory -------------------------------------------------------------------------------
-def peak_allocated_mib(fn) -> float:
-    """Peak of PyTorch's CPU allocations during ``fn`` above what was allocated before, MiB.
-
-    Read from the profiler's allocator events: deterministic, unlike process RSS, which
-    glibc's free-list reuse makes depend on what ran before.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the profiler's notes about its own event buffers
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-            fn()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "trace.json")
-        prof.export_chrome_trace(path)
-        with open(path) as f:
-            events = json.load(f)["traceEvents"]
-    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"]
-    deltas = [e["args"]["Bytes"] for e in events if e.get("name") == "[memory]"]
-    if not totals:
-        return 0.0
-    baseline = totals[0] - deltas[0]
-    return (max(totals) - baseline) / 2**20
 
 
 def measure(fn, repeats: int):
@@ -157,7 +130,8 @@ class OurLayer:
 
 
 # -- one configuration per subprocess -------------------------------------------------------
-def run_config(name, kind, args, queue):
+def run_config(config, args, queue):
+    name, kind = config
     torch.manual_seed(0)
     torch.set_num_threads(args["threads"])
     layer = ReferenceLayer(REFERENCE[name]) if kind == "reference" else OurLayer(*VARIANTS[name])
@@ -193,20 +167,9 @@ def run_config(name, kind, args, queue):
 
 
 def run_all(names, args):
-    ctx = mp.get_context("spawn")
     results = []
     for name, kind in names:
-        queue = ctx.Queue()
-        proc = ctx.Process(target=run_config, args=(name, kind, args, queue))
-        proc.start()
-        try:
-            # Read before joining: a child blocks on put() until its result is consumed.
-            result = queue.get(timeout=3600)
-        except Exception:
-            result = None
-        proc.join()
-        if proc.exitcode != 0 or result is None:
-            raise SystemExit(f"benchmark of {name} failed (exit {proc.exitcode}); its traceback is above")
+        result = run_in_subprocess(run_config, (name, kind), args)
         results.append(result)
         train = ", ".join(f"T={t}: {v['seconds']:.2f}s/{v['peak_mib']:.0f}MiB" for t, v in result["train"].items())
         decode = ", ".join(f"ctx={c}: {v['ms_per_step']:.2f}ms" for c, v in result["decode"].items())
@@ -215,16 +178,6 @@ def run_all(names, args):
 
 
 # -- report -------------------------------------------------------------------------------
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, fp32"
-
-
 def markdown(results, args, machine_name=None) -> str:
     base = next((r for r in results if r["name"] == "MHA"), results[0])
     lines = [f"Machine: {machine_name or machine()}. Batch 2 for training; batch 16 (4 utterances x beam 4) for decoding.", ""]
@@ -272,13 +225,6 @@ def plot(results, args, path: Path, machine_name=None) -> None:
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
 
 
 def main(argv=None):
