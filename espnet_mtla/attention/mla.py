@@ -161,6 +161,24 @@ class MultiHeadLatentAttention(CachedAttention):
         )
         return partial, own, (slot_index, slot_latent, slot_rope)
 
+    def _merge_step(self, latent, k_rope, lengths, start, cache):
+        """``_merge`` for one new token per row after a non-empty cache (the decoding step).
+
+        The token at rank a joins slot a // s: its own partial state is that slot's content
+        (when a % s > 0) plus its weighted latent. Rows without a real token (lengths 0)
+        rewrite the slot with what it holds. Returns (None, own (B, 1, d_c), slots).
+        """
+        batch = latent.shape[0]
+        slot = torch.div(start, self.down_rate, rounding_mode="floor")  # (B,)
+        buf = cache.buffers["kv"]
+        held = buf.gather(1, slot.clamp(max=buf.shape[1] - 1).view(batch, 1, 1).expand(batch, 1, buf.shape[-1]))
+        held_latent, held_rope = held.to(latent.dtype).split([self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
+        continues_chunk = (start % self.down_rate != 0).view(batch, 1, 1)
+        own = torch.where(continues_chunk, held_latent + latent, latent)
+        real = (lengths > 0).view(batch, 1, 1)
+        slots = (slot.unsqueeze(1), torch.where(real, own, held_latent), torch.where(real, k_rope, held_rope))
+        return None, own, slots
+
     def _write(self, cache, slots, lengths, time):
         index, latent, rope = slots
         cache.reserve(index.shape[1])
@@ -178,7 +196,8 @@ class MultiHeadLatentAttention(CachedAttention):
         q_nope, q_rope = self._queries(x, positions)
         latent, k_rope = self._latents(x, positions, start)
         empty = cache is None or cache.max_length == 0
-        partial, own, slots = self._merge(latent, k_rope, lengths, start, cache)
+        merge = self._merge_step if time == 1 and not empty else self._merge
+        partial, own, slots = merge(latent, k_rope, lengths, start, cache)
         if empty:
             out = self._attend_causal(q_nope, q_rope, partial, k_rope, time)
         if cache is not None:

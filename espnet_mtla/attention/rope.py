@@ -21,14 +21,14 @@ class RotaryEmbedding(torch.nn.Module):
         check_rope_dim(dim, option)
         self.dim = dim
         self.base = float(base)
+        # float32 whatever the model dtype: bf16 positions > 256 would collide. Not saved in
+        # checkpoints (a function of dim and base).
+        inv_freq = self.base ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x: (B, T, H, dim) or (B, T, dim); positions: (B, T) integer. Returns x's shape/dtype."""
-        # Angles in float32 whatever the model dtype: bf16 positions > 256 would collide.
-        inv_freq = self.base ** (
-            -torch.arange(0, self.dim, 2, device=x.device, dtype=torch.float32) / self.dim
-        )
-        angles = positions.to(torch.float32).unsqueeze(-1) * inv_freq  # (B, T, dim/2)
+        angles = positions.to(torch.float32).unsqueeze(-1) * self.inv_freq.float()  # (B, T, dim/2)
         if x.dim() == 4:
             angles = angles.unsqueeze(2)  # (B, T, 1, dim/2): same rotation for every head
         cos, sin = angles.cos(), angles.sin()

@@ -5,8 +5,8 @@
 Model (random weights, fp32): 80-d fbank -> conv2d subsampling (x4) -> 12-layer 512-d
 Transformer encoder -> projector (stack 2 frames) -> 9-layer 512-d decoder-only stack,
 8 heads, FFN 2048; MLA/MTLA with kv_lora_rank 256, qk_nope 64, qk_rope 32, v_head 64.
-Each utterance is 10 s of audio (1000 fbank frames -> 250 encoder frames -> 125 prefix
-positions), decoded with ESPnet's BatchBeamSearch, beam 10, for exactly ``--steps`` tokens
+Each utterance is ``--seconds`` of audio (10 s: 1000 fbank frames -> 250 encoder frames -> 125
+prefix positions), decoded with ESPnet's BatchBeamSearch, beam 10, for exactly ``--steps`` tokens
 (<eos> is masked, so every attention type does the same work).
 
 Reported per attention type (each in its own subprocess): encoder time, search time per
@@ -88,12 +88,13 @@ def run_config(name, opts, queue):
     search = BatchBeamSearch(scorers={"decoder": decoder, "no_eos": no_eos}, weights={"decoder": 1.0, "no_eos": 1.0},
                              beam_size=opts["beam"], vocab_size=VOCAB, sos=eos, eos=eos, pre_beam_score_key="full")
     gen = torch.Generator().manual_seed(1)
-    feats = torch.randn(opts["utts"] + 1, 1, 1000, 80, generator=gen)
+    frames = opts["seconds"] * 100  # 10 ms fbank hop
+    feats = torch.randn(opts["utts"] + 1, 1, frames, 80, generator=gen)
     encode_s, search_s = [], []
     with torch.no_grad():
         for i in range(opts["utts"] + 1):  # the first utterance warms up
             start = time.perf_counter()
-            enc, _, _ = encoder(feats[i], torch.tensor([1000]))
+            enc, _, _ = encoder(feats[i], torch.tensor([frames]))
             mid = time.perf_counter()
             hyps = search(enc[0], maxlenratio=-opts["steps"])
             end = time.perf_counter()
@@ -128,8 +129,8 @@ def run_all(names, opts):
 def markdown(results, opts, machine_name) -> str:
     base = next(r for r in results if r["name"] == "MHA")
     lines = [
-        f"Machine: {machine_name}. Beam {opts['beam']}, {opts['steps']} output tokens + <eos>, 10 s utterances "
-        f"(125 prefix positions), median of {opts['utts']} utterances.",
+        f"Machine: {machine_name}. Beam {opts['beam']}, {opts['steps']} decoding steps, {opts['seconds']} s "
+        f"utterances ({opts['seconds'] * 25 // 2} prefix positions), median of {opts['utts']} utterances.",
         "",
         "| attention | search s/utt (x MHA) | speed-up vs MHA | ms/step | peak MiB above weights (x MHA) | "
         "KV cache MB at end (x MHA) | cache reduction vs MHA | encoder s/utt |",
@@ -151,6 +152,7 @@ def main(argv=None):
     parser.add_argument("--out-dir", default="docs/bench_decode", help="where results.{json,md} go")
     parser.add_argument("--steps", type=positive_int, default=60, help="output tokens per utterance")
     parser.add_argument("--beam", type=positive_int, default=10)
+    parser.add_argument("--seconds", type=positive_int, default=10, help="audio length of each utterance")
     parser.add_argument("--utts", type=positive_int, default=3, help="timed utterances per attention type")
     parser.add_argument("--threads", type=positive_int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--quick", action="store_true", help="10 steps, 1 utterance, MHA and MTLA s=2 only")
@@ -158,7 +160,8 @@ def main(argv=None):
     names = list(VARIANTS)
     if opts.quick:
         opts.steps, opts.utts, names = 10, 1, ["MHA", "MTLA s=2"]
-    conf = {"steps": opts.steps, "beam": opts.beam, "utts": opts.utts, "threads": opts.threads}
+    conf = {"steps": opts.steps, "beam": opts.beam, "utts": opts.utts, "threads": opts.threads,
+            "seconds": opts.seconds}
     torch.set_num_threads(opts.threads)
     machine_name = machine()
     results = run_all(names, conf)
