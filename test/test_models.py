@@ -190,3 +190,20 @@ def test_extracted_features_with_input_size(tmp_path):
     loss, _, _ = model(**data)
     loss.backward()
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("encoder, encoder_conf", [
+    ("conformer", {"output_size": 32, "attention_heads": 2, "linear_units": 64, "num_blocks": 1,
+                   "cnn_module_kernel": 3, "input_layer": "conv2d"}),
+    ("e_branchformer", {"output_size": 32, "attention_heads": 2, "linear_units": 64, "num_blocks": 1,
+                        "cgmlp_linear_units": 64, "cgmlp_conv_kernel": 3, "input_layer": "conv2d"}),
+])
+def test_other_espnet_encoders_in_front(tmp_path, encoder, encoder_conf):
+    conf = config("asr", "mtla")
+    conf.update(encoder=encoder, encoder_conf=encoder_conf)
+    write_yaml(tmp_path / "train.yaml", conf)
+    model = registry.TASKS["asr"].build_model(parse("asr", tmp_path / "train.yaml"))
+    loss, _, _ = model(**batch("asr", len(TOKENS)))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.decoder.projector.net[0].in_features == 2 * 32

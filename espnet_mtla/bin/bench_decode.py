@@ -1,6 +1,6 @@
 """Beam-search decoding benchmark of the paper-size model, every attention type side by side.
 
-    python -m espnet_mtla.bin.bench_decode [--quick] [--out-dir docs/bench_decode]
+    python -m espnet_mtla.bin.bench_decode [--quick] [--seconds S] [--steps N] [--out-dir docs/bench_decode]
 
 Model (random weights, fp32): 80-d fbank -> conv2d subsampling (x4) -> 12-layer 512-d
 Transformer encoder -> projector (stack 2 frames) -> 9-layer 512-d decoder-only stack,
@@ -147,6 +147,34 @@ def markdown(results, opts, machine_name) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(results, opts, machine_name, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from espnet_mtla.fileio import write_atomic
+
+    names = [r["name"] for r in results]
+    panels = [
+        ("search time per step (ms)", [r["ms_per_step"] for r in results]),
+        ("peak memory of the search above weights (MiB)", [r["peak_mib"] for r in results]),
+        ("KV cache at the end of the search (MB)", [r["cache_bytes"] / 1e6 for r in results]),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, (title, values) in zip(axes, panels):
+        bars = ax.bar(range(len(names)), values, color=["#888888"] * 3 + ["#4477aa"] + ["#cc6677"] * (len(names) - 4))
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"Beam search, beam {opts['beam']}, {opts['seconds']} s audio, {opts['steps']} steps: {machine_name}",
+                 fontsize=9)
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", default="docs/bench_decode", help="where results.{json,md} go")
@@ -156,7 +184,16 @@ def main(argv=None):
     parser.add_argument("--utts", type=positive_int, default=3, help="timed utterances per attention type")
     parser.add_argument("--threads", type=positive_int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--quick", action="store_true", help="10 steps, 1 utterance, MHA and MTLA s=2 only")
+    parser.add_argument("--replot", action="store_true", help="redo the table and plot from --out-dir's results.json")
     opts = parser.parse_args(argv)
+    out = Path(opts.out_dir)
+    if opts.replot:
+        if not (out / "results.json").is_file():
+            parser.error(f"--replot needs {out / 'results.json'}: run the benchmark with --out-dir {out} first")
+        report = json.loads((out / "results.json").read_text())
+        write_text_atomic(out / "results.md", markdown(report["results"], report["options"], report["machine"]))
+        plot(report["results"], report["options"], report["machine"], out / "results.png")
+        return
     names = list(VARIANTS)
     if opts.quick:
         opts.steps, opts.utts, names = 10, 1, ["MHA", "MTLA s=2"]
@@ -165,12 +202,12 @@ def main(argv=None):
     torch.set_num_threads(opts.threads)
     machine_name = machine()
     results = run_all(names, conf)
-    out = Path(opts.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = {"machine": machine_name, "options": conf, "results": results}
     write_text_atomic(out / "results.json", json.dumps(report, indent=2) + "\n")
     table = markdown(results, conf, machine_name)
     write_text_atomic(out / "results.md", table)
+    plot(results, conf, machine_name, out / "results.png")
     print(table)
 
 

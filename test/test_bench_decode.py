@@ -1,0 +1,30 @@
+"""bench_decode's report (the measurement itself is a script, not a timed test)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from espnet_mtla.bin import bench_decode
+
+COMMITTED = Path(__file__).resolve().parent.parent / "docs" / "bench_decode" / "results.json"
+
+
+def test_replot_rebuilds_table_and_plot_from_results(tmp_path):
+    shutil.copy(COMMITTED, tmp_path / "results.json")
+    bench_decode.main(["--replot", "--out-dir", str(tmp_path)])
+    table = (tmp_path / "results.md").read_text()
+    report = json.loads(COMMITTED.read_text())
+    mha = next(r for r in report["results"] if r["name"] == "MHA")
+    mtla = next(r for r in report["results"] if r["name"] == "MTLA s=2")
+    row = next(line for line in table.splitlines() if line.startswith("| MTLA s=2 |"))
+    assert f"{mha['cache_bytes'] / mtla['cache_bytes']:.1f}x" in row
+    assert f"{mha['search_s'] / mtla['search_s']:.2f}x" in row
+    assert (tmp_path / "results.png").stat().st_size > 10_000
+
+
+def test_replot_without_results_names_the_file(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench_decode.main(["--replot", "--out-dir", str(tmp_path)])
+    assert f"--replot needs {tmp_path / 'results.json'}" in capsys.readouterr().err
