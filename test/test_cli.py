@@ -91,3 +91,28 @@ def test_config_error_is_one_line_without_traceback(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: decoder_conf: unknown attention_type 'mtlaa'")
     assert not any("Traceback" in line for line in err)
+
+
+@pytest.mark.parametrize("task", ["asr", "st", "slu", "mt"])
+def test_train_clis_offer_the_decoder_only_choices(task, capsys):
+    import importlib
+
+    module = importlib.import_module(f"espnet_mtla.bin.{task}_train")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "decoder_only" in help_text.split("--decoder ")[1].split("--")[0]
+    if task != "st":  # the st task has no --model choice (see espnet_mtla.models.st)
+        assert "decoder_only" in help_text.split("--model ")[1].split("--")[0]
+
+
+@pytest.mark.parametrize("task", ["asr", "st", "slu", "mt"])
+def test_inference_clis_parse_espnet_options(task, capsys):
+    import importlib
+
+    module = importlib.import_module(f"espnet_mtla.bin.{task}_inference")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--beam_size" in capsys.readouterr().out

@@ -155,3 +155,20 @@ def test_config_errors_name_the_key(overrides, message):
 def test_unused_family_sections_are_still_checked():
     with pytest.raises(ConfigError, match="decoder_conf.gqa_conf: unknown key 'num_kv_head'"):
         tiny_decoder("mla", gqa_conf={"num_kv_head": 2})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("attention_type", TYPES)
+def test_half_precision_parallel_equals_incremental_on_gpu(attention_type, dtype):
+    decoder = tiny_decoder(attention_type, down_rate=2).to("cuda", dtype)
+    hs = torch.randn(2, 9, ENC_DIM, device="cuda", dtype=dtype)
+    hlens, ys = torch.tensor([9, 6], device="cuda"), torch.randint(0, VOCAB, (2, 5), device="cuda")
+    with torch.no_grad():
+        logits, _ = decoder(hs, hlens, ys, torch.tensor([5, 5], device="cuda"))
+    for b in range(2):
+        state = decoder.batch_init_state(hs[b, : hlens[b]])
+        for t in range(5):
+            logp, (state,) = decoder.batch_score(ys[b : b + 1, : t + 1], [state], None)
+            torch.testing.assert_close(logp[0].float(), logits[b, t].float().log_softmax(-1), atol=2e-2, rtol=0)
