@@ -11,6 +11,7 @@ import importlib
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 # ESPnet's inference entry points, per task: (inference object class, task class).
@@ -75,12 +76,34 @@ def recording_efficiency(module, task: str, recorder):
         yield
 
 
+def unpack_model_option(task: str, cmd: List[str]) -> List[str]:
+    """``--packed_model x.zip`` (stage 11's archive) -> ``--<task>_train_config``/``--<task>_model_file``.
+
+    The archive is unpacked next to itself (``x.zip`` -> ``x/``), once.
+    """
+    if "--packed_model" not in cmd:
+        return cmd
+    from espnet2.main_funcs.pack_funcs import unpack
+
+    i = cmd.index("--packed_model")
+    if i + 1 >= len(cmd):
+        raise SystemExit("error: --packed_model needs a zip file")
+    archive = Path(cmd[i + 1])
+    if not archive.is_file():
+        raise SystemExit(f"error: --packed_model: no such file: {archive}")
+    files = unpack(archive, archive.with_suffix(""))
+    rest = cmd[:i] + cmd[i + 2:]
+    return rest + [f"--{task}_train_config", files[f"{task}_train_config"], f"--{task}_model_file",
+                   files[f"{task}_model_file"]]
+
+
 def run_inference(task: str, cmd: Optional[List[str]] = None) -> None:
     import espnet_mtla.tasks  # noqa: F401  (registers)
     from espnet_mtla.errors import ConfigError
     from espnet_mtla.metrics.efficiency import EfficiencyRecorder
     from espnet_mtla.models.common import CheckpointMismatchError
 
+    cmd = unpack_model_option(task, list(sys.argv[1:] if cmd is None else cmd))
     module = importlib.import_module(f"espnet2.bin.{task}_inference")
     args = module.get_parser().parse_args(cmd)
     device = "cuda" if args.ngpu >= 1 else "cpu"

@@ -1,0 +1,1 @@
+"""Corpus preparation helpers and the synthetic mini corpus."""

@@ -1,0 +1,79 @@
+"""The mini corpus' sentence grammars: English with phrase-aligned German, and SLU commands.
+
+Sentences are drawn from a ``random.Random`` so a seed fixes the corpus. Phrases are
+translated as whole units (articles and adjectives agree inside each German phrase), so
+every English sentence has exactly one reference translation.
+"""
+
+import random
+from typing import NamedTuple, Tuple
+
+# (English, German) phrase pairs.
+SUBJECTS = [
+    ("the cat", "die katze"), ("my brother", "mein bruder"), ("a small dog", "ein kleiner hund"),
+    ("the old man", "der alte mann"), ("our teacher", "unser lehrer"), ("the young girl", "das junge mädchen"),
+    ("her sister", "ihre schwester"), ("the farmer", "der bauer"), ("a tall woman", "eine große frau"),
+    ("the doctor", "der arzt"), ("his friend", "sein freund"), ("the little boy", "der kleine junge"),
+]
+VERBS = [
+    ("sees", "sieht"), ("likes", "mag"), ("finds", "findet"), ("buys", "kauft"), ("paints", "malt"),
+    ("carries", "trägt"), ("cleans", "putzt"), ("opens", "öffnet"), ("sells", "verkauft"), ("needs", "braucht"),
+]
+OBJECTS = [
+    ("the red ball", "den roten ball"), ("a green apple", "einen grünen apfel"), ("the big house", "das große haus"),
+    ("the blue car", "das blaue auto"), ("a new book", "ein neues buch"), ("the small box", "die kleine kiste"),
+    ("an old chair", "einen alten stuhl"), ("the white door", "die weiße tür"), ("a warm coat", "einen warmen mantel"),
+    ("the yellow bag", "die gelbe tasche"), ("a wooden table", "einen hölzernen tisch"), ("the black hat", "den schwarzen hut"),
+]
+ADVERBIALS = [
+    ("today", "heute"), ("in the morning", "am morgen"), ("at home", "zu hause"), ("every day", "jeden tag"),
+    ("again", "wieder"), ("in the evening", "am abend"), ("after school", "nach der schule"), ("on sunday", "am sonntag"),
+]
+
+# SLU: intent -> templates; slots in braces are filled from SLOTS.
+INTENTS = {
+    "alarm_set": ["wake me up at {time}", "set an alarm for {time}", "please set my alarm to {time}"],
+    "alarm_remove": ["cancel my alarm for {time}", "remove the alarm at {time}", "delete the {time} alarm"],
+    "weather_query": ["what is the weather like {day}", "will it rain {day}", "how cold will it be {day}"],
+    "play_music": ["play some {genre} music", "put on {genre} songs", "i want to hear {genre}"],
+    "calendar_set": ["remind me to {task} {day}", "add {task} to my calendar {day}", "schedule {task} {day}"],
+    "iot_hue_lightoff": ["turn off the lights in the {room}", "switch the {room} lights off", "lights off in the {room}"],
+    "iot_hue_lighton": ["turn on the lights in the {room}", "switch the {room} lights on", "lights on in the {room}"],
+    "takeaway_order": ["order a {food} for {time}", "get me a {food} delivered", "i would like to order a {food}"],
+}
+SLOTS = {
+    "time": ["seven am", "six thirty", "noon", "eight in the evening", "half past nine", "five pm", "midnight"],
+    "day": ["today", "tomorrow", "on monday", "this weekend", "on friday", "next week"],
+    "genre": ["jazz", "rock", "classical", "pop", "country", "blues"],
+    "task": ["call mom", "buy milk", "pay the rent", "water the plants", "book a flight", "visit the dentist"],
+    "room": ["kitchen", "bedroom", "living room", "office", "garage", "bathroom"],
+    "food": ["pizza", "curry", "burger", "salad", "sushi", "sandwich"],
+}
+
+
+class Sentence(NamedTuple):
+    english: str
+    german: str
+
+
+class Command(NamedTuple):
+    intent: str
+    transcript: str
+
+
+def sentence(rng: random.Random) -> Sentence:
+    parts = [rng.choice(SUBJECTS), rng.choice(VERBS), rng.choice(OBJECTS)]
+    if rng.random() < 0.6:
+        parts.append(rng.choice(ADVERBIALS))
+    return Sentence(" ".join(en for en, _ in parts), " ".join(de for _, de in parts))
+
+
+def command(rng: random.Random) -> Command:
+    intent = rng.choice(sorted(INTENTS))
+    template = rng.choice(INTENTS[intent])
+    slots = {name: rng.choice(values) for name, values in SLOTS.items() if "{" + name + "}" in template}
+    return Command(intent, template.format(**slots))
+
+
+def intent_names() -> Tuple[str, ...]:
+    return tuple(sorted(INTENTS))

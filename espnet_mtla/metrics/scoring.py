@@ -1,0 +1,132 @@
+"""Scoring: sclite WER/CER, sacrebleu BLEU/chrF, SLU intent accuracy, ROUGE.
+
+Each scorer takes references and hypotheses as {utt_id: text}, writes its detailed output
+files to ``out_dir`` and returns a flat dict of numbers (percentages where usual).
+"""
+
+import re
+import shutil
+import string
+import subprocess
+from pathlib import Path
+from typing import Dict
+
+from espnet_mtla.fileio import write_text_atomic
+
+SCLITE_CANDIDATES = ("/usr/lib/sctk/bin/sclite", "sclite")
+
+
+def sclite_path() -> str:
+    for candidate in SCLITE_CANDIDATES:
+        found = shutil.which(candidate) or (candidate if Path(candidate).exists() else None)
+        if found:
+            return found
+    raise RuntimeError("sclite not found; install Debian's sctk ('apt-get install sctk'; make install does it as root)")
+
+
+def _check_keys(refs: Dict[str, str], hyps: Dict[str, str]) -> None:
+    missing = sorted(set(refs) - set(hyps))
+    if missing:
+        raise ValueError(f"{len(missing)} utterance(s) have no hypothesis, e.g. {missing[0]}; decoding is incomplete")
+
+
+def _trn(texts: Dict[str, str], keys) -> str:
+    # sclite's trn: words, then "(speaker-utterance)"; our ids start with the speaker.
+    return "".join(f"{texts.get(k, '').strip()}\t({k})\n" for k in keys)
+
+
+def sclite_error_rate(refs: Dict[str, str], hyps: Dict[str, str], out_dir, unit: str = "word") -> Dict[str, float]:
+    """WER (unit "word") or CER (unit "char": characters, spaces as '<space>') with sclite."""
+    _check_keys(refs, hyps)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keys = sorted(refs)
+    if unit == "char":
+        def split(text):
+            return " ".join("<space>" if c == " " else c for c in text.strip())
+        refs = {k: split(v) for k, v in refs.items()}
+        hyps = {k: split(v) for k, v in hyps.items()}
+    write_text_atomic(out_dir / "ref.trn", _trn(refs, keys))
+    write_text_atomic(out_dir / "hyp.trn", _trn(hyps, keys))
+    cmd = [sclite_path(), "-r", str(out_dir / "ref.trn"), "trn", "-h", str(out_dir / "hyp.trn"), "trn",
+           "-i", "rm", "-o", "all", "stdout"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"sclite failed ({' '.join(cmd)}): {result.stderr.strip()[:300]}")
+    write_text_atomic(out_dir / "result.txt", result.stdout)
+    return parse_sclite(result.stdout)
+
+
+def parse_sclite(report: str) -> Dict[str, float]:
+    """The "Sum/Avg" row of sclite's summary: | SPKR | # Snt # Wrd | Corr Sub Del Ins Err S.Err |."""
+    for line in report.splitlines():
+        if "Sum/Avg" in line:
+            numbers = [float(x) for x in re.findall(r"-?\d+(?:\.\d+)?", line)]
+            snt, words, corr, sub, dele, ins, err, serr = numbers[:8]
+            return {"sentences": int(snt), "words": int(words), "corr": corr, "sub": sub, "del": dele,
+                    "ins": ins, "err": err, "sent_err": serr}
+    raise RuntimeError("sclite output has no Sum/Avg line")
+
+
+def _normalise_for_bleu(text: str) -> str:
+    return " ".join(text.lower().translate(str.maketrans("", "", string.punctuation)).split())
+
+
+def bleu(refs: Dict[str, str], hyps: Dict[str, str], out_dir=None) -> Dict[str, float]:
+    """sacrebleu corpus BLEU (detokenised, case-sensitive) and chrF, plus lower-cased,
+    punctuation-free BLEU."""
+    import sacrebleu
+
+    _check_keys(refs, hyps)
+    keys = sorted(refs)
+    ref_list, hyp_list = [refs[k] for k in keys], [hyps[k] for k in keys]
+    cased = sacrebleu.corpus_bleu(hyp_list, [ref_list])
+    chrf = sacrebleu.corpus_chrf(hyp_list, [ref_list])
+    lower = sacrebleu.corpus_bleu([_normalise_for_bleu(h) for h in hyp_list], [[_normalise_for_bleu(r) for r in ref_list]])
+    scores = {"bleu": round(cased.score, 2), "chrf": round(chrf.score, 2), "bleu_lc_nopunct": round(lower.score, 2)}
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        write_text_atomic(Path(out_dir) / "result.txt", f"{cased}\n{chrf}\nlower-cased, no punctuation: {lower}\n")
+    return scores
+
+
+def intent_scores(refs: Dict[str, str], hyps: Dict[str, str], out_dir) -> Dict[str, float]:
+    """SLU targets "<scenario_action> transcript": intent, scenario and action accuracy (%),
+    and the sclite WER of the transcript parts."""
+    _check_keys(refs, hyps)
+    keys = sorted(refs)
+
+    def split(text):
+        intent, _, transcript = text.strip().partition(" ")
+        scenario, _, action = intent.partition("_")
+        return intent, scenario, action, transcript
+
+    ref_parts = {k: split(refs[k]) for k in keys}
+    hyp_parts = {k: split(hyps[k]) for k in keys}
+    n = len(keys)
+    scores = {
+        name: round(100.0 * sum(ref_parts[k][i] == hyp_parts[k][i] for k in keys) / n, 2)
+        for i, name in enumerate(["intent_acc", "scenario_acc", "action_acc"])
+    }
+    wer = sclite_error_rate({k: ref_parts[k][3] for k in keys}, {k: hyp_parts[k][3] for k in keys},
+                            Path(out_dir) / "transcript")
+    scores["transcript_wer"] = wer["err"]
+    write_text_atomic(Path(out_dir) / "result.txt", "".join(f"{k}: {v}\n" for k, v in scores.items()))
+    return scores
+
+
+def rouge(refs: Dict[str, str], hyps: Dict[str, str], out_dir=None) -> Dict[str, float]:
+    """Mean ROUGE-1/2/L F1 (%) with rouge-score (stemming on)."""
+    from rouge_score import rouge_scorer
+
+    _check_keys(refs, hyps)
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    for k in sorted(refs):
+        for name, score in scorer.score(refs[k], hyps[k]).items():
+            totals[name] += score.fmeasure
+    scores = {name: round(100.0 * value / len(refs), 2) for name, value in totals.items()}
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        write_text_atomic(Path(out_dir) / "result.txt", "".join(f"{k}: {v}\n" for k, v in scores.items()))
+    return scores

@@ -1,0 +1,467 @@
+"""The recipe pipeline shared by every egs2 recipe (ESPnet2-style stages).
+
+    python -m espnet_mtla.pipeline --task asr --stage 1 --stop_stage 10 --train_config conf/train.yaml ...
+
+Run from a recipe dir (egs2/<corpus>/<task>1/), normally through its run.sh. Stages:
+ 1 data preparation (local/data.sh -> data/<set>/)     7 training
+ 2 speed perturbation of the training set            8 decoding (--inference_nj jobs)
+ 3 audio formatting to dump/ (flac|wav|wav.ark|fbank) 9 scoring
+ 4 length filtering of the training/valid sets       10 RESULTS.md
+ 5 tokenisers (bpe|char|word; source side for st/mt) 11 packing the model into a zip
+ 6 statistics collection (ESPnet collect_stats)
+Each stage logs to a file under exp/ (named when the stage starts) and stops the run with
+that file's name if a job fails.
+"""
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from espnet_mtla import datadir
+from espnet_mtla.fileio import write_text_atomic
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_JOBS = [sys.executable, str(ROOT / "utils" / "run_jobs.py")]
+TASKS = ("asr", "st", "slu", "mt")
+log = logging.getLogger("pipeline")
+
+
+class StageError(RuntimeError):
+    pass
+
+
+# -- options ----------------------------------------------------------------------------
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = p.add_argument
+    add("--task", choices=TASKS, required=True)
+    add("--stage", type=int, default=1)
+    add("--stop_stage", type=int, default=11)
+    add("--nj", type=int, default=2, help="parallel jobs for formatting and statistics")
+    add("--inference_nj", type=int, default=2, help="parallel decoding jobs")
+    add("--ngpu", type=int, default=0)
+    add("--train_set", default="train")
+    add("--valid_set", default="dev")
+    add("--test_sets", default="test", help="space-separated")
+    add("--local_data_opts", default="", help="options passed to local/data.sh")
+    add("--audio_format", default="flac", choices=("flac", "wav", "wav.ark"))
+    add("--feats_type", default="raw", choices=("raw", "fbank"))
+    add("--fs", type=int, default=16000)
+    add("--speed_perturb_factors", default="", help='e.g. "0.9 1.0 1.1"; empty: none')
+    add("--min_wav_duration", type=float, default=0.1)
+    add("--max_wav_duration", type=float, default=30.0)
+    add("--token_type", default="bpe", choices=("bpe", "char", "word"))
+    add("--nbpe", type=int, default=100)
+    add("--src_token_type", default="bpe", choices=("bpe", "char", "word"))
+    add("--src_nbpe", type=int, default=100)
+    add("--src_lang", default="en", help="st/mt: source text is data/<set>/text.<src_lang>")
+    add("--tgt_lang", default="de", help="st: target text is data/<set>/text.<tgt_lang>")
+    add("--user_defined_symbols", default="", help="space-separated tokens kept whole by BPE (e.g. SLU intents)")
+    add("--train_config", required=False)
+    add("--inference_config", default=None)
+    add("--inference_model", default="valid.acc.best.pth")
+    add("--tag", default=None, help="experiment name; default: the train config's stem")
+    add("--train_args", default="", help="extra options for <task>_train")
+    add("--inference_args", default="", help="extra options for <task>_inference")
+    add("--dumpdir", default="dump")
+    add("--expdir", default="exp")
+    add("--results", default="RESULTS.md")
+    return p
+
+
+class Pipeline:
+    def __init__(self, args: argparse.Namespace):
+        self.a = args
+        self.task = args.task
+        self.speech = args.task != "mt"
+        self.feats = args.feats_type if self.speech else "text"
+        self.dump = Path(args.dumpdir) / (args.audio_format if self.feats == "raw" else self.feats)
+        self.test_sets = args.test_sets.split()
+        self.tag = args.tag or (Path(args.train_config).stem if args.train_config else "default")
+        self.exp = Path(args.expdir) / f"{self.task}_{self.tag}"
+        self.stats_dir = Path(args.expdir) / f"{self.task}_stats_{self.feats}"
+        self.train_set = args.train_set + ("_sp" if args.speed_perturb_factors.strip() else "")
+
+    # -- helpers ---------------------------------------------------------------------------
+    def run(self, cmd: List[str], log_file: Path, jobs: Optional[int] = None) -> None:
+        """Run ``cmd`` (through utils/run_jobs.py: JOB=1:jobs when jobs is given)."""
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        job_args = [f"JOB=1:{jobs}"] if jobs else []
+        full = RUN_JOBS + job_args + [str(log_file)] + [str(c) for c in cmd]
+        log.info("running: %s", " ".join(shlex.quote(str(c)) for c in cmd))
+        if subprocess.run(full).returncode != 0:
+            raise StageError(f"failed; see the log above ({log_file})")
+
+    def text_names(self) -> Dict[str, str]:
+        """ESPnet data name -> file in a data dir."""
+        if self.task == "st":
+            return {"text": f"text.{self.a.tgt_lang}", "src_text": f"text.{self.a.src_lang}"}
+        if self.task == "mt":
+            return {"text": "text", "src_text": f"text.{self.a.src_lang}"}
+        if self.task == "slu":
+            return {"text": "text"}
+        return {"text": "text"}
+
+    def token_dir(self, side: str) -> Path:
+        if side == "src":
+            return Path("data") / "token_list" / f"src_{self.a.src_token_type}{self.a.src_nbpe if self.a.src_token_type == 'bpe' else ''}"
+        return Path("data") / "token_list" / f"{self.a.token_type}{self.a.nbpe if self.a.token_type == 'bpe' else ''}"
+
+    def token_args(self) -> List[str]:
+        tgt = self.token_dir("tgt")
+        out = ["--token_type", self.a.token_type, "--token_list", tgt / "tokens.txt"]
+        if self.a.token_type == "bpe":
+            out += ["--bpemodel", tgt / "bpe.model"]
+        if self.task in ("st", "mt"):
+            src = self.token_dir("src")
+            out += ["--src_token_type", self.a.src_token_type, "--src_token_list", src / "tokens.txt"]
+            if self.a.src_token_type == "bpe":
+                out += ["--src_bpemodel", src / "bpe.model"]
+        return out
+
+    def data_args(self, prefix: str, data_dir: Path) -> List[str]:
+        out = []
+        if self.speech:
+            scp, kind = ("feats.scp", "kaldi_ark") if self.feats == "fbank" else (
+                ("wav.scp", "kaldi_ark") if self.a.audio_format.endswith(".ark") else ("wav.scp", "sound"))
+            out += [f"--{prefix}_data_path_and_name_and_type", f"{data_dir / scp},speech,{kind}"]
+        for name, file in self.text_names().items():
+            out += [f"--{prefix}_data_path_and_name_and_type", f"{data_dir / file},{name},text"]
+        return out
+
+    def feature_args(self) -> List[str]:
+        return ["--input_size", "80"] if self.feats == "fbank" else []
+
+    # -- stages -------------------------------------------------------------------------------
+    def stage1_data(self) -> None:
+        script = Path("local/data.sh")
+        if not script.exists():
+            raise StageError(f"{script.resolve()} not found: run from a recipe dir (egs2/<corpus>/<task>1)")
+        self.run(["bash", script] + shlex.split(self.a.local_data_opts), Path(self.a.expdir) / "log" / "data_prep.log")
+        for name in [self.a.train_set, self.a.valid_set] + self.test_sets:
+            problems = datadir.validate(Path("data") / name)
+            if problems:
+                raise StageError(problems.report(Path("data") / name))
+
+    def stage2_speed_perturb(self) -> None:
+        factors = self.a.speed_perturb_factors.split()
+        if not factors:
+            log.info("no --speed_perturb_factors: skipped")
+            return
+        src, dst = Path("data") / self.a.train_set, Path("data") / self.train_set
+        dst.mkdir(parents=True, exist_ok=True)
+        if (src / "segments").exists():
+            raise StageError("speed perturbation of segmented data: format the set first (not supported)")
+        tables = {p.name: datadir.read_table(p, datadir.Problems(), True) for p in src.iterdir()
+                  if p.is_file() and p.name not in ("spk2utt", "utt2num_samples", "utt2dur")}
+        out: Dict[str, List[str]] = {name: [] for name in tables}
+        for factor in factors:
+            prefix = "" if float(factor) == 1.0 else f"sp{factor}-"
+            for name, table in tables.items():
+                for key, value in table.items():
+                    if name == "wav.scp" and prefix:
+                        value = f"sox -t {Path(value).suffix[1:] or 'wav'} {value} -t wav - speed {factor} |"
+                    elif name == "utt2spk" and prefix:
+                        value = prefix + value
+                    out[name].append(f"{prefix}{key} {value}")
+        for name, lines in out.items():
+            write_text_atomic(dst / name, "".join(line + "\n" for line in sorted(lines, key=str.encode)))
+        datadir.fix(dst)
+
+    def stage3_format(self) -> None:
+        sets = [self.train_set, self.a.valid_set] + self.test_sets
+        for name in sets:
+            src = Path("data") / name
+            dst = self.dump / ("org" if name in (self.train_set, self.a.valid_set) else "") / name
+            dst.mkdir(parents=True, exist_ok=True)
+            for file in src.iterdir():
+                if file.is_file() and file.name not in ("wav.scp", "segments", "feats.scp"):
+                    shutil.copyfile(file, dst / file.name)
+            if not self.speech:
+                continue
+            logdir = dst / "logs"
+            keys = [line.split()[0] for line in (src / "utt2spk").read_text().splitlines()]
+            jobs = max(1, min(self.a.nj, len(keys)))
+            logdir.mkdir(parents=True, exist_ok=True)
+            for j in range(jobs):
+                part = keys[j * len(keys) // jobs: (j + 1) * len(keys) // jobs]
+                write_text_atomic(logdir / f"keys.{j + 1}", "".join(k + "\n" for k in part))
+            self.run([sys.executable, "-m", "espnet_mtla.data.format_audio", src, dst, "--audio_format",
+                      self.a.audio_format, "--feats_type", self.feats, "--fs", self.a.fs,
+                      "--keys", logdir / "keys.JOB", "--job", "JOB"], logdir / "format.JOB.log", jobs)
+            scp = "feats.scp" if self.feats == "fbank" else "wav.scp"
+            shape = "feats_shape" if self.feats == "fbank" else "utt2num_samples"
+            for name_out in (scp, shape):
+                parts = [(dst / f"{name_out}.{j + 1}").read_text() for j in range(jobs)]
+                write_text_atomic(dst / name_out, "".join(parts))
+                for j in range(jobs):
+                    (dst / f"{name_out}.{j + 1}").unlink()
+            if self.feats == "fbank":
+                write_text_atomic(dst / "feats_type", "fbank\n")
+            problems = datadir.validate(dst)
+            if problems:
+                raise StageError(problems.report(dst))
+
+    def stage4_filter(self) -> None:
+        for name in (self.train_set, self.a.valid_set):
+            src, dst = self.dump / "org" / name, self.dump / name
+            scratch = datadir.Problems()
+            keep = list(datadir.read_table(src / "utt2spk", scratch))
+            if self.speech:
+                if self.feats == "fbank":
+                    lengths = {k: int(v.split(",")[0]) / 100 for k, v in datadir.read_table(src / "feats_shape", scratch).items()}
+                else:
+                    lengths = {k: int(v) / self.a.fs for k, v in datadir.read_table(src / "utt2num_samples", scratch).items()}
+                keep = [k for k in keep if self.a.min_wav_duration <= lengths[k] <= self.a.max_wav_duration]
+            texts = [datadir.read_table(src / f, scratch, True) for f in self.text_names().values()]
+            keep = [k for k in keep if all(t.get(k, "").strip() for t in texts)]
+            if dst.exists():
+                shutil.rmtree(dst)
+            datadir.subset(src, dst, keep)
+            dropped = len(datadir.read_table(src / "utt2spk", scratch)) - len(keep)
+            log.info("%s: kept %d utterances, dropped %d (duration outside [%s, %s] s or empty text)",
+                     name, len(keep), dropped, self.a.min_wav_duration, self.a.max_wav_duration)
+
+    def _train_tokenizer(self, side: str, token_type: str, nbpe: int, text_file: str) -> None:
+        out = self.token_dir(side)
+        out.mkdir(parents=True, exist_ok=True)
+        lines = [v for v in datadir.read_table(self.dump / self.train_set / text_file, datadir.Problems()).values()]
+        write_text_atomic(out / "train.txt", "".join(line + "\n" for line in lines))
+        special = ["<blank>", "<unk>"]
+        if token_type == "bpe":
+            import sentencepiece as spm
+
+            symbols = self.a.user_defined_symbols.split() if side == "tgt" else []
+            spm.SentencePieceTrainer.train(
+                input=str(out / "train.txt"), model_prefix=str(out / "bpe"), vocab_size=nbpe, model_type="unigram",
+                character_coverage=1.0, input_sentence_size=100000000, user_defined_symbols=symbols or None,
+                minloglevel=2, hard_vocab_limit=False,  # a small corpus may support fewer pieces than asked
+            )
+            pieces = [line.split("\t")[0] for line in (out / "bpe.vocab").read_text(encoding="utf-8").splitlines()]
+            tokens = [t for t in pieces if t not in ("<unk>", "<s>", "</s>")]
+        elif token_type == "char":
+            tokens = ["<space>"] + sorted({c for line in lines for c in line if c != " "})
+        else:
+            tokens = sorted({w for line in lines for w in line.split()})
+        write_text_atomic(out / "tokens.txt", "".join(t + "\n" for t in special + tokens + ["<sos/eos>"]))
+        log.info("%s tokens (%s): %d -> %s", side, token_type, len(tokens) + 3, out / "tokens.txt")
+
+    def stage5_tokenizer(self) -> None:
+        names = self.text_names()
+        self._train_tokenizer("tgt", self.a.token_type, self.a.nbpe, names["text"])
+        if "src_text" in names:
+            self._train_tokenizer("src", self.a.src_token_type, self.a.src_nbpe, names["src_text"])
+
+    def _shape_file(self, data_dir: Path) -> Path:
+        return data_dir / ("feats_shape" if self.feats == "fbank" else ("utt2num_samples" if self.speech else "utt2spk"))
+
+    def stage6_stats(self) -> None:
+        logdir = self.stats_dir / "logdir"
+        logdir.mkdir(parents=True, exist_ok=True)
+        jobs = self.a.nj
+        for name, tag in ((self.train_set, "train"), (self.a.valid_set, "valid")):
+            keys = list(datadir.read_table(self.dump / name / "utt2spk", datadir.Problems()))
+            jobs = max(1, min(jobs, len(keys)))
+        for name, tag in ((self.train_set, "train"), (self.a.valid_set, "valid")):
+            keys = list(datadir.read_table(self.dump / name / "utt2spk", datadir.Problems()))
+            for j in range(jobs):
+                part = keys[j * len(keys) // jobs: (j + 1) * len(keys) // jobs]
+                write_text_atomic(logdir / f"{tag}.{j + 1}.scp", "".join(f"{k} {k}\n" for k in part))
+        cmd = [sys.executable, "-m", f"espnet_mtla.bin.{self.task}_train", "--collect_stats", "true",
+               "--use_preprocessor", "true", "--ngpu", "0", "--num_workers", "0",
+               "--normalize", "none",  # the statistics are what global_mvn will normalise with
+               "--train_shape_file", logdir / "train.JOB.scp", "--valid_shape_file", logdir / "valid.JOB.scp",
+               "--output_dir", logdir / "stats.JOB"]
+        cmd += self.token_args() + self.feature_args()
+        cmd += self.data_args("train", self.dump / self.train_set) + self.data_args("valid", self.dump / self.a.valid_set)
+        if self.a.train_config:
+            cmd = cmd[:3] + ["--config", self.a.train_config] + cmd[3:]
+        self.run(cmd, logdir / "stats.JOB.log", jobs)
+        inputs = []
+        for j in range(jobs):
+            inputs += ["--input_dir", logdir / f"stats.{j + 1}"]
+        self.run([sys.executable, "-m", "espnet2.bin.aggregate_stats_dirs", *inputs, "--output_dir", self.stats_dir],
+                 self.stats_dir / "aggregate.log")
+
+    def stage7_train(self) -> None:
+        if not self.a.train_config:
+            raise StageError("--train_config is required for training")
+        self.exp.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", f"espnet_mtla.bin.{self.task}_train", "--config", self.a.train_config,
+               "--use_preprocessor", "true", "--ngpu", self.a.ngpu, "--output_dir", self.exp, "--resume", "true"]
+        cmd += self.token_args() + self.feature_args()
+        cmd += self.data_args("train", self.dump / self.train_set) + self.data_args("valid", self.dump / self.a.valid_set)
+        for tag in ("train", "valid"):
+            for shape in sorted((self.stats_dir / tag).glob("*_shape*")):
+                cmd += [f"--{tag}_shape_file", shape]
+        stats = self.stats_dir / "train" / "feats_stats.npz"
+        if self.speech and stats.exists():
+            cmd += ["--normalize_conf", f"stats_file={stats}"]
+        cmd += shlex.split(self.a.train_args)
+        self.run(cmd, self.exp / "train.log")
+
+    def _inference_key(self) -> str:
+        return "speech" if self.speech else "src_text"
+
+    def stage8_decode(self) -> None:
+        model = self.exp / self.a.inference_model
+        config = self.exp / "config.yaml"
+        if not model.exists():
+            raise StageError(f"{model} not found: train first (stage 7), or set --inference_model")
+        for name in self.test_sets:
+            data = self.dump / name
+            out = self.decode_dir(name)
+            logdir = out / "logdir"
+            keys = list(datadir.read_table(data / "utt2spk", datadir.Problems()))
+            jobs = max(1, min(self.a.inference_nj, len(keys)))
+            logdir.mkdir(parents=True, exist_ok=True)
+            for j in range(jobs):
+                part = keys[j * len(keys) // jobs: (j + 1) * len(keys) // jobs]
+                write_text_atomic(logdir / f"keys.{j + 1}.scp", "".join(f"{k} {k}\n" for k in part))
+            t = self.task
+            cmd = [sys.executable, "-m", f"espnet_mtla.bin.{t}_inference", "--batch_size", "1", "--ngpu", self.a.ngpu,
+                   f"--{t}_train_config", config, f"--{t}_model_file", model, "--key_file", logdir / "keys.JOB.scp",
+                   "--output_dir", logdir / "output.JOB"]
+            if self.a.inference_config:
+                cmd += ["--config", self.a.inference_config]
+            cmd += self._inference_inputs(data)
+            cmd += shlex.split(self.a.inference_args)
+            self.run(cmd, logdir / "decode.JOB.log", jobs)
+            for file in ("text", "token", "token_int", "score"):
+                parts = [(logdir / f"output.{j + 1}" / "1best_recog" / file) for j in range(jobs)]
+                text = "".join(p.read_text(encoding="utf-8") for p in parts if p.exists())
+                write_text_atomic(out / file, "".join(sorted(text.splitlines(keepends=True), key=str.encode)))
+            reports = [json.loads((logdir / f"output.{j + 1}" / "1best_recog" / "efficiency.json").read_text())
+                       for j in range(jobs)]
+            write_text_atomic(out / "efficiency.json", json.dumps(merge_efficiency(reports), indent=2) + "\n")
+
+    def _inference_inputs(self, data: Path) -> List[str]:
+        """--data_path_and_name_and_type for the one input the inference class takes."""
+        args = self.data_args("train", data)
+        out = []
+        for flag, value in zip(args[::2], args[1::2]):
+            if value.split(",")[1] == self._inference_key():
+                out += ["--data_path_and_name_and_type", value]
+        return out
+
+    def decode_dir(self, test_set: str) -> Path:
+        tag = Path(self.a.inference_config).stem if self.a.inference_config else "decode"
+        return self.exp / f"{tag}_{Path(self.a.inference_model).stem}" / test_set
+
+    def stage9_score(self) -> None:
+        from espnet_mtla.metrics import scoring
+
+        for name in self.test_sets:
+            out = self.decode_dir(name)
+            ref_file = self.dump / name / self.text_names()["text"]
+            refs = dict(datadir.read_table(ref_file, datadir.Problems()))
+            hyps = dict(datadir.read_table(out / "text", datadir.Problems(), allow_empty_value=True))
+            hyps = {k: hyps.get(k, "") for k in refs}
+            if self.task == "asr":
+                scores = {"wer": scoring.sclite_error_rate(refs, hyps, out / "score_wer")["err"],
+                          "cer": scoring.sclite_error_rate(refs, hyps, out / "score_cer", unit="char")["err"]}
+            elif self.task == "st":
+                scores = scoring.bleu(refs, hyps, out / "score_bleu")
+            elif self.task == "slu":
+                scores = scoring.intent_scores(refs, hyps, out / "score_intent")
+            else:
+                scores = scoring.rouge(refs, hyps, out / "score_rouge")
+            write_text_atomic(out / "scores.json", json.dumps(scores, indent=2) + "\n")
+            log.info("%s %s: %s", self.exp.name, name, scores)
+
+    def stage10_report(self) -> None:
+        rows = {}
+        path = Path(self.a.results)
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if line.startswith("| ") and not line.startswith("| experiment") and "---" not in line:
+                    key = tuple(c.strip() for c in line.strip("|").split("|")[:2])
+                    rows[key] = line
+        for name in self.test_sets:
+            out = self.decode_dir(name)
+            scores = json.loads((out / "scores.json").read_text())
+            eff = json.loads((out / "efficiency.json").read_text())
+            quality = ", ".join(f"{k} {v}" for k, v in scores.items())
+            cache = eff.get("cache_bytes_peak")
+            cache_text = f"{cache / 1e6:.3f}" if cache is not None else "-"
+            rows[(self.exp.name, name)] = (
+                f"| {self.exp.name} | {name} | {quality} | {eff['total_decode_time_s']:.2f} | "
+                f"{eff['tokens_per_s']} | {eff['peak_memory_bytes'] / 2**20:.1f} | {cache_text} |")
+        header = ("| experiment | test set | quality | decode time (s) | tokens/s | peak memory (MiB) | "
+                  "KV cache peak (MB) |\n|---|---|---|---|---|---|---|\n")
+        body = "".join(rows[k] + "\n" for k in sorted(rows))
+        write_text_atomic(path, f"# Results\n\nWritten by stage 10 of the pipeline (one row per experiment and "
+                                f"test set; decode time is the sum over utterances).\n\n{header}{body}")
+        print(path.read_text())
+
+    def stage11_pack(self) -> None:
+        from espnet2.main_funcs.pack_funcs import pack
+
+        model = self.exp / self.a.inference_model
+        if not model.exists():
+            raise StageError(f"{model} not found: train first (stage 7)")
+        extras = [p for p in (self.token_dir("tgt") / "bpe.model", self.token_dir("src") / "bpe.model",
+                              self.stats_dir / "train" / "feats_stats.npz") if p.exists()]
+        if self.a.inference_config:
+            extras.append(Path(self.a.inference_config))
+        outpath = self.exp / f"{self.exp.name}.zip"
+        t = self.task
+        pack(files={f"{t}_model_file": model}, yaml_files={f"{t}_train_config": self.exp / "config.yaml"},
+             outpath=outpath, option=extras)
+        log.info("packed: %s (decode with: python -m espnet_mtla.bin.%s_inference --packed_model %s ...)",
+                 outpath, t, outpath)
+
+    STAGES = {1: stage1_data, 2: stage2_speed_perturb, 3: stage3_format, 4: stage4_filter, 5: stage5_tokenizer,
+              6: stage6_stats, 7: stage7_train, 8: stage8_decode, 9: stage9_score, 10: stage10_report, 11: stage11_pack}
+
+
+def merge_efficiency(reports: List[dict]) -> dict:
+    utts = {}
+    for report in reports:
+        utts.update(report["utterances"])
+    total = sum(u["decode_time_s"] for u in utts.values())
+    tokens = sum(u["output_tokens"] for u in utts.values())
+    caches = [u["cache_bytes_peak"] for u in utts.values() if u["cache_bytes_peak"] is not None]
+    return {
+        "device": reports[0]["device"] if reports else None,
+        "jobs": len(reports),
+        "num_utterances": len(utts),
+        "total_decode_time_s": round(total, 6),
+        "output_tokens": tokens,
+        "tokens_per_s": round(tokens / total, 3) if total > 0 else None,
+        "peak_memory_bytes": max((u["peak_memory_bytes"] for u in utts.values()), default=0),
+        "peak_memory_kind": reports[0]["peak_memory_kind"] if reports else None,
+        "cache_bytes_peak": max(caches) if caches else None,
+        "utterances": dict(sorted(utts.items())),
+    }
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s pipeline: %(message)s", datefmt="%H:%M:%S")
+    pipeline = Pipeline(args)
+    for number, stage in Pipeline.STAGES.items():
+        if args.stage <= number <= args.stop_stage:
+            name = stage.__name__.split("_", 1)[1]
+            log.info("stage %d: %s", number, name)
+            start = time.time()
+            try:
+                stage(pipeline)
+            except StageError as err:
+                print(f"error: stage {number} ({name}): {err}", file=sys.stderr)
+                return 1
+            log.info("stage %d done in %.0f s", number, time.time() - start)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", str(min(2, os.cpu_count() or 1)))
+    sys.exit(main())

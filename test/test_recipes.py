@@ -1,0 +1,69 @@
+"""End-to-end: every stage of the mini recipes on a few dozen utterances with a tiny budget."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--local_data_opts", "--train_size 24 --dev_size 6 --test_size 6", "--nj", "2", "--inference_nj", "2",
+        "--train_args", "--max_epoch 1 --batch_size 6",
+        "--inference_args", "--beam_size 2 --maxlenratio -8"]
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (make install)")]
+
+
+def recipe_copy(tmp_path: Path, corpus: str, task_dir: str) -> Path:
+    """The recipe's own files, with the shared ones linked by absolute path."""
+    src = ROOT / "egs2" / corpus / task_dir
+    dst = tmp_path / task_dir
+    dst.mkdir()
+    for item in src.iterdir():
+        if item.is_symlink():
+            (dst / item.name).symlink_to(item.resolve())
+        elif item.is_dir():
+            shutil.copytree(item, dst / item.name)
+        elif item.name != "RESULTS.md":
+            shutil.copy(item, dst / item.name)
+    return dst
+
+
+def run_recipe(recipe: Path, *args):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(["./run.sh", *args], cwd=recipe, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def table(path: Path):
+    return dict(line.split(" ", 1) for line in path.read_text(encoding="utf-8").splitlines())
+
+
+def test_mini_synth_asr_every_stage(tmp_path):
+    recipe = recipe_copy(tmp_path, "mini_synth", "asr1")
+    run_recipe(recipe, *TINY)
+    for name in ("train", "dev", "test"):
+        assert (recipe / "data" / name / "wav.scp").exists()
+    assert (recipe / "data" / "token_list" / "bpe100" / "bpe.model").exists() or \
+        (recipe / "data" / "token_list" / "char" / "tokens.txt").exists()
+    exp = recipe / "exp" / "asr_train_mtla"
+    assert (exp / "1epoch.pth").exists() and (exp / "valid.acc.best.pth").exists()
+    decode = next((exp).glob("decode_*/test"))
+    hyps = table(decode / "text") if (decode / "text").stat().st_size else {}
+    refs = table(recipe / "dump" / "flac" / "test" / "text")
+    token_keys = [line.split()[0] for line in (decode / "token").read_text().splitlines()]
+    assert sorted(token_keys) == sorted(refs)  # every test utterance decoded exactly once
+    assert set(hyps) <= set(refs)
+    scores = json.loads((decode / "scores.json").read_text())
+    assert set(scores) == {"wer", "cer"} and all(isinstance(v, float) for v in scores.values())
+    assert "Sum/Avg" in (decode / "score_wer" / "result.txt").read_text()
+    eff = json.loads((decode / "efficiency.json").read_text())
+    assert eff["num_utterances"] == len(refs) and eff["jobs"] == 2 and eff["cache_bytes_peak"] > 0
+    results = (recipe / "RESULTS.md").read_text()
+    row = next(line for line in results.splitlines() if line.startswith("| asr_train_mtla | test |"))
+    assert f"wer {scores['wer']}" in row
+    assert (exp / "asr_train_mtla.zip").exists()

@@ -1,0 +1,61 @@
+"""Scoring on known inputs (real sclite, sacrebleu, rouge-score) and conf/ generation."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from espnet_mtla.bin.make_confs import render
+from espnet_mtla.metrics import scoring
+
+ROOT = Path(__file__).resolve().parent.parent
+REFS = {"spk-1": "the cat sat", "spk-2": "hello world"}
+HYPS = {"spk-1": "the cat sat down", "spk-2": "hello word"}
+
+
+@pytest.mark.skipif(not any(shutil.which(c) or Path(c).exists() for c in scoring.SCLITE_CANDIDATES),
+                    reason="needs sclite (Debian sctk)")
+def test_sclite_wer_and_cer(tmp_path):
+    wer = scoring.sclite_error_rate(REFS, HYPS, tmp_path / "wer")
+    # 5 reference words: 1 substitution (word), 1 insertion (down) -> 40 %.
+    assert (wer["words"], wer["sub"], wer["ins"], wer["del"], wer["err"]) == (5, 20.0, 20.0, 0.0, 40.0)
+    assert (tmp_path / "wer" / "ref.trn").read_text().splitlines()[0] == "the cat sat\t(spk-1)"
+    cer = scoring.sclite_error_rate(REFS, HYPS, tmp_path / "cer", unit="char")
+    # 22 reference characters (spaces count): 5 inserted (" down"), 1 deleted ("l") -> 27.3 %.
+    assert (cer["words"], cer["err"]) == (22, 27.3)
+
+
+def test_missing_hypotheses_are_an_error(tmp_path):
+    with pytest.raises(ValueError, match="1 utterance\\(s\\) have no hypothesis, e.g. spk-2"):
+        scoring.bleu(REFS, {"spk-1": "the cat sat"})
+
+
+def test_bleu_chrf():
+    perfect = scoring.bleu(REFS, REFS)
+    assert perfect == {"bleu": 100.0, "chrf": 100.0, "bleu_lc_nopunct": 100.0}
+    cased = scoring.bleu({"a-1": "Hello, World! The cat sat on the mat."}, {"a-1": "hello world the cat sat on the mat"})
+    assert cased["bleu_lc_nopunct"] == 100.0 and cased["bleu"] < 100.0
+
+
+@pytest.mark.skipif(not any(shutil.which(c) or Path(c).exists() for c in scoring.SCLITE_CANDIDATES),
+                    reason="needs sclite (Debian sctk)")
+def test_intent_scores(tmp_path):
+    refs = {"a-1": "alarm_set wake me up", "a-2": "play_music play jazz", "a-3": "iot_hue_lightoff lights off"}
+    hyps = {"a-1": "alarm_set wake me up", "a-2": "play_radio play jazz", "a-3": "alarm_remove lights off"}
+    scores = scoring.intent_scores(refs, hyps, tmp_path)
+    assert scores == {"intent_acc": 33.33, "scenario_acc": 66.67, "action_acc": 33.33, "transcript_wer": 0.0}
+
+
+def test_rouge():
+    scores = scoring.rouge({"a-1": "the cat sat on the mat"}, {"a-1": "the cat sat"})
+    # unigram P = 3/3, R = 3/6 -> F1 = 2/3; bigrams 2/2 and 2/5 -> F1 = 4/7.
+    assert scores == {"rouge1": 66.67, "rouge2": 57.14, "rougeL": 66.67}
+
+
+def test_recipe_confs_match_their_templates():
+    conf = ROOT / "egs2" / "mini_synth" / "asr1" / "conf"
+    for attention_type in ("mha", "mqa", "gqa", "mla", "mtla"):
+        rendered = render(ROOT / "conf_templates" / "asr_mini.yaml", attention_type).replace(
+            (ROOT / "conf_templates").as_posix(), "conf_templates")
+        assert (conf / f"train_{attention_type}.yaml").read_text() == rendered, (
+            f"{conf}/train_{attention_type}.yaml is out of date: re-run espnet_mtla.bin.make_confs")
