@@ -67,3 +67,33 @@ def test_mini_synth_asr_every_stage(tmp_path):
     row = next(line for line in results.splitlines() if line.startswith("| asr_train_mtla | test |"))
     assert f"wer {scores['wer']}" in row
     assert (exp / "asr_train_mtla.zip").exists()
+
+
+def test_mini_synth_st_every_stage(tmp_path):
+    recipe = recipe_copy(tmp_path, "mini_synth", "st1")
+    run_recipe(recipe, *TINY)
+    data = recipe / "data" / "test"
+    assert table(data / "text") == table(data / "text.de") and (data / "text.en").exists()
+    for side in ("bpe100", "src_bpe100"):
+        assert (recipe / "data" / "token_list" / side / "bpe.model").exists()
+    exp = recipe / "exp" / "st_train_mtla"
+    decode = next(exp.glob("decode_*/test"))
+    scores = json.loads((decode / "scores.json").read_text())
+    assert set(scores) == {"bleu", "chrf", "bleu_lc_nopunct"} and all(isinstance(v, float) for v in scores.values())
+    assert "BLEU" in (decode / "score_bleu" / "result.txt").read_text()
+    row = next(line for line in (recipe / "RESULTS.md").read_text().splitlines() if line.startswith("| st_train_mtla |"))
+    assert f"bleu {scores['bleu']}" in row
+    assert (exp / "st_train_mtla.zip").exists()
+
+
+def test_mini_synth_slu_every_stage(tmp_path):
+    recipe = recipe_copy(tmp_path, "mini_synth", "slu1")
+    run_recipe(recipe, *TINY)
+    tokens = (recipe / "data" / "token_list" / "bpe100" / "tokens.txt").read_text().split()
+    assert "alarm_set" in tokens and "play_music" in tokens  # intents stay whole tokens
+    exp = recipe / "exp" / "slu_train_mtla"
+    decode = next(exp.glob("decode_*/test"))
+    scores = json.loads((decode / "scores.json").read_text())
+    assert set(scores) == {"intent_acc", "scenario_acc", "action_acc", "transcript_wer"}
+    row = next(line for line in (recipe / "RESULTS.md").read_text().splitlines() if line.startswith("| slu_train_mtla |"))
+    assert f"intent_acc {scores['intent_acc']}" in row

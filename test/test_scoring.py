@@ -53,10 +53,11 @@ def test_rouge():
     assert scores == {"rouge1": 66.67, "rouge2": 57.14, "rougeL": 66.67}
 
 
-def test_recipe_confs_match_their_templates():
-    conf = ROOT / "egs2" / "mini_synth" / "asr1" / "conf"
+@pytest.mark.parametrize("task", ["asr", "st", "slu"])
+def test_recipe_confs_match_their_templates(task):
+    conf = ROOT / "egs2" / "mini_synth" / f"{task}1" / "conf"
     for attention_type in ("mha", "mqa", "gqa", "mla", "mtla"):
-        rendered = render(ROOT / "conf_templates" / "asr_mini.yaml", attention_type).replace(
+        rendered = render(ROOT / "conf_templates" / f"{task}_mini.yaml", attention_type).replace(
             (ROOT / "conf_templates").as_posix(), "conf_templates")
         assert (conf / f"train_{attention_type}.yaml").read_text() == rendered, (
             f"{conf}/train_{attention_type}.yaml is out of date: re-run espnet_mtla.bin.make_confs")
