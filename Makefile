@@ -24,8 +24,13 @@ system-deps:
 test: install
 	$(PY) -m pytest -q test
 
+# The main job: the synthetic mini ASR recipe end to end, MTLA then MHA (same data, tokens and
+# statistics; only the attention type differs), then the RESULTS.md table.
+DEMO := egs2/mini_synth/asr1
 demo: install
-	$(PY) -m espnet_mtla.bin.bench_attention --quick --out-dir exp/demo_bench
+	cd $(DEMO) && ./run.sh --attention mtla --stage 1 --stop_stage 10
+	cd $(DEMO) && ./run.sh --attention mha --stage 7 --stop_stage 10
+	@echo; cat $(DEMO)/RESULTS.md
 
 # The reference implementation (pip mtla==0.3.2) goes into its own folder, never the venv:
 # its wheel also installs top-level `experiments` and `assets` packages.
