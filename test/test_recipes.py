@@ -13,8 +13,10 @@ TINY = ["--local_data_opts", "--train_size 24 --dev_size 6 --test_size 6", "--nj
         "--train_args", "--max_epoch 1 --batch_size 6",
         "--inference_args", "--beam_size 2 --maxlenratio -8"]
 
+SCLITE = Path("/usr/lib/sctk/bin/sclite").exists() or shutil.which("sclite") is not None
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (make install)")]
+              pytest.mark.skipif(shutil.which("espeak-ng") is None or not SCLITE,
+                                 reason="needs espeak-ng and sclite (Debian espeak-ng, sctk: make install)")]
 
 
 def recipe_copy(tmp_path: Path, corpus: str, task_dir: str) -> Path:
