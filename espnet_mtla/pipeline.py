@@ -446,7 +446,11 @@ def merge_efficiency(reports: List[dict]) -> dict:
 
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s pipeline: %(message)s", datefmt="%H:%M:%S")
+    Path(args.expdir).mkdir(parents=True, exist_ok=True)
+    handlers = [logging.StreamHandler(), logging.FileHandler(Path(args.expdir) / "pipeline.log")]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s pipeline: %(message)s", datefmt="%H:%M:%S",
+                        handlers=handlers)
+    log.info("%s", " ".join(shlex.quote(a) for a in (sys.argv if argv is None else ["pipeline"] + list(argv))))
     pipeline = Pipeline(args)
     for number, stage in Pipeline.STAGES.items():
         if args.stage <= number <= args.stop_stage:
