@@ -52,7 +52,7 @@ def get_parser() -> argparse.ArgumentParser:
     add("--valid_set", default="dev")
     add("--test_sets", default="test", help="space-separated")
     add("--local_data_opts", default="", help="options passed to local/data.sh")
-    add("--audio_format", default="flac", choices=("flac", "wav", "wav.ark"))
+    add("--audio_format", default="flac", choices=("flac", "wav", "flac.ark", "wav.ark"))
     add("--feats_type", default="raw", choices=("raw", "fbank"))
     add("--fs", type=int, default=16000)
     add("--speed_perturb_factors", default="", help='e.g. "0.9 1.0 1.1"; empty: none')

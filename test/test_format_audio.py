@@ -24,16 +24,16 @@ def write_dir(path, rate=16000, segments=False):
     return audio
 
 
-@pytest.mark.parametrize("audio_format", ["flac", "wav", "wav.ark"])
+@pytest.mark.parametrize("audio_format", ["flac", "wav", "flac.ark", "wav.ark"])
 def test_formats_round_trip(tmp_path, audio_format):
     audio = write_dir(tmp_path / "src")
     format_dir(tmp_path / "src", tmp_path / "dump", audio_format, 16000, "raw")
     scp = dict(line.split(" ", 1) for line in (tmp_path / "dump" / "wav.scp").read_text().splitlines())
     assert (tmp_path / "dump" / "utt2num_samples").read_text() == "rec1 16000\nrec2 8000\n"
     for rec, samples in audio.items():
-        if audio_format == "wav.ark":
+        if audio_format.endswith(".ark"):
             rate, data = kaldiio.load_mat(scp[rec])
-            data = data / 32767
+            data = data / 32767 if data.dtype == np.int16 else data
         else:
             data, rate = soundfile.read(scp[rec])
         assert rate == 16000

@@ -6,7 +6,7 @@
 Reads wav.scp entries that are files or ``command |`` pipes (speed perturbation), cuts
 ``segments`` when present, resamples to ``--fs`` if needed, and writes:
 - raw: ``DUMP_DIR/data/<utt>.<flac|wav>`` and ``wav.scp`` (or ``data/audio.<job>.ark`` +
-  ``wav.scp`` with ark offsets for wav.ark), plus ``utt2num_samples``;
+  ``wav.scp`` with ark offsets for flac.ark / wav.ark), plus ``utt2num_samples``;
 - fbank: 80-d Kaldi-compatible log-mel fbank (25 ms / 10 ms) to ``data/feats.<job>.ark``,
   ``feats.scp`` and ``feats_shape``.
 With ``--keys`` only those utterances are done and outputs get a ``.<job>`` suffix (the
@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from espnet_mtla.fileio import write_atomic, write_text_atomic
 
-AUDIO_FORMATS = ("flac", "wav", "wav.ark")
+AUDIO_FORMATS = ("flac", "wav", "flac.ark", "wav.ark")
 
 
 def read_scp(path: Path):
@@ -75,7 +75,18 @@ def format_dir(src: Path, dump: Path, audio_format: str, fs: int, feats_type: st
     scp_lines, shape_lines = [], []
     ark_path = out_data / (f"feats{suffix}.ark" if feats_type == "fbank" else f"audio{suffix}.ark")
     use_ark = feats_type == "fbank" or audio_format.endswith(".ark")
-    writer = kaldiio.WriteHelper(f"ark,scp:{ark_path},{ark_path}.scp") if use_ark else None
+    flac_ark = feats_type == "raw" and audio_format == "flac.ark"
+    if flac_ark:  # flac bytes inside the ark (kaldiio's "AUDIO" entries, read back by kaldi_ark)
+        for path in (ark_path, Path(f"{ark_path}.scp")):
+            path.unlink(missing_ok=True)
+
+        def writer(utt, data):
+            kaldiio.save_ark(str(ark_path), {utt: data}, scp=f"{ark_path}.scp", append=True,
+                             write_function="soundfile", write_kwargs={"format": "flac", "subtype": "PCM_16"})
+
+        writer.close = lambda: None
+    else:
+        writer = kaldiio.WriteHelper(f"ark,scp:{ark_path},{ark_path}.scp") if use_ark else None
     try:
         for utt in tqdm(utts, desc=f"format {src.name}{suffix}", unit="utt", disable=not sys.stderr.isatty()):
             if segments is not None:
@@ -99,7 +110,9 @@ def format_dir(src: Path, dump: Path, audio_format: str, fs: int, feats_type: st
                 shape_lines.append(f"{utt} {feats.shape[0]},{feats.shape[1]}")
                 continue
             shape_lines.append(f"{utt} {len(samples)}")
-            if writer is not None:
+            if flac_ark:
+                writer(utt, (rate, np.clip(samples, -1, 1)))  # soundfile makes the 16-bit PCM
+            elif writer is not None:
                 writer(utt, (rate, (np.clip(samples, -1, 1) * 32767).astype(np.int16)))
             else:
                 ext = audio_format
