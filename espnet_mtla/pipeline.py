@@ -100,6 +100,18 @@ class Pipeline:
         if subprocess.run(full).returncode != 0:
             raise StageError(f"failed; see the log above ({log_file})")
 
+    @staticmethod
+    def split_keys(data_dir: Path, jobs: int, path_template: Path, line: str = "{key}") -> int:
+        """Write data_dir's utterance ids as ``jobs`` near-equal key files (JOB -> 1..n); returns n."""
+        keys = list(datadir.read_table(data_dir / "utt2spk", datadir.Problems()))
+        jobs = max(1, min(jobs, len(keys)))
+        path_template.parent.mkdir(parents=True, exist_ok=True)
+        for j in range(jobs):
+            part = keys[j * len(keys) // jobs: (j + 1) * len(keys) // jobs]
+            write_text_atomic(str(path_template).replace("JOB", str(j + 1)),
+                              "".join(line.format(key=k) + "\n" for k in part))
+        return jobs
+
     def text_names(self) -> Dict[str, str]:
         """ESPnet data name -> file in a data dir."""
         if self.task == "st":
@@ -188,12 +200,7 @@ class Pipeline:
             if not self.speech:
                 continue
             logdir = dst / "logs"
-            keys = [line.split()[0] for line in (src / "utt2spk").read_text().splitlines()]
-            jobs = max(1, min(self.a.nj, len(keys)))
-            logdir.mkdir(parents=True, exist_ok=True)
-            for j in range(jobs):
-                part = keys[j * len(keys) // jobs: (j + 1) * len(keys) // jobs]
-                write_text_atomic(logdir / f"keys.{j + 1}", "".join(k + "\n" for k in part))
+            jobs = self.split_keys(src, self.a.nj, logdir / "keys.JOB")
             self.run([sys.executable, "-m", "espnet_mtla.data.format_audio", src, dst, "--audio_format",
                       self.a.audio_format, "--feats_type", self.feats, "--fs", self.a.fs,
                       "--keys", logdir / "keys.JOB", "--job", "JOB"], logdir / "format.JOB.log", jobs)
@@ -266,15 +273,12 @@ class Pipeline:
     def stage6_stats(self) -> None:
         logdir = self.stats_dir / "logdir"
         logdir.mkdir(parents=True, exist_ok=True)
-        jobs = self.a.nj
+        # Both sets need the same number of jobs: each job reads one train and one valid split.
+        sizes = [len(datadir.read_table(self.dump / name / "utt2spk", datadir.Problems()))
+                 for name in (self.train_set, self.a.valid_set)]
+        jobs = max(1, min([self.a.nj] + sizes))
         for name, tag in ((self.train_set, "train"), (self.a.valid_set, "valid")):
-            keys = list(datadir.read_table(self.dump / name / "utt2spk", datadir.Problems()))
-            jobs = max(1, min(jobs, len(keys)))
-        for name, tag in ((self.train_set, "train"), (self.a.valid_set, "valid")):
-            keys = list(datadir.read_table(self.dump / name / "utt2spk", datadir.Problems()))
-            for j in range(jobs):
-                part = keys[j * len(keys) // jobs: (j + 1) * len(keys) // jobs]
-                write_text_atomic(logdir / f"{tag}.{j + 1}.scp", "".join(f"{k} {k}\n" for k in part))
+            self.split_keys(self.dump / name, jobs, logdir / f"{tag}.JOB.scp", "{key} {key}")
         cmd = [sys.executable, "-m", f"espnet_mtla.bin.{self.task}_train", "--collect_stats", "true",
                "--use_preprocessor", "true", "--ngpu", "0", "--num_workers", "0",
                "--normalize", "none",  # the statistics are what global_mvn will normalise with
@@ -320,12 +324,7 @@ class Pipeline:
             data = self.dump / name
             out = self.decode_dir(name)
             logdir = out / "logdir"
-            keys = list(datadir.read_table(data / "utt2spk", datadir.Problems()))
-            jobs = max(1, min(self.a.inference_nj, len(keys)))
-            logdir.mkdir(parents=True, exist_ok=True)
-            for j in range(jobs):
-                part = keys[j * len(keys) // jobs: (j + 1) * len(keys) // jobs]
-                write_text_atomic(logdir / f"keys.{j + 1}.scp", "".join(f"{k} {k}\n" for k in part))
+            jobs = self.split_keys(data, self.a.inference_nj, logdir / "keys.JOB.scp", "{key} {key}")
             t = self.task
             cmd = [sys.executable, "-m", f"espnet_mtla.bin.{t}_inference", "--batch_size", "1", "--ngpu", self.a.ngpu,
                    f"--{t}_train_config", config, f"--{t}_model_file", model, "--key_file", logdir / "keys.JOB.scp",
