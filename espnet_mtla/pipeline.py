@@ -65,7 +65,9 @@ def get_parser() -> argparse.ArgumentParser:
     add("--src_lang", default="en", help="st/mt: source text is data/<set>/text.<src_lang>")
     add("--tgt_lang", default="de", help="st: target text is data/<set>/text.<tgt_lang>")
     add("--user_defined_symbols", default="", help="space-separated tokens kept whole by BPE (e.g. SLU intents)")
-    add("--train_config", required=False)
+    add("--attention", default="mtla", choices=("mha", "mqa", "gqa", "mla", "mtla"),
+        help="fills {attention} in --train_config, e.g. conf/train_{attention}.yaml")
+    add("--train_config", required=False, help="may contain {attention}")
     add("--inference_config", default=None)
     add("--inference_model", default="valid.acc.best.pth")
     add("--tag", default=None, help="experiment name; default: the train config's stem")
@@ -79,6 +81,8 @@ def get_parser() -> argparse.ArgumentParser:
 
 class Pipeline:
     def __init__(self, args: argparse.Namespace):
+        if args.train_config:
+            args.train_config = args.train_config.replace("{attention}", args.attention)
         self.a = args
         self.task = args.task
         self.speech = args.task != "mt"

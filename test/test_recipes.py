@@ -25,7 +25,7 @@ def recipe_copy(tmp_path: Path, corpus: str, task_dir: str) -> Path:
     dst = tmp_path / task_dir
     dst.mkdir()
     for item in src.iterdir():
-        if item.is_symlink():
+        if item.is_symlink() or item.name == "local":  # local/ scripts find the corpus' shared ones by path
             (dst / item.name).symlink_to(item.resolve())
         elif item.is_dir():
             shutil.copytree(item, dst / item.name)

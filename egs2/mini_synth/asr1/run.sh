@@ -1,16 +1,7 @@
 #!/usr/bin/env bash
 # Synthetic mini corpus, ASR. Every stage: ./run.sh; a part: ./run.sh --stage 7 --stop_stage 10.
-# Switching the attention type is one word: --attention mha (conf/train_<attention>.yaml).
+# Switching the attention type is one word: --attention mha|mqa|gqa|mla|mtla (conf/train_<type>.yaml).
 set -euo pipefail
-attention=mtla
-extra=()
-while [ $# -gt 0 ]; do   # --attention is this script's; everything else goes to the pipeline
-  case "$1" in
-    --attention) attention=$2; shift 2 ;;
-    *) extra+=("$1"); shift ;;
-  esac
-done
 ./pipeline.sh --task asr --train_set train --valid_set dev --test_sets test \
   --token_type bpe --nbpe 100 --audio_format flac \
-  --train_config "conf/train_${attention}.yaml" --inference_config conf/decode.yaml \
-  "${extra[@]}"
+  --train_config "conf/train_{attention}.yaml" --inference_config conf/decode.yaml "$@"

@@ -2,15 +2,6 @@
 # Synthetic mini corpus, speech translation English -> German. Every stage: ./run.sh;
 # a part: ./run.sh --stage 7 --stop_stage 10. Attention type: --attention mha|mqa|gqa|mla|mtla.
 set -euo pipefail
-attention=mtla
-extra=()
-while [ $# -gt 0 ]; do   # --attention is this script's; everything else goes to the pipeline
-  case "$1" in
-    --attention) attention=$2; shift 2 ;;
-    *) extra+=("$1"); shift ;;
-  esac
-done
 ./pipeline.sh --task st --src_lang en --tgt_lang de --train_set train --valid_set dev --test_sets test \
   --token_type bpe --nbpe 100 --src_token_type bpe --src_nbpe 100 --audio_format flac \
-  --train_config "conf/train_${attention}.yaml" --inference_config conf/decode.yaml \
-  "${extra[@]}"
+  --train_config "conf/train_{attention}.yaml" --inference_config conf/decode.yaml "$@"

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Shared by the mini_synth recipes' local/data.sh: generates the synthetic corpus (espeak-ng)
+# for one task as Kaldi data dirs data/{train,dev,test} of the calling recipe.
+set -euo pipefail
+task=asr
+train_size=2000
+dev_size=200
+test_size=200
+seed=0
+audio_dir=downloads/mini_synth
+help_message="Usage: local/data.sh [--train_size N] [--dev_size N] [--test_size N] [--seed S]"
+. ./utils/parse_options.sh
+. ./path.sh
+python -m espnet_mtla.data.mini_synth --task "$task" --out-dir data --audio-dir "$audio_dir" \
+  --train "$train_size" --dev "$dev_size" --test "$test_size" --seed "$seed"
