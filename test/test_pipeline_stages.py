@@ -1,0 +1,51 @@
+"""Pipeline stages that need no training: speed perturbation (2) and length filtering (4)."""
+
+import numpy as np
+import soundfile
+
+from espnet_mtla import datadir
+from espnet_mtla.pipeline import Pipeline, get_parser
+
+
+def make_data(path, durations):
+    path.mkdir(parents=True)
+    for name in ("wav.scp", "text", "utt2spk"):
+        lines = []
+        for i, seconds in enumerate(durations):
+            utt = f"spk-u{i}"
+            wav = path / f"{utt}.flac"
+            if name == "wav.scp":
+                soundfile.write(wav, np.zeros(int(16000 * seconds), dtype=np.float32) + 0.01, 16000)
+            lines.append({"wav.scp": f"{utt} {wav}", "text": f"{utt} word {i}", "utt2spk": f"{utt} spk"}[name])
+        (path / name).write_text("\n".join(lines) + "\n")
+    datadir.fix(path)  # spk2utt
+
+
+def pipeline(tmp_path, *args):
+    return Pipeline(get_parser().parse_args(["--task", "asr", "--dumpdir", str(tmp_path / "dump"),
+                                             "--expdir", str(tmp_path / "exp"), *args]))
+
+
+def test_speed_perturbation_copies_with_prefixed_ids(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_data(tmp_path / "data" / "train", [0.5, 0.6])
+    p = pipeline(tmp_path, "--speed_perturb_factors", "0.9 1.0 1.1")
+    p.stage2_speed_perturb()
+    sp = tmp_path / "data" / "train_sp"
+    wav = datadir.read_table(sp / "wav.scp", datadir.Problems())
+    assert list(wav) == ["sp0.9-spk-u0", "sp0.9-spk-u1", "sp1.1-spk-u0", "sp1.1-spk-u1", "spk-u0", "spk-u1"]
+    assert wav["sp1.1-spk-u0"].startswith("sox -t flac ") and wav["sp1.1-spk-u0"].endswith(" speed 1.1 |")
+    assert datadir.read_table(sp / "utt2spk", datadir.Problems())["sp0.9-spk-u1"] == "sp0.9-spk"
+    assert p.train_set == "train_sp"
+
+
+def test_length_filter_drops_short_and_long(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("train", "dev", "test"):
+        make_data(tmp_path / "data" / name, [0.05, 1.0, 2.0, 9.0])
+    p = pipeline(tmp_path, "--min_wav_duration", "0.1", "--max_wav_duration", "5")
+    p.stage3_format()
+    p.stage4_filter()
+    kept = list(datadir.read_table(tmp_path / "dump" / "flac" / "train" / "utt2spk", datadir.Problems()))
+    assert kept == ["spk-u1", "spk-u2"]  # u0 too short, u3 too long
+    assert not datadir.validate(tmp_path / "dump" / "flac" / "train")
