@@ -26,11 +26,13 @@ def recipe_copy(tmp_path: Path, corpus: str, task_dir: str) -> Path:
     dst = tmp_path / task_dir
     dst.mkdir()
     for item in src.iterdir():
+        if item.name in ("data", "dump", "exp", "downloads", "RESULTS.md"):  # outputs of earlier runs
+            continue
         if item.is_symlink() or item.name == "local":  # local/ scripts find the corpus' shared ones by path
             (dst / item.name).symlink_to(item.resolve())
         elif item.is_dir():
             shutil.copytree(item, dst / item.name)
-        elif item.name != "RESULTS.md":
+        else:
             shutil.copy(item, dst / item.name)
     return dst
 
