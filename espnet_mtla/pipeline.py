@@ -430,24 +430,15 @@ class Pipeline:
 
 
 def merge_efficiency(reports: List[dict]) -> dict:
+    """One efficiency report from the decoding jobs' reports."""
+    from espnet_mtla.metrics.efficiency import summarize  # imports torch: not at the driver's start-up
+
     utts = {}
     for report in reports:
         utts.update(report["utterances"])
-    total = sum(u["decode_time_s"] for u in utts.values())
-    tokens = sum(u["output_tokens"] for u in utts.values())
-    caches = [u["cache_bytes_peak"] for u in utts.values() if u["cache_bytes_peak"] is not None]
-    return {
-        "device": reports[0]["device"] if reports else None,
-        "jobs": len(reports),
-        "num_utterances": len(utts),
-        "total_decode_time_s": round(total, 6),
-        "output_tokens": tokens,
-        "tokens_per_s": round(tokens / total, 3) if total > 0 else None,
-        "peak_memory_bytes": max((u["peak_memory_bytes"] for u in utts.values()), default=0),
-        "peak_memory_kind": reports[0]["peak_memory_kind"] if reports else None,
-        "cache_bytes_peak": max(caches) if caches else None,
-        "utterances": dict(sorted(utts.items())),
-    }
+    first = reports[0] if reports else {}
+    merged = summarize(dict(sorted(utts.items())), first.get("device"), first.get("peak_memory_kind"))
+    return {"jobs": len(reports), **merged}
 
 
 def main(argv=None) -> int:

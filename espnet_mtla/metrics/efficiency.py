@@ -30,6 +30,26 @@ def _best_tokens(results) -> int:
     return len(results[0][2])  # (text, token, token_int, hyp)
 
 
+def summarize(utterances: Dict[str, dict], device: Optional[str], peak_kind: Optional[str]) -> dict:
+    """Totals over per-utterance records (one inference job's, or several jobs' merged)."""
+    utts = utterances.values()
+    total_time = sum(u["decode_time_s"] for u in utts)
+    tokens = sum(u["output_tokens"] for u in utts)
+    caches = [u["cache_bytes_peak"] for u in utts if u["cache_bytes_peak"] is not None]
+    return {
+        "device": device,
+        "num_utterances": len(utterances),
+        "total_decode_time_s": round(total_time, 6),
+        "mean_decode_time_s": round(total_time / len(utterances), 6) if utterances else None,
+        "output_tokens": tokens,
+        "tokens_per_s": round(tokens / total_time, 3) if total_time > 0 else None,
+        "peak_memory_bytes": max((u["peak_memory_bytes"] for u in utts), default=0),
+        "peak_memory_kind": peak_kind,
+        "cache_bytes_peak": max(caches) if caches else None,
+        "utterances": utterances,
+    }
+
+
 class EfficiencyRecorder:
     def __init__(self, device: str = "cpu"):
         self.device = torch.device(device)
@@ -58,22 +78,7 @@ class EfficiencyRecorder:
         return results
 
     def summary(self) -> dict:
-        utts = self.utterances.values()
-        total_time = sum(u["decode_time_s"] for u in utts)
-        tokens = sum(u["output_tokens"] for u in utts)
-        caches = [u["cache_bytes_peak"] for u in utts if u["cache_bytes_peak"] is not None]
-        return {
-            "device": str(self.device),
-            "num_utterances": len(self.utterances),
-            "total_decode_time_s": round(total_time, 6),
-            "mean_decode_time_s": round(total_time / len(self.utterances), 6) if self.utterances else None,
-            "output_tokens": tokens,
-            "tokens_per_s": round(tokens / total_time, 3) if total_time > 0 else None,
-            "peak_memory_bytes": max((u["peak_memory_bytes"] for u in utts), default=0),
-            "peak_memory_kind": self.peak_kind,
-            "cache_bytes_peak": max(caches) if caches else None,
-            "utterances": self.utterances,
-        }
+        return summarize(self.utterances, str(self.device), self.peak_kind)
 
     def write(self, path: str) -> dict:
         summary = self.summary()
