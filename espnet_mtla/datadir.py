@@ -247,6 +247,11 @@ def subset(src, dst, utts: List[str]) -> None:
     write_text_atomic(dst / "spk2utt", "".join(f"{s} {' '.join(u)}\n" for s, u in sorted(spk2utt.items())))
 
 
+def partition(ids: List[str], parts: int) -> List[List[str]]:
+    """``ids`` cut into ``parts`` consecutive pieces whose sizes differ by at most one."""
+    return [ids[i * len(ids) // parts: (i + 1) * len(ids) // parts] for i in range(parts)]
+
+
 def split(src, parts: int) -> List[Path]:
     """Split by utterance into ``src/split<parts>/{1..parts}`` of near-equal size, in id order."""
     src = Path(src)
@@ -254,10 +259,9 @@ def split(src, parts: int) -> List[Path]:
     if parts < 1 or parts > len(ids):
         raise ValueError(f"cannot split {len(ids)} utterances of {src} into {parts} parts")
     out = []
-    for index in range(parts):
-        begin, end = index * len(ids) // parts, (index + 1) * len(ids) // parts
-        dst = src / f"split{parts}" / str(index + 1)
-        subset(src, dst, ids[begin:end])
+    for index, piece in enumerate(partition(ids, parts), 1):
+        dst = src / f"split{parts}" / str(index)
+        subset(src, dst, piece)
         out.append(dst)
     return out
 

@@ -113,11 +113,20 @@ class Pipeline:
         keys = list(datadir.read_table(data_dir / "utt2spk", datadir.Problems()))
         jobs = max(1, min(jobs, len(keys)))
         path_template.parent.mkdir(parents=True, exist_ok=True)
-        for j in range(jobs):
-            part = keys[j * len(keys) // jobs: (j + 1) * len(keys) // jobs]
-            write_text_atomic(str(path_template).replace("JOB", str(j + 1)),
+        for job, part in enumerate(datadir.partition(keys, jobs), 1):
+            write_text_atomic(str(path_template).replace("JOB", str(job)),
                               "".join(line.format(key=k) + "\n" for k in part))
         return jobs
+
+    @staticmethod
+    def merge_job_files(path_template: Path, jobs: int, out: Path, sort: bool = False, remove: bool = False) -> None:
+        """Concatenate the jobs' files (JOB -> 1..jobs; missing ones skipped) into ``out``."""
+        parts = [Path(str(path_template).replace("JOB", str(j + 1))) for j in range(jobs)]
+        lines = [line for p in parts if p.exists() for line in p.read_text(encoding="utf-8").splitlines(keepends=True)]
+        write_text_atomic(out, "".join(sorted(lines, key=str.encode) if sort else lines))
+        if remove:
+            for p in parts:
+                p.unlink()
 
     def text_names(self) -> Dict[str, str]:
         """ESPnet data name -> file in a data dir."""
@@ -125,8 +134,6 @@ class Pipeline:
             return {"text": f"text.{self.a.tgt_lang}", "src_text": f"text.{self.a.src_lang}"}
         if self.task == "mt":
             return {"text": "text", "src_text": f"text.{self.a.src_lang}"}
-        if self.task == "slu":
-            return {"text": "text"}
         return {"text": "text"}
 
     def token_dir(self, side: str) -> Path:
@@ -146,15 +153,25 @@ class Pipeline:
                 out += ["--src_bpemodel", src / "bpe.model"]
         return out
 
-    def data_args(self, prefix: str, data_dir: Path) -> List[str]:
-        out = []
+    def data_args(self, flag: str, data_dir: Path, only: Optional[str] = None) -> List[str]:
+        """``flag path,name,type`` for each input of a data dir (or only the input ``only``)."""
+        inputs = []
         if self.speech:
             scp, kind = ("feats.scp", "kaldi_ark") if self.feats == "fbank" else (
                 ("wav.scp", "kaldi_ark") if self.a.audio_format.endswith(".ark") else ("wav.scp", "sound"))
-            out += [f"--{prefix}_data_path_and_name_and_type", f"{data_dir / scp},speech,{kind}"]
-        for name, file in self.text_names().items():
-            out += [f"--{prefix}_data_path_and_name_and_type", f"{data_dir / file},{name},text"]
-        return out
+            inputs.append(("speech", scp, kind))
+        inputs += [(name, file, "text") for name, file in self.text_names().items()]
+        return [arg for name, file, kind in inputs if only in (None, name)
+                for arg in (flag, f"{data_dir / file},{name},{kind}")]
+
+    def train_command(self, *options) -> List:
+        """``<task>_train`` with the recipe's config, tokens, features and train/valid data."""
+        cmd = [sys.executable, "-m", f"espnet_mtla.bin.{self.task}_train"]
+        if self.a.train_config:
+            cmd += ["--config", self.a.train_config]
+        cmd += ["--use_preprocessor", "true", *options] + self.token_args() + self.feature_args()
+        cmd += self.data_args("--train_data_path_and_name_and_type", self.dump / self.train_set)
+        return cmd + self.data_args("--valid_data_path_and_name_and_type", self.dump / self.a.valid_set)
 
     def feature_args(self) -> List[str]:
         return ["--input_size", "80"] if self.feats == "fbank" else []
@@ -214,10 +231,7 @@ class Pipeline:
             scp = "feats.scp" if self.feats == "fbank" else "wav.scp"
             shape = "feats_shape" if self.feats == "fbank" else "utt2num_samples"
             for name_out in (scp, shape):
-                parts = [(dst / f"{name_out}.{j + 1}").read_text() for j in range(jobs)]
-                write_text_atomic(dst / name_out, "".join(parts))
-                for j in range(jobs):
-                    (dst / f"{name_out}.{j + 1}").unlink()
+                self.merge_job_files(dst / f"{name_out}.JOB", jobs, dst / name_out, remove=True)
             if self.feats == "fbank":
                 write_text_atomic(dst / "feats_type", "fbank\n")
             problems = datadir.validate(dst)
@@ -229,6 +243,7 @@ class Pipeline:
             src, dst = self.dump / "org" / name, self.dump / name
             scratch = datadir.Problems()
             keep = list(datadir.read_table(src / "utt2spk", scratch))
+            total = len(keep)
             if self.speech:
                 if self.feats == "fbank":
                     lengths = {k: int(v.split(",")[0]) / 100 for k, v in datadir.read_table(src / "feats_shape", scratch).items()}
@@ -240,9 +255,8 @@ class Pipeline:
             if dst.exists():
                 shutil.rmtree(dst)
             datadir.subset(src, dst, keep)
-            dropped = len(datadir.read_table(src / "utt2spk", scratch)) - len(keep)
             log.info("%s: kept %d utterances, dropped %d (duration outside [%s, %s] s or empty text)",
-                     name, len(keep), dropped, self.a.min_wav_duration, self.a.max_wav_duration)
+                     name, len(keep), total - len(keep), self.a.min_wav_duration, self.a.max_wav_duration)
 
     def _train_tokenizer(self, side: str, token_type: str, nbpe: int, text_file: str) -> None:
         out = self.token_dir(side)
@@ -274,9 +288,6 @@ class Pipeline:
         if "src_text" in names:
             self._train_tokenizer("src", self.a.src_token_type, self.a.src_nbpe, names["src_text"])
 
-    def _shape_file(self, data_dir: Path) -> Path:
-        return data_dir / ("feats_shape" if self.feats == "fbank" else ("utt2num_samples" if self.speech else "utt2spk"))
-
     def stage6_stats(self) -> None:
         logdir = self.stats_dir / "logdir"
         logdir.mkdir(parents=True, exist_ok=True)
@@ -286,15 +297,11 @@ class Pipeline:
         jobs = max(1, min([self.a.nj] + sizes))
         for name, tag in ((self.train_set, "train"), (self.a.valid_set, "valid")):
             self.split_keys(self.dump / name, jobs, logdir / f"{tag}.JOB.scp", "{key} {key}")
-        cmd = [sys.executable, "-m", f"espnet_mtla.bin.{self.task}_train", "--collect_stats", "true",
-               "--use_preprocessor", "true", "--ngpu", "0", "--num_workers", "0",
-               "--normalize", "none",  # the statistics are what global_mvn will normalise with
-               "--train_shape_file", logdir / "train.JOB.scp", "--valid_shape_file", logdir / "valid.JOB.scp",
-               "--output_dir", logdir / "stats.JOB"]
-        cmd += self.token_args() + self.feature_args()
-        cmd += self.data_args("train", self.dump / self.train_set) + self.data_args("valid", self.dump / self.a.valid_set)
-        if self.a.train_config:
-            cmd = cmd[:3] + ["--config", self.a.train_config] + cmd[3:]
+        cmd = self.train_command(
+            "--collect_stats", "true", "--ngpu", "0", "--num_workers", "0",
+            "--normalize", "none",  # the statistics are what global_mvn will normalise with
+            "--train_shape_file", logdir / "train.JOB.scp", "--valid_shape_file", logdir / "valid.JOB.scp",
+            "--output_dir", logdir / "stats.JOB")
         self.run(cmd, logdir / "stats.JOB.log", jobs)
         inputs = []
         for j in range(jobs):
@@ -306,10 +313,7 @@ class Pipeline:
         if not self.a.train_config:
             raise StageError("--train_config is required for training")
         self.exp.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", f"espnet_mtla.bin.{self.task}_train", "--config", self.a.train_config,
-               "--use_preprocessor", "true", "--ngpu", self.a.ngpu, "--output_dir", self.exp, "--resume", "true"]
-        cmd += self.token_args() + self.feature_args()
-        cmd += self.data_args("train", self.dump / self.train_set) + self.data_args("valid", self.dump / self.a.valid_set)
+        cmd = self.train_command("--ngpu", self.a.ngpu, "--output_dir", self.exp, "--resume", "true")
         for tag in ("train", "valid"):
             for shape in sorted((self.stats_dir / tag).glob("*_shape*")):
                 cmd += [f"--{tag}_shape_file", shape]
@@ -338,25 +342,14 @@ class Pipeline:
                    "--output_dir", logdir / "output.JOB"]
             if self.a.inference_config:
                 cmd += ["--config", self.a.inference_config]
-            cmd += self._inference_inputs(data)
+            cmd += self.data_args("--data_path_and_name_and_type", data, only=self._inference_key())
             cmd += shlex.split(self.a.inference_args)
             self.run(cmd, logdir / "decode.JOB.log", jobs)
             for file in ("text", "token", "token_int", "score"):
-                parts = [(logdir / f"output.{j + 1}" / "1best_recog" / file) for j in range(jobs)]
-                text = "".join(p.read_text(encoding="utf-8") for p in parts if p.exists())
-                write_text_atomic(out / file, "".join(sorted(text.splitlines(keepends=True), key=str.encode)))
+                self.merge_job_files(logdir / "output.JOB" / "1best_recog" / file, jobs, out / file, sort=True)
             reports = [json.loads((logdir / f"output.{j + 1}" / "1best_recog" / "efficiency.json").read_text())
                        for j in range(jobs)]
             write_text_atomic(out / "efficiency.json", json.dumps(merge_efficiency(reports), indent=2) + "\n")
-
-    def _inference_inputs(self, data: Path) -> List[str]:
-        """--data_path_and_name_and_type for the one input the inference class takes."""
-        args = self.data_args("train", data)
-        out = []
-        for flag, value in zip(args[::2], args[1::2]):
-            if value.split(",")[1] == self._inference_key():
-                out += ["--data_path_and_name_and_type", value]
-        return out
 
     def decode_dir(self, test_set: str) -> Path:
         tag = Path(self.a.inference_config).stem if self.a.inference_config else "decode"
