@@ -13,6 +13,7 @@ Buffers have the time (slot) axis at dim -2: ``(B, *lead, capacity, dim)``.
   partial merge of its current chunk.
 """
 
+import copy
 import math
 from typing import Dict, Tuple
 
@@ -135,14 +136,12 @@ class AttentionCache:
     def select(self, index: torch.Tensor) -> "AttentionCache":
         """A new cache holding copies of rows ``index``; this one is left unchanged."""
         index = index.to(self.lengths.device)
-        copy = object.__new__(AttentionCache)
-        copy.tokens_per_slot = self.tokens_per_slot
-        copy.shapes = dict(self.shapes)
-        copy.lengths = self.lengths.index_select(0, index)
-        copy.max_length = self.max_length
-        copy.buffers = {name: buf.index_select(0, index) for name, buf in self.buffers.items()}
-        copy._spare = {}
-        return copy
+        selected = copy.copy(self)
+        selected.shapes = dict(self.shapes)
+        selected.lengths = self.lengths.index_select(0, index)
+        selected.buffers = {name: buf.index_select(0, index) for name, buf in self.buffers.items()}
+        selected._spare = {}
+        return selected
 
     def __repr__(self) -> str:
         dims = ", ".join(f"{n}={tuple(b.shape)}" for n, b in self.buffers.items())

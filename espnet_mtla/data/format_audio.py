@@ -59,6 +59,25 @@ def fbank(samples: np.ndarray, rate: int) -> np.ndarray:
     return torchaudio.compliance.kaldi.fbank(wave, num_mel_bins=80, sample_frequency=rate, dither=0.0).numpy()
 
 
+class FlacArkWriter:
+    """Like kaldiio.WriteHelper, but stores flac bytes (kaldiio's "AUDIO" entries, which ESPnet's
+    kaldi_ark loader reads back): ``writer(utt, (rate, samples))``, then ``close()``."""
+
+    def __init__(self, ark_path: Path):
+        self.ark, self.scp = str(ark_path), f"{ark_path}.scp"
+        for path in (self.ark, self.scp):  # entries are appended one by one
+            Path(path).unlink(missing_ok=True)
+
+    def __call__(self, utt: str, data) -> None:
+        import kaldiio
+
+        kaldiio.save_ark(self.ark, {utt: data}, scp=self.scp, append=True, write_function="soundfile",
+                         write_kwargs={"format": "flac", "subtype": "PCM_16"})
+
+    def close(self) -> None:
+        pass
+
+
 def format_dir(src: Path, dump: Path, audio_format: str, fs: int, feats_type: str, keys=None, job=None) -> None:
     import kaldiio
 
@@ -76,15 +95,8 @@ def format_dir(src: Path, dump: Path, audio_format: str, fs: int, feats_type: st
     ark_path = out_data / (f"feats{suffix}.ark" if feats_type == "fbank" else f"audio{suffix}.ark")
     use_ark = feats_type == "fbank" or audio_format.endswith(".ark")
     flac_ark = feats_type == "raw" and audio_format == "flac.ark"
-    if flac_ark:  # flac bytes inside the ark (kaldiio's "AUDIO" entries, read back by kaldi_ark)
-        for path in (ark_path, Path(f"{ark_path}.scp")):
-            path.unlink(missing_ok=True)
-
-        def writer(utt, data):
-            kaldiio.save_ark(str(ark_path), {utt: data}, scp=f"{ark_path}.scp", append=True,
-                             write_function="soundfile", write_kwargs={"format": "flac", "subtype": "PCM_16"})
-
-        writer.close = lambda: None
+    if flac_ark:
+        writer = FlacArkWriter(ark_path)
     else:
         writer = kaldiio.WriteHelper(f"ark,scp:{ark_path},{ark_path}.scp") if use_ark else None
     try:
