@@ -49,3 +49,35 @@ def test_length_filter_drops_short_and_long(tmp_path, monkeypatch):
     kept = list(datadir.read_table(tmp_path / "dump" / "flac" / "train" / "utt2spk", datadir.Problems()))
     assert kept == ["spk-u1", "spk-u2"]  # u0 too short, u3 too long
     assert not datadir.validate(tmp_path / "dump" / "flac" / "train")
+
+
+def test_decoding_before_training_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    from espnet_mtla.pipeline import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main(["--task", "asr", "--stage", "8", "--stop_stage", "8", "--train_config", "conf/train_{attention}.yaml",
+                 "--attention", "mha", "--expdir", str(tmp_path / "exp")])
+    assert code == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: stage 8 (decode): {tmp_path / 'exp' / 'asr_train_mha' / 'valid.acc.best.pth'} not found: "
+                   "train first (stage 7), or set --inference_model")
+    assert not (tmp_path / "exp" / "asr_train_mha").exists()  # nothing half-made
+
+
+def test_data_stage_outside_a_recipe_dir(tmp_path, monkeypatch, capsys):
+    from espnet_mtla.pipeline import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--task", "asr", "--stage", "1", "--stop_stage", "1", "--expdir", str(tmp_path / "exp")]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: stage 1 (data): {tmp_path / 'local' / 'data.sh'} not found: run from a recipe dir (egs2/<corpus>/<task>1)")
+
+
+def test_missing_packed_model_is_a_one_line_error(tmp_path):
+    import pytest
+
+    from espnet_mtla.bin.cli import unpack_model_option
+
+    with pytest.raises(SystemExit, match=f"^error: --packed_model: no such file: {tmp_path / 'x.zip'}$"):
+        unpack_model_option("asr", ["--packed_model", str(tmp_path / "x.zip"), "--output_dir", "out"])
+    assert unpack_model_option("asr", ["--output_dir", "out"]) == ["--output_dir", "out"]
