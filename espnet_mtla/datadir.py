@@ -166,6 +166,30 @@ def validate(data_dir, check_audio: bool = False, fs: Optional[int] = None) -> P
     return problems
 
 
+def _check_wav_length(path: str) -> None:
+    """Raise if a RIFF/WAVE file's data chunk is shorter than its header says.
+
+    libsndfile quietly shortens such a file to what is there, so a wav cut off by a full disk
+    or a killed copy would otherwise pass as a shorter recording.
+    """
+    import struct
+
+    with open(path, "rb") as f:
+        if f.read(12)[8:12] != b"WAVE":
+            return
+        size = os.fstat(f.fileno()).st_size
+        while True:
+            header = f.read(8)
+            if len(header) < 8:
+                return
+            chunk, length = header[:4], struct.unpack("<I", header[4:])[0]
+            if chunk == b"data":
+                if f.tell() + length > size and length != 0xFFFFFFFF:  # 0xFFFFFFFF: streamed, size unknown
+                    raise ValueError(f"truncated: the data chunk holds {size - f.tell()} of {length} bytes")
+                return
+            f.seek(length + (length & 1), 1)
+
+
 def _check_audio(data_dir, audio, has_segments, fs, problems, segments) -> None:
     import soundfile
 
@@ -181,7 +205,11 @@ def _check_audio(data_dir, audio, has_segments, fs, problems, segments) -> None:
         try:
             info = soundfile.info(path)
             frames = info.frames
-            soundfile.read(path, frames=1)  # the header alone does not show a broken body
+            with soundfile.SoundFile(path) as f:  # the header alone does not show a cut-off body
+                if frames:
+                    f.seek(frames - 1)
+                    f.read(1)
+            _check_wav_length(path)
         except Exception as err:  # noqa: BLE001  (soundfile raises several types)
             problems.add("unreadable or truncated audio", f"{where}: {str(err).splitlines()[0]}", None)
             problems.bad_utts.update(bad)

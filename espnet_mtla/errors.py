@@ -1,6 +1,7 @@
 """Errors that the command-line tools print as one line (no traceback)."""
 
-from typing import Iterable
+import sys
+from typing import Callable, Iterable, Tuple, Type
 
 
 class ConfigError(ValueError):
@@ -18,3 +19,13 @@ def check_known_keys(section: str, given: Iterable[str], valid: Iterable[str]) -
 def check_dropout_rate(option: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ConfigError(f"{option} must be in [0, 1), got {value!r}")
+
+
+def one_line_errors(call: Callable[[], object], errors: Tuple[Type[BaseException], ...]) -> int:
+    """Run ``call()`` for a command-line ``main``: 0, or 1 after printing an expected error as one line."""
+    try:
+        call()
+    except errors as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0

@@ -10,7 +10,10 @@ Run from a recipe dir (egs2/<corpus>/<task>1/), normally through its run.sh. Sta
  5 tokenisers (bpe|char|word; source side for st/mt) 11 packing the model into a zip
  6 statistics collection (ESPnet collect_stats)
 Each stage logs to a file under exp/ (named when the stage starts) and stops the run with
-that file's name if a job fails.
+that file's name if a job fails. Each stage records that it finished, with the options and
+input files it depends on (espnet_mtla.stage_record): re-running the same command skips
+finished stages, redoes those whose options or inputs changed, resumes an interrupted
+training from its checkpoint and an interrupted decoding from its finished jobs.
 """
 
 import argparse
@@ -23,10 +26,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from espnet_mtla import datadir
 from espnet_mtla.fileio import write_text_atomic
+from espnet_mtla.stage_record import StageRecord, make_key, table_files
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_JOBS = [sys.executable, str(ROOT / "utils" / "run_jobs.py")]
@@ -76,6 +80,9 @@ def get_parser() -> argparse.ArgumentParser:
     add("--dumpdir", default="dump")
     add("--expdir", default="exp")
     add("--results", default="RESULTS.md")
+    add("--force", default="false", choices=("true", "false"),
+        help="redo stages recorded as finished with the same options and inputs, and continue a training "
+             "whose options changed")
     return p
 
 
@@ -93,16 +100,18 @@ class Pipeline:
         self.exp = Path(args.expdir) / f"{self.task}_{self.tag}"
         self.stats_dir = Path(args.expdir) / f"{self.task}_stats_{self.feats}"
         self.train_set = args.train_set + ("_sp" if args.speed_perturb_factors.strip() else "")
+        self.resuming = False  # set per stage by main(): the stage was interrupted, same options and inputs
 
     # -- helpers ---------------------------------------------------------------------------
-    def run(self, cmd: List[str], log_file: Path, jobs: Optional[int] = None) -> None:
-        """Run ``cmd`` (through utils/run_jobs.py: JOB=1:jobs when jobs is given)."""
+    def run(self, cmd: List[str], log_file: Path, jobs: Union[None, int, Sequence[int]] = None) -> None:
+        """Run ``cmd`` through utils/run_jobs.py: as jobs 1..jobs (an int), the listed jobs, or once (None)."""
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        job_args = [f"JOB=1:{jobs}"] if jobs else []
+        numbers = list(range(1, jobs + 1)) if isinstance(jobs, int) else list(jobs or [])
+        job_args = [f"JOB={','.join(map(str, numbers))}"] if numbers else []
         full = RUN_JOBS + job_args + [str(log_file)] + [str(c) for c in cmd]
         # Parallel jobs share the thread budget: 2 jobs x 2 threads on 2 cores ran 4x slower.
         budget = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
-        env = dict(os.environ, OMP_NUM_THREADS=str(max(1, budget // (jobs or 1))))
+        env = dict(os.environ, OMP_NUM_THREADS=str(max(1, budget // max(1, len(numbers)))))
         log.info("running: %s", " ".join(shlex.quote(str(c)) for c in cmd))
         if subprocess.run(full, env=env).returncode != 0:
             raise StageError(f"failed; see the log above ({log_file})")
@@ -176,12 +185,86 @@ class Pipeline:
     def feature_args(self) -> List[str]:
         return ["--input_size", "80"] if self.feats == "fbank" else []
 
+    def check_ready(self, number: int) -> None:
+        """Raise StageError when a stage cannot start (before it records or creates anything)."""
+        script = Path("local/data.sh")
+        if number == 1 and not script.exists():
+            raise StageError(f"{script.resolve()} not found: run from a recipe dir (egs2/<corpus>/<task>1)")
+        if number == 7 and not self.a.train_config:
+            raise StageError("--train_config is required for training")
+        model = self.exp / self.a.inference_model
+        if number in (8, 11) and not model.exists():
+            raise StageError(f"{model} not found: train first (stage 7), or set --inference_model")
+
+    # -- stage records (espnet_mtla.stage_record) ---------------------------------------------
+    def record(self, number: int) -> StageRecord:
+        """Data stages (1-6) record under <expdir>/stages, training and packing under the
+        experiment, decoding and scoring under the decode dir (one per inference config)."""
+        name = Pipeline.STAGES[number].__name__.split("_", 1)[1]
+        if number <= 6:
+            where = Path(self.a.expdir)
+        elif number in (7, 11):
+            where = self.exp
+        else:
+            where = self.decode_dir("-").parent
+        return StageRecord(where / "stages", number, name)
+
+    def token_files(self) -> List[Path]:
+        sides = ("tgt", "src") if self.task in ("st", "mt") else ("tgt",)
+        return [self.token_dir(side) / f for side in sides for f in ("tokens.txt", "bpe.model")]
+
+    def stage_spec(self, number: int) -> Tuple[Dict[str, object], List[Path], List[Path]]:
+        """(options, input files, output files) of a stage: what its record's key covers, and
+        what must still exist for a finished stage to be skipped."""
+        a, data = self.a, Path("data")
+        sets = [a.train_set, a.valid_set] + self.test_sets
+        train_valid = [self.dump / self.train_set, self.dump / a.valid_set]
+        dump_sets = train_valid + [self.dump / name for name in self.test_sets]
+        tables = lambda dirs: [f for d in dirs for f in table_files(d)]  # noqa: E731
+        scp = "feats.scp" if self.feats == "fbank" else ("wav.scp" if self.speech else "utt2spk")
+        stats = [f for tag in ("train", "valid") for f in sorted((self.stats_dir / tag).glob("*"))]
+        model = self.exp / a.inference_model
+        decode = [self.decode_dir(name) for name in self.test_sets]
+        if number == 1:
+            return ({"local_data_opts": a.local_data_opts, "sets": sets}, [Path("local/data.sh")],
+                    [data / name / "utt2spk" for name in sets])
+        if number == 2:
+            return ({"speed_perturb_factors": a.speed_perturb_factors}, tables([data / a.train_set]),
+                    [data / self.train_set / "utt2spk"])
+        if number == 3:
+            return ({"audio_format": a.audio_format, "feats_type": a.feats_type, "fs": a.fs},
+                    tables([data / name for name in [self.train_set, a.valid_set] + self.test_sets]),
+                    [self.dump / ("org" if d in train_valid else "") / d.name / scp for d in dump_sets])
+        if number == 4:
+            return ({"min_wav_duration": a.min_wav_duration, "max_wav_duration": a.max_wav_duration},
+                    tables([self.dump / "org" / d.name for d in train_valid]), [d / "utt2spk" for d in train_valid])
+        if number == 5:
+            options = {k: getattr(a, k) for k in ("token_type", "nbpe", "src_token_type", "src_nbpe", "src_lang",
+                                                  "tgt_lang", "user_defined_symbols")}
+            return options, tables([self.dump / self.train_set]), [self.token_dir("tgt") / "tokens.txt"]
+        if number == 6:
+            return ({"train_config": a.train_config}, [Path(a.train_config or "-")] + tables(train_valid) +
+                    self.token_files(), [self.stats_dir / "train" / "text_shape"])
+        if number == 7:
+            return ({"train_config": a.train_config, "train_args": a.train_args, "ngpu": a.ngpu},
+                    [Path(a.train_config or "-")] + tables(train_valid) + self.token_files() + stats,
+                    [self.exp / "config.yaml", self.exp / "checkpoint.pth"])
+        if number == 8:
+            options = {k: getattr(a, k) for k in ("inference_config", "inference_model", "inference_args",
+                                                  "inference_nj", "ngpu")}
+            return ({**options, "test_sets": self.test_sets},
+                    [Path(a.inference_config or "-"), self.exp / "config.yaml", model] + self.token_files() +
+                    tables([self.dump / name for name in self.test_sets]), [d / "efficiency.json" for d in decode])
+        if number == 9:
+            return ({"test_sets": self.test_sets}, [d / "text" for d in decode], [d / "scores.json" for d in decode])
+        if number == 11:
+            return {"inference_config": a.inference_config}, [model, self.exp / "config.yaml"] + self.token_files(), [
+                self.exp / f"{self.exp.name}.zip"]
+        raise ValueError(f"stage {number} keeps no record")
+
     # -- stages -------------------------------------------------------------------------------
     def stage1_data(self) -> None:
-        script = Path("local/data.sh")
-        if not script.exists():
-            raise StageError(f"{script.resolve()} not found: run from a recipe dir (egs2/<corpus>/<task>1)")
-        self.run(["bash", script] + shlex.split(self.a.local_data_opts), Path(self.a.expdir) / "log" / "data_prep.log")
+        self.run(["bash", "local/data.sh"] + shlex.split(self.a.local_data_opts), Path(self.a.expdir) / "log" / "data_prep.log")
         for name in [self.a.train_set, self.a.valid_set] + self.test_sets:
             problems = datadir.validate(Path("data") / name)
             if problems:
@@ -269,10 +352,13 @@ class Pipeline:
 
             symbols = self.a.user_defined_symbols.split() if side == "tgt" else []
             spm.SentencePieceTrainer.train(
-                input=str(out / "train.txt"), model_prefix=str(out / "bpe"), vocab_size=nbpe, model_type="unigram",
-                character_coverage=1.0, input_sentence_size=100000000, user_defined_symbols=symbols or None,
-                minloglevel=2, hard_vocab_limit=False,  # a small corpus may support fewer pieces than asked
+                input=str(out / "train.txt"), model_prefix=str(out / ".bpe.partial"), vocab_size=nbpe,
+                model_type="unigram", character_coverage=1.0, input_sentence_size=100000000,
+                user_defined_symbols=symbols or None, minloglevel=2,
+                hard_vocab_limit=False,  # a small corpus may support fewer pieces than asked
             )
+            for ext in ("vocab", "model"):
+                os.replace(out / f".bpe.partial.{ext}", out / f"bpe.{ext}")
             pieces = [line.split("\t")[0] for line in (out / "bpe.vocab").read_text(encoding="utf-8").splitlines()]
             tokens = [t for t in pieces if t not in ("<unk>", "<s>", "</s>")]
         elif token_type == "char":
@@ -310,8 +396,6 @@ class Pipeline:
                  self.stats_dir / "aggregate.log")
 
     def stage7_train(self) -> None:
-        if not self.a.train_config:
-            raise StageError("--train_config is required for training")
         self.exp.mkdir(parents=True, exist_ok=True)
         cmd = self.train_command("--ngpu", self.a.ngpu, "--output_dir", self.exp, "--resume", "true")
         for tag in ("train", "valid"):
@@ -329,13 +413,19 @@ class Pipeline:
     def stage8_decode(self) -> None:
         model = self.exp / self.a.inference_model
         config = self.exp / "config.yaml"
-        if not model.exists():
-            raise StageError(f"{model} not found: train first (stage 7), or set --inference_model")
         for name in self.test_sets:
             data = self.dump / name
             out = self.decode_dir(name)
             logdir = out / "logdir"
+            if logdir.exists() and not self.resuming:  # outputs of other options: never merge them
+                shutil.rmtree(logdir)
             jobs = self.split_keys(data, self.a.inference_nj, logdir / "keys.JOB.scp", "{key} {key}")
+            # A job's output dir appears (renamed from <dir>.partial) only when the job finished.
+            finished = [j for j in range(1, jobs + 1) if (logdir / f"output.{j}" / "1best_recog" / "efficiency.json").exists()]
+            pending = [j for j in range(1, jobs + 1) if j not in finished]
+            if finished:
+                log.info("%s: job(s) %s finished before the interruption; decoding job(s) %s", name,
+                         ",".join(map(str, finished)), ",".join(map(str, pending)) or "none")
             t = self.task
             cmd = [sys.executable, "-m", f"espnet_mtla.bin.{t}_inference", "--batch_size", "1", "--ngpu", self.a.ngpu,
                    f"--{t}_train_config", config, f"--{t}_model_file", model, "--key_file", logdir / "keys.JOB.scp",
@@ -344,7 +434,8 @@ class Pipeline:
                 cmd += ["--config", self.a.inference_config]
             cmd += self.data_args("--data_path_and_name_and_type", data, only=self._inference_key())
             cmd += shlex.split(self.a.inference_args)
-            self.run(cmd, logdir / "decode.JOB.log", jobs)
+            if pending:
+                self.run(cmd, logdir / "decode.JOB.log", pending)
             for file in ("text", "token", "token_int", "score"):
                 self.merge_job_files(logdir / "output.JOB" / "1best_recog" / file, jobs, out / file, sort=True)
             reports = [json.loads((logdir / f"output.{j + 1}" / "1best_recog" / "efficiency.json").read_text())
@@ -405,16 +496,16 @@ class Pipeline:
         from espnet2.main_funcs.pack_funcs import pack
 
         model = self.exp / self.a.inference_model
-        if not model.exists():
-            raise StageError(f"{model} not found: train first (stage 7)")
         extras = [p for p in (self.token_dir("tgt") / "bpe.model", self.token_dir("src") / "bpe.model",
                               self.stats_dir / "train" / "feats_stats.npz") if p.exists()]
         if self.a.inference_config:
             extras.append(Path(self.a.inference_config))
         outpath = self.exp / f"{self.exp.name}.zip"
         t = self.task
+        partial = outpath.with_name(f".partial.{outpath.name}")  # ESPnet picks the format by the .zip suffix
         pack(files={f"{t}_model_file": model}, yaml_files={f"{t}_train_config": self.exp / "config.yaml"},
-             outpath=outpath, option=extras)
+             outpath=partial, option=extras)
+        os.replace(partial, outpath)
         log.info("packed: %s (decode with: python -m espnet_mtla.bin.%s_inference --packed_model %s ...)",
                  outpath, t, outpath)
 
@@ -434,12 +525,63 @@ def merge_efficiency(reports: List[dict]) -> dict:
     return {"jobs": len(reports), **merged}
 
 
+ALWAYS_RUN = (10,)  # the report merges rows into a shared RESULTS.md in a second: never skipped
+
+
+def run_stage(pipeline: Pipeline, number: int) -> None:
+    """Run one stage unless its record says it finished with the same options and inputs."""
+    stage = Pipeline.STAGES[number]
+    for earlier in range(1, 8 if number == 11 else number):  # packing needs only the trained model
+        if earlier in ALWAYS_RUN or not pipeline.record(earlier).interrupted:
+            continue
+        record = pipeline.record(earlier)
+        if earlier == 7:  # model files are written atomically: decoding a model still in training is safe
+            log.warning("stage 7 (train) has not finished (interrupted, or still running; %s): using the models "
+                        "it has saved so far", record.path)
+            continue
+        raise StageError(f"stage {earlier} ({record.name}) was interrupted ({record.path}); its outputs are "
+                         f"incomplete: re-run from it (--stage {earlier})")
+    pipeline.check_ready(number)
+    if number in ALWAYS_RUN:
+        stage(pipeline)
+        return
+    record = pipeline.record(number)
+    options, inputs, outputs = pipeline.stage_spec(number)
+    key = make_key(options, inputs)
+    force = pipeline.a.force == "true"
+    if record.is_done(key, outputs) and not force:
+        log.info("stage %d: finished earlier with the same options and inputs (%s): skipped (--force true "
+                 "redoes it)", number, record.path)
+        return
+    changed = record.changed_since(key)
+    if changed:
+        log.info("stage %d: options or inputs changed since its last run (%s): redone", number, ", ".join(changed))
+    pipeline.resuming = record.interrupted and not changed
+    if number == 7 and changed and (pipeline.exp / "checkpoint.pth").exists() and not force:
+        raise StageError(f"{pipeline.exp} holds a training run with other options or inputs (changed: "
+                         f"{', '.join(changed)}); resuming it would mix the two: move it away, name a new "
+                         f"experiment with --tag, or continue it anyway with --force true")
+    if pipeline.resuming:
+        log.info("stage %d: resuming an interrupted run (%s)", number, record.path)
+    record.start(key)
+    stage(pipeline)
+    record.finish(key)
+
+
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     Path(args.expdir).mkdir(parents=True, exist_ok=True)
-    handlers = [logging.StreamHandler(), logging.FileHandler(Path(args.expdir) / "pipeline.log")]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s pipeline: %(message)s", datefmt="%H:%M:%S",
-                        handlers=handlers)
+    # The pipeline's own handlers (not the root logger's), replaced on every call: main() may run
+    # several times in one process, each with its own exp dir.
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+    formatter = logging.Formatter("%(asctime)s pipeline: %(message)s", datefmt="%H:%M:%S")
+    for handler in (logging.StreamHandler(), logging.FileHandler(Path(args.expdir) / "pipeline.log")):
+        handler.setFormatter(formatter)
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
     log.info("%s", " ".join(shlex.quote(a) for a in (sys.argv if argv is None else ["pipeline"] + list(argv))))
     pipeline = Pipeline(args)
     for number, stage in Pipeline.STAGES.items():
@@ -448,7 +590,7 @@ def main(argv=None) -> int:
             log.info("stage %d: %s", number, name)
             start = time.time()
             try:
-                stage(pipeline)
+                run_stage(pipeline, number)
             except StageError as err:
                 print(f"error: stage {number} ({name}): {err}", file=sys.stderr)
                 return 1

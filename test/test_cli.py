@@ -1,6 +1,7 @@
 """The CLIs: ESPnet's real trainer and inference through `python -m espnet_mtla.bin.*`."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -116,3 +117,36 @@ def test_inference_clis_parse_espnet_options(task, capsys):
         module.main(["--help"])
     assert exit_info.value.code == 0
     assert "--beam_size" in capsys.readouterr().out
+
+
+def test_missing_input_files_are_one_line_errors(tmp_path):
+    """Token list, BPE model, data and model files: named before ESPnet opens (and tracebacks on) them."""
+    from espnet_mtla.bin import asr_inference, asr_train
+
+    (tmp_path / "tokens.txt").write_text("\n".join(TOKENS) + "\n")
+    write_yaml(tmp_path / "train.yaml", {k: v for k, v in config("asr", "mtla").items() if k != "token_list"})
+    train = ["--config", str(tmp_path / "train.yaml"), "--output_dir", str(tmp_path / "exp"), "--ngpu", "0"]
+    hint = " (make it with the recipe's stage 5 (tokenisers), or fix the path)"
+    cases = [
+        (["--token_list", "data/token_list/bpe100/tokens.txt"],
+         "--token_list: no such file: data/token_list/bpe100/tokens.txt" + hint),
+        (["--token_list", str(tmp_path / "tokens.txt"), "--token_type", "bpe", "--bpemodel", "bpe.model"],
+         "--bpemodel: no such file: bpe.model" + hint),
+        (["--token_list", str(tmp_path / "tokens.txt"), "--train_data_path_and_name_and_type", "dump/train/wav.scp,speech,sound"],
+         "--train_data_path_and_name_and_type: no such file for 'speech': dump/train/wav.scp"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(SystemExit, match=f"^error: {re.escape(message)}$"):
+            asr_train.main(train + extra)
+
+    conf = config("asr", "mtla")
+    conf.update(token_list=str(tmp_path / "gone" / "tokens.txt"))
+    write_yaml(tmp_path / "config.yaml", conf)
+    (tmp_path / "model.pth").write_bytes(b"")
+    decode = ["--asr_train_config", str(tmp_path / "config.yaml"), "--output_dir", str(tmp_path / "out"),
+              "--data_path_and_name_and_type", f"{tmp_path / 'tokens.txt'},speech,sound"]
+    with pytest.raises(SystemExit, match=f"^error: --asr_model_file: no such file: {re.escape(str(tmp_path / 'm.pth'))}$"):
+        asr_inference.main(decode + ["--asr_model_file", str(tmp_path / "m.pth")])
+    with pytest.raises(SystemExit, match=f"^error: --token_list: no such file: {re.escape(str(tmp_path / 'gone'))}"):
+        asr_inference.main(decode + ["--asr_model_file", str(tmp_path / "model.pth")])
+    assert not (tmp_path / "out").exists() and not (tmp_path / "exp").exists()  # nothing half-made

@@ -53,6 +53,26 @@ def test_all_problems_in_one_pass_then_fix(tmp_path, capsys):
     assert (d / "spk2utt").read_text() == "spk0 spk0-utt4\n"
 
 
+@pytest.mark.parametrize("ext", ["flac", "wav"])
+def test_truncated_and_zero_length_audio(tmp_path, ext):
+    d = make_dir(tmp_path / "d", n=3)
+    wav_scp = (d / "wav.scp").read_text().replace(".flac", f".{ext}")
+    (d / "wav.scp").write_text(wav_scp)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        soundfile.write(d / f"spk{i % 2}-utt{i}.{ext}", 0.1 * rng.standard_normal(16000).astype(np.float32), 16000)
+    cut = d / f"spk1-utt1.{ext}"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # a copy killed half-way
+    # A header and no samples (wav: a flac encoder writes no readable file for zero samples).
+    soundfile.write(d / "spk0-utt2.wav", np.zeros(0, dtype=np.float32), 16000)
+    (d / "wav.scp").write_text(wav_scp.replace(f"spk0-utt2.{ext}", "spk0-utt2.wav"))
+    problems = datadir.validate(d, check_audio=True, fs=16000)
+    report = problems.report(d)
+    assert "1 x unreadable or truncated audio" in report and f"spk1-utt1.{ext}" in report, report
+    assert "1 x zero-length audio" in report, report
+    assert problems.bad_utts == {"spk1-utt1", "spk0-utt2"}
+
+
 def test_mismatched_and_unsorted_ids(tmp_path):
     d = make_dir(tmp_path / "d")
     (d / "text").write_text("spk1-utt1 b\nspk0-utt0 a\nspk0-utt2 c\nextra-utt9 z\n")

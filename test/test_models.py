@@ -140,6 +140,11 @@ def test_reload_is_strict(tmp_path):
         (lambda c: c["decoder_conf"]["mtla_conf"].update(downrate=2), "decoder_conf.mtla_conf: unknown key 'downrate'"),
         (lambda c: c["model_conf"].update(ctc_wieght=0.3), "model_conf: unknown key 'ctc_wieght'"),
         (lambda c: c["encoder_conf"].update(num_block=2), "encoder_conf: unknown key 'num_block'"),
+        (lambda c: c["decoder_conf"]["mtla_conf"].update(down_rate=0),
+         r"^decoder_conf \(mtla\): down_rate must be an integer >= 1, got 0$"),
+        (lambda c: c["decoder_conf"].update(attention_conf={"dropout": 1.5}),
+         r"^decoder_conf \(mtla\): dropout must be in \[0, 1\), got 1.5$"),
+        (lambda c: c["decoder_conf"].update(dropout_rate=1.5), r"^decoder_conf.dropout_rate must be in \[0, 1\), got 1.5$"),
     ],
 )
 def test_config_mistakes_are_one_line_errors(tmp_path, edit, message):

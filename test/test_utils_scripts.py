@@ -58,3 +58,33 @@ def test_run_jobs_single_job_with_a_pipe(tmp_path):
     out = run_jobs("--max-jobs-run", "1", str(tmp_path / "one.log"), "echo", "a b", "|", "tr", "a", "A")
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "one.log").read_text().splitlines()[2] == "A b"
+
+
+def test_corpus_path_from_db_sh_is_checked(tmp_path):
+    def check(*args):
+        out = subprocess.run([sys.executable, "-m", "espnet_mtla.data.corpus", "MUSTC", *args], cwd=ROOT,
+                             capture_output=True, text=True)
+        return out.returncode, out.stderr.strip()
+
+    what = "the MuST-C root (with en-de/data)"
+    assert check("", what) == (1, f"error: MUSTC is not set in db.sh: set it to {what}")
+    assert check(str(tmp_path / "nope"), what) == (
+        1, f"error: MUSTC={tmp_path / 'nope'} (db.sh): no such directory; set it to {what}")
+    (tmp_path / "en-de" / "data").mkdir(parents=True)
+    assert check(str(tmp_path), what, "en-de/data", "en-de/data/train/txt/train.yaml") == (
+        1, f"error: MUSTC={tmp_path} (db.sh): {tmp_path / 'en-de/data/train/txt/train.yaml'} not found; is it {what}?")
+    assert check(str(tmp_path), what, "en-de/data") == (0, "")
+
+
+def test_run_jobs_runs_listed_jobs_and_appends_to_logs(tmp_path):
+    runner = [sys.executable, str(ROOT / "utils" / "run_jobs.py")]
+    log = tmp_path / "log" / "job.JOB.log"
+    out = subprocess.run(runner + ["JOB=1:3", str(log), "echo", "run", "JOB"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    out = subprocess.run(runner + ["JOB=3,1", str(log), "echo", "again", "JOB"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "run 1" in (tmp_path / "log" / "job.1.log").read_text() and "again 1" in (tmp_path / "log" / "job.1.log").read_text()
+    assert "again" not in (tmp_path / "log" / "job.2.log").read_text()
+    assert (tmp_path / "log" / "job.3.log").read_text().count("# Started at") == 2
+    out = subprocess.run(runner + ["JOB=1,2", str(log), "test", "JOB", "-eq", "2"], capture_output=True, text=True)
+    assert out.returncode == 1 and out.stderr.strip() == f"run_jobs.py: 1 / 2 job(s) failed; see {tmp_path / 'log' / 'job.1.log'}"

@@ -2,11 +2,13 @@
 """Run a command as N parallel jobs, Kaldi run.pl style, each with its own log file.
 
     utils/run_jobs.py [--max-jobs-run M] JOB=1:N exp/decode/log/decode.JOB.log command args...
+    utils/run_jobs.py JOB=2,5 exp/decode/log/decode.JOB.log command args...   # only jobs 2 and 5
     utils/run_jobs.py exp/x/log/stats.log command args...          # one job
 
-Every "JOB" in the log path and in the command is replaced by the job number (1..N). The
-command runs through bash, so pipes and redirections work; its stdout and stderr go to the
-job's log, which starts with the command and ends with its exit code and duration. At most
+Every "JOB" in the log path and in the command is replaced by the job number. The command
+runs through bash, so pipes and redirections work; its stdout and stderr are appended to the
+job's log (a re-run never erases the log of the run it resumes), each run's part starting
+with the command and ending with its exit code and duration. At most
 M jobs run at once (default: all). If any job fails, this exits 1 and names every failed
 job's log file, so a failure is one `less` away.
 """
@@ -26,7 +28,7 @@ def run_job(number, command: str, log_path: Path) -> int:
     command = command.replace("JOB", str(number)) if number is not None else command
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    with open(log_path, "w", encoding="utf-8") as log:
+    with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"# {command}\n# Started at {datetime.now():%Y-%m-%d %H:%M:%S}\n")
         log.flush()
         code = subprocess.call(["bash", "-c", command], stdout=log, stderr=subprocess.STDOUT)
@@ -47,6 +49,8 @@ def main(argv=None) -> int:
         if first > last:
             parser.error(f"empty job range JOB={first}:{last}")
         jobs = list(range(first, last + 1))
+    elif args and re.fullmatch(r"JOB=\d+(,\d+)*", args[0]):
+        jobs = sorted(set(map(int, args.pop(0)[4:].split(","))))
     if len(args) < 2:
         parser.error("expected a log file and a command")
     log_template, command = args[0], " ".join(shlex.quote(a) if " " in a or a == "" else a for a in args[1:])

@@ -10,6 +10,7 @@ import contextlib
 import importlib
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -28,13 +29,50 @@ def _fail(err: Exception) -> None:
     sys.exit(1)
 
 
+def check_input_files(args, config: Optional[dict] = None) -> None:
+    """Exit with one line naming the first input file that does not exist.
+
+    ``args`` are a train or inference CLI's parsed options; ``config`` is the training config
+    an inference run loads (its token list and BPE model count unless options override them).
+    """
+    config = config or {}
+    found = {k: v for k, v in config.items() if k in ("token_list", "bpemodel", "src_token_list", "src_bpemodel",
+                                                       "token_type", "src_token_type")}
+    found.update({k: v for k, v in vars(args).items() if v is not None})
+    hint = "make it with the recipe's stage 5 (tokenisers), or fix the path"
+    for option in ("token_list", "src_token_list", "bpemodel", "src_bpemodel"):
+        value = found.get(option)
+        side = "src_" if option.startswith("src_") else ""
+        if option.endswith("bpemodel") and found.get(f"{side}token_type") != "bpe":
+            continue
+        if isinstance(value, str) and not os.path.isfile(value):
+            raise SystemExit(f"error: --{option}: no such file: {value} ({hint})")
+    for option in ("train_data_path_and_name_and_type", "valid_data_path_and_name_and_type",
+                   "data_path_and_name_and_type"):
+        for path, name, _ in found.get(option) or []:
+            if not os.path.exists(path):
+                raise SystemExit(f"error: --{option}: no such file for {name!r}: {path}")
+    for option in ("train_shape_file", "valid_shape_file", "key_file"):
+        values = found.get(option) or []
+        for path in [values] if isinstance(values, str) else values:
+            if not os.path.isfile(path):
+                raise SystemExit(f"error: --{option}: no such file: {path}")
+
+
 def run_training(task: str, cmd: Optional[List[str]] = None) -> None:
     import espnet_mtla.tasks  # noqa: F401  (registers)
     from espnet_mtla.errors import ConfigError
+    from espnet_mtla.training_files import atomic_torch_save, repair_before_resume
 
     module = importlib.import_module(f"espnet2.bin.{task}_train")
+    cmd = list(sys.argv[1:] if cmd is None else cmd)
+    args = module.get_parser().parse_args(cmd)
+    check_input_files(args)
+    if args.resume and args.output_dir and not args.collect_stats:
+        repair_before_resume(Path(args.output_dir), args.best_model_criterion)
     try:
-        module.main(cmd)
+        with atomic_torch_save():
+            module.main(cmd)
     except ConfigError as err:
         _fail(err)
 
@@ -97,6 +135,20 @@ def unpack_model_option(task: str, cmd: List[str]) -> List[str]:
                    files[f"{task}_model_file"]]
 
 
+def check_inference_inputs(task: str, args) -> None:
+    config_file, model_file = getattr(args, f"{task}_train_config"), getattr(args, f"{task}_model_file")
+    for option, value in ((f"{task}_train_config", config_file), (f"{task}_model_file", model_file)):
+        if value is None:
+            raise SystemExit(f"error: --{option} is required (or --packed_model)")
+        if not os.path.isfile(value):
+            raise SystemExit(f"error: --{option}: no such file: {value}")
+    import yaml
+
+    with open(config_file, encoding="utf-8") as f:
+        config = yaml.safe_load(f) or {}
+    check_input_files(args, config)
+
+
 def run_inference(task: str, cmd: Optional[List[str]] = None) -> None:
     import espnet_mtla.tasks  # noqa: F401  (registers)
     from espnet_mtla.errors import ConfigError
@@ -106,14 +158,25 @@ def run_inference(task: str, cmd: Optional[List[str]] = None) -> None:
     cmd = unpack_model_option(task, list(sys.argv[1:] if cmd is None else cmd))
     module = importlib.import_module(f"espnet2.bin.{task}_inference")
     args = module.get_parser().parse_args(cmd)
+    check_inference_inputs(task, args)
     device = "cuda" if args.ngpu >= 1 else "cpu"
     recorder = EfficiencyRecorder(device)
+    # Everything goes to <output_dir>.partial, renamed to <output_dir> once complete: a killed
+    # run never leaves an output dir that looks finished.
+    output_dir = Path(args.output_dir)
+    partial = output_dir.with_name(output_dir.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    cmd = cmd + ["--output_dir", str(partial)]  # the last occurrence wins in argparse
     try:
         with recording_efficiency(module, task, recorder):
             module.main(cmd)
     except (ConfigError, CheckpointMismatchError) as err:
         _fail(err)
-    summary = recorder.write(os.path.join(args.output_dir, "1best_recog", "efficiency.json"))
+    summary = recorder.write(os.path.join(partial, "1best_recog", "efficiency.json"))
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    os.replace(partial, output_dir)
     logging.info(
         "efficiency: %d utterances, %.3f s, %s tokens/s, peak memory %.1f MiB (%s), peak KV cache %s bytes",
         summary["num_utterances"], summary["total_decode_time_s"], summary["tokens_per_s"],

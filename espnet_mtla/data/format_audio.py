@@ -24,6 +24,7 @@ import soundfile
 import soxr
 from tqdm import tqdm
 
+from espnet_mtla.errors import one_line_errors
 from espnet_mtla.fileio import write_atomic, write_text_atomic
 
 AUDIO_FORMATS = ("flac", "wav", "flac.ark", "wav.ark")
@@ -156,12 +157,8 @@ def main(argv=None) -> int:
     parser.add_argument("--job", type=int)
     args = parser.parse_args(argv)
     keys = [line.split()[0] for line in Path(args.keys).read_text().splitlines() if line.strip()] if args.keys else None
-    try:
-        format_dir(Path(args.src), Path(args.dump), args.audio_format, args.fs, args.feats_type, keys, args.job)
-    except RuntimeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return one_line_errors(lambda: format_dir(Path(args.src), Path(args.dump), args.audio_format, args.fs,
+                                              args.feats_type, keys, args.job), (RuntimeError,))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,45 @@
+"""Where a corpus is (db.sh), checked before data preparation reads it.
+
+    python -m espnet_mtla.data.corpus MUSTC "$MUSTC" "the MuST-C v1/v2 root" en-de/data/train/txt/train.yaml ...
+
+exits 1 with one line naming the db.sh variable, the path and the first expected file that is
+missing, so an unset or mistyped corpus path never surfaces as a traceback deep in a parser.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from espnet_mtla.errors import one_line_errors
+
+
+class CorpusError(RuntimeError):
+    pass
+
+
+def require_corpus(variable: str, path: str, what: str, expected: Sequence[str] = ()) -> Path:
+    """The corpus root ``path`` (from db.sh's ``variable``), holding every relative path in ``expected``."""
+    if not path:
+        raise CorpusError(f"{variable} is not set in db.sh: set it to {what}")
+    root = Path(path)
+    if not root.is_dir():
+        raise CorpusError(f"{variable}={path} (db.sh): no such directory; set it to {what}")
+    for relative in expected:
+        if not (root / relative).exists():
+            raise CorpusError(f"{variable}={path} (db.sh): {root / relative} not found; is it {what}?")
+    return root
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("variable")
+    parser.add_argument("path")
+    parser.add_argument("what", help="what the path should be, for the message")
+    parser.add_argument("expected", nargs="*", help="paths relative to the root that must exist")
+    args = parser.parse_args(argv)
+    return one_line_errors(lambda: require_corpus(args.variable, args.path, args.what, args.expected), (CorpusError,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
