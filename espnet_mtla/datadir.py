@@ -96,14 +96,15 @@ def wav_path(value: str) -> Optional[str]:
     return value
 
 
-def validate(data_dir, check_audio: bool = False, fs: Optional[int] = None) -> Problems:
+def validate(data_dir, check_audio: bool = False, fs: Optional[int] = None, needs_audio: bool = True) -> Problems:
+    """Every problem of a data dir (``needs_audio=False``: a text-only dir, e.g. summarisation)."""
     data_dir = Path(data_dir)
     problems = Problems()
     if not data_dir.is_dir():
         problems.add("missing data dir", str(data_dir))
         return problems
     audio_name = next((n for n in AUDIO_FILES if (data_dir / n).exists()), None)
-    if audio_name is None:
+    if audio_name is None and needs_audio:
         problems.add("missing wav.scp or feats.scp", str(data_dir))
     for name in ("utt2spk", "spk2utt"):
         if not (data_dir / name).exists():

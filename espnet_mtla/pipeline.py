@@ -58,6 +58,8 @@ def get_parser() -> argparse.ArgumentParser:
     add("--local_data_opts", default="", help="options passed to local/data.sh")
     add("--audio_format", default="flac", choices=("flac", "wav", "flac.ark", "wav.ark"))
     add("--feats_type", default="raw", choices=("raw", "fbank"))
+    add("--feats_storage", default="ark", choices=("ark", "zip"),
+        help="fbank: kaldi ark, or fairseq-style npy entries in an uncompressed zip with a manifest.tsv")
     add("--fs", type=int, default=16000)
     add("--speed_perturb_factors", default="", help='e.g. "0.9 1.0 1.1"; empty: none')
     add("--min_wav_duration", type=float, default=0.1)
@@ -69,6 +71,10 @@ def get_parser() -> argparse.ArgumentParser:
     add("--src_lang", default="en", help="st/mt: source text is data/<set>/text.<src_lang>")
     add("--tgt_lang", default="de", help="st: target text is data/<set>/text.<tgt_lang>")
     add("--user_defined_symbols", default="", help="space-separated tokens kept whole by BPE (e.g. SLU intents)")
+    add("--user_defined_symbols_file", default="",
+        help="a file of such tokens, one per line, read at stage 5 (e.g. data/intents.txt written by local/data.sh)")
+    add("--ssl_checkpoint", default="",
+        help="an S3PRL upstream's local checkpoint: sets frontend_conf.path_or_url of an s3prl frontend config")
     add("--attention", default="mtla", choices=("mha", "mqa", "gqa", "mla", "mtla"),
         help="fills {attention} in --train_config, e.g. conf/train_{attention}.yaml")
     add("--train_config", required=False, help="may contain {attention}")
@@ -94,7 +100,9 @@ class Pipeline:
         self.task = args.task
         self.speech = args.task != "mt"
         self.feats = args.feats_type if self.speech else "text"
-        self.dump = Path(args.dumpdir) / (args.audio_format if self.feats == "raw" else self.feats)
+        self.zipped = self.feats == "fbank" and args.feats_storage == "zip"
+        self.dump = Path(args.dumpdir) / (args.audio_format if self.feats == "raw" else
+                                          self.feats + ("_zip" if self.zipped else ""))
         self.test_sets = args.test_sets.split()
         self.tag = args.tag or (Path(args.train_config).stem if args.train_config else "default")
         self.exp = Path(args.expdir) / f"{self.task}_{self.tag}"
@@ -166,7 +174,7 @@ class Pipeline:
         """``flag path,name,type`` for each input of a data dir (or only the input ``only``)."""
         inputs = []
         if self.speech:
-            scp, kind = ("feats.scp", "kaldi_ark") if self.feats == "fbank" else (
+            scp, kind = ("feats.scp", "zip_npy" if self.zipped else "kaldi_ark") if self.feats == "fbank" else (
                 ("wav.scp", "kaldi_ark") if self.a.audio_format.endswith(".ark") else ("wav.scp", "sound"))
             inputs.append(("speech", scp, kind))
         inputs += [(name, file, "text") for name, file in self.text_names().items()]
@@ -179,11 +187,20 @@ class Pipeline:
         if self.a.train_config:
             cmd += ["--config", self.a.train_config]
         cmd += ["--use_preprocessor", "true", *options] + self.token_args() + self.feature_args()
+        if self.a.ssl_checkpoint:
+            cmd += ["--frontend_conf", f"frontend_conf.path_or_url={Path(self.a.ssl_checkpoint).resolve()}"]
         cmd += self.data_args("--train_data_path_and_name_and_type", self.dump / self.train_set)
         return cmd + self.data_args("--valid_data_path_and_name_and_type", self.dump / self.a.valid_set)
 
     def feature_args(self) -> List[str]:
         return ["--input_size", "80"] if self.feats == "fbank" else []
+
+    def config_value(self, key: str, default=None):
+        """A top-level value of the training config (ESPnet's default when the config omits it)."""
+        import yaml
+
+        with open(self.a.train_config, encoding="utf-8") as f:
+            return (yaml.safe_load(f) or {}).get(key, default)
 
     def check_ready(self, number: int) -> None:
         """Raise StageError when a stage cannot start (before it records or creates anything)."""
@@ -232,7 +249,8 @@ class Pipeline:
             return ({"speed_perturb_factors": a.speed_perturb_factors}, tables([data / a.train_set]),
                     [data / self.train_set / "utt2spk"])
         if number == 3:
-            return ({"audio_format": a.audio_format, "feats_type": a.feats_type, "fs": a.fs},
+            return ({"audio_format": a.audio_format, "feats_type": a.feats_type, "feats_storage": a.feats_storage,
+                     "fs": a.fs},
                     tables([data / name for name in [self.train_set, a.valid_set] + self.test_sets]),
                     [self.dump / ("org" if d in train_valid else "") / d.name / scp for d in dump_sets])
         if number == 4:
@@ -240,13 +258,16 @@ class Pipeline:
                     tables([self.dump / "org" / d.name for d in train_valid]), [d / "utt2spk" for d in train_valid])
         if number == 5:
             options = {k: getattr(a, k) for k in ("token_type", "nbpe", "src_token_type", "src_nbpe", "src_lang",
-                                                  "tgt_lang", "user_defined_symbols")}
-            return options, tables([self.dump / self.train_set]), [self.token_dir("tgt") / "tokens.txt"]
+                                                  "tgt_lang", "user_defined_symbols", "user_defined_symbols_file")}
+            symbols = [Path(a.user_defined_symbols_file)] if a.user_defined_symbols_file else []
+            return options, tables([self.dump / self.train_set]) + symbols, [self.token_dir("tgt") / "tokens.txt"]
         if number == 6:
-            return ({"train_config": a.train_config}, [Path(a.train_config or "-")] + tables(train_valid) +
+            return ({"train_config": a.train_config, "ssl_checkpoint": a.ssl_checkpoint},
+                    [Path(a.train_config or "-")] + tables(train_valid) +
                     self.token_files(), [self.stats_dir / "train" / "text_shape"])
         if number == 7:
-            return ({"train_config": a.train_config, "train_args": a.train_args, "ngpu": a.ngpu},
+            return ({"train_config": a.train_config, "train_args": a.train_args, "ngpu": a.ngpu,
+                     "ssl_checkpoint": a.ssl_checkpoint},
                     [Path(a.train_config or "-")] + tables(train_valid) + self.token_files() + stats,
                     [self.exp / "config.yaml", self.exp / "checkpoint.pth"])
         if number == 8:
@@ -266,7 +287,7 @@ class Pipeline:
     def stage1_data(self) -> None:
         self.run(["bash", "local/data.sh"] + shlex.split(self.a.local_data_opts), Path(self.a.expdir) / "log" / "data_prep.log")
         for name in [self.a.train_set, self.a.valid_set] + self.test_sets:
-            problems = datadir.validate(Path("data") / name)
+            problems = datadir.validate(Path("data") / name, needs_audio=self.speech)
             if problems:
                 raise StageError(problems.report(Path("data") / name))
 
@@ -309,7 +330,8 @@ class Pipeline:
             logdir = dst / "logs"
             jobs = self.split_keys(src, self.a.nj, logdir / "keys.JOB")
             self.run([sys.executable, "-m", "espnet_mtla.data.format_audio", src, dst, "--audio_format",
-                      self.a.audio_format, "--feats_type", self.feats, "--fs", self.a.fs,
+                      self.a.audio_format, "--feats_type", self.feats, "--feats_storage", self.a.feats_storage,
+                      "--fs", self.a.fs,
                       "--keys", logdir / "keys.JOB", "--job", "JOB"], logdir / "format.JOB.log", jobs)
             scp = "feats.scp" if self.feats == "fbank" else "wav.scp"
             shape = "feats_shape" if self.feats == "fbank" else "utt2num_samples"
@@ -317,7 +339,11 @@ class Pipeline:
                 self.merge_job_files(dst / f"{name_out}.JOB", jobs, dst / name_out, remove=True)
             if self.feats == "fbank":
                 write_text_atomic(dst / "feats_type", "fbank\n")
-            problems = datadir.validate(dst)
+            if self.zipped:
+                from espnet_mtla.data.zip_features import write_manifest
+
+                write_manifest(dst, self.text_names()["text"])
+            problems = datadir.validate(dst, needs_audio=self.speech)
             if problems:
                 raise StageError(problems.report(dst))
 
@@ -350,7 +376,7 @@ class Pipeline:
         if token_type == "bpe":
             import sentencepiece as spm
 
-            symbols = self.a.user_defined_symbols.split() if side == "tgt" else []
+            symbols = self.user_defined_symbols() if side == "tgt" else []
             spm.SentencePieceTrainer.train(
                 input=str(out / "train.txt"), model_prefix=str(out / ".bpe.partial"), vocab_size=nbpe,
                 model_type="unigram", character_coverage=1.0, input_sentence_size=100000000,
@@ -368,6 +394,15 @@ class Pipeline:
         write_text_atomic(out / "tokens.txt", "".join(t + "\n" for t in special + tokens + ["<sos/eos>"]))
         log.info("%s tokens (%s): %d -> %s", side, token_type, len(tokens) + 3, out / "tokens.txt")
 
+    def user_defined_symbols(self) -> List[str]:
+        symbols = self.a.user_defined_symbols.split()
+        if self.a.user_defined_symbols_file:
+            path = Path(self.a.user_defined_symbols_file)
+            if not path.exists():
+                raise StageError(f"--user_defined_symbols_file {path}: no such file (stage 1 writes it)")
+            symbols += path.read_text(encoding="utf-8").split()
+        return symbols
+
     def stage5_tokenizer(self) -> None:
         names = self.text_names()
         self._train_tokenizer("tgt", self.a.token_type, self.a.nbpe, names["text"])
@@ -383,9 +418,10 @@ class Pipeline:
         jobs = max(1, min([self.a.nj] + sizes))
         for name, tag in ((self.train_set, "train"), (self.a.valid_set, "valid")):
             self.split_keys(self.dump / name, jobs, logdir / f"{tag}.JOB.scp", "{key} {key}")
+        # The statistics are what global_mvn will normalise with (the mt task has no normalize).
+        normalize = ["--normalize", "none"] if self.speech else []
         cmd = self.train_command(
-            "--collect_stats", "true", "--ngpu", "0", "--num_workers", "0",
-            "--normalize", "none",  # the statistics are what global_mvn will normalise with
+            "--collect_stats", "true", "--ngpu", "0", "--num_workers", "0", *normalize,
             "--train_shape_file", logdir / "train.JOB.scp", "--valid_shape_file", logdir / "valid.JOB.scp",
             "--output_dir", logdir / "stats.JOB")
         self.run(cmd, logdir / "stats.JOB.log", jobs)
@@ -402,7 +438,7 @@ class Pipeline:
             for shape in sorted((self.stats_dir / tag).glob("*_shape*")):
                 cmd += [f"--{tag}_shape_file", shape]
         stats = self.stats_dir / "train" / "feats_stats.npz"
-        if self.speech and stats.exists():
+        if self.speech and stats.exists() and self.config_value("normalize", "global_mvn") == "global_mvn":
             cmd += ["--normalize_conf", f"stats_file={stats}"]
         cmd += shlex.split(self.a.train_args)
         self.run(cmd, self.exp / "train.log")
@@ -473,8 +509,11 @@ class Pipeline:
         if path.exists():
             for line in path.read_text().splitlines():
                 if line.startswith("| ") and not line.startswith("| experiment") and "---" not in line:
-                    key = tuple(c.strip() for c in line.strip("|").split("|")[:2])
-                    rows[key] = line
+                    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+                    if len(cells) != 8:  # a row of an older table layout: redone when its experiment is
+                        log.info("%s: dropped a row in an older layout: %s", path, line)
+                        continue
+                    rows[tuple(cells[:2])] = line
         for name in self.test_sets:
             out = self.decode_dir(name)
             scores = json.loads((out / "scores.json").read_text())
@@ -484,9 +523,10 @@ class Pipeline:
             cache_text = f"{cache / 1e6:.3f}" if cache is not None else "-"
             rows[(self.exp.name, name)] = (
                 f"| {self.exp.name} | {name} | {quality} | {eff['total_decode_time_s']:.2f} | "
-                f"{eff['tokens_per_s']} | {eff['peak_memory_bytes'] / 2**20:.1f} | {cache_text} |")
-        header = ("| experiment | test set | quality | decode time (s) | tokens/s | peak memory (MiB) | "
-                  "KV cache peak (MB) |\n|---|---|---|---|---|---|---|\n")
+                f"{eff.get('utterances_per_s')} | {eff['tokens_per_s']} | {eff['peak_memory_bytes'] / 2**20:.1f} | "
+                f"{cache_text} |")
+        header = ("| experiment | test set | quality | decode time (s) | utterances/s | tokens/s | peak memory (MiB) | "
+                  "KV cache peak (MB) |\n|---|---|---|---|---|---|---|---|\n")
         body = "".join(rows[k] + "\n" for k in sorted(rows))
         write_text_atomic(path, f"# Results\n\nWritten by stage 10 of the pipeline (one row per experiment and "
                                 f"test set; decode time is the sum over utterances).\n\n{header}{body}")
@@ -555,11 +595,12 @@ def run_stage(pipeline: Pipeline, number: int) -> None:
         return
     changed = record.changed_since(key)
     if changed:
-        log.info("stage %d: options or inputs changed since its last run (%s): redone", number, ", ".join(changed))
+        shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+        log.info("stage %d: options or inputs changed since its last run (%s): redone", number, shown)
     pipeline.resuming = record.interrupted and not changed
     if number == 7 and changed and (pipeline.exp / "checkpoint.pth").exists() and not force:
         raise StageError(f"{pipeline.exp} holds a training run with other options or inputs (changed: "
-                         f"{', '.join(changed)}); resuming it would mix the two: move it away, name a new "
+                         f"{', '.join(changed[:6])}{' ...' if len(changed) > 6 else ''}); resuming it would mix the two: move it away, name a new "
                          f"experiment with --tag, or continue it anyway with --force true")
     if pipeline.resuming:
         log.info("stage %d: resuming an interrupted run (%s)", number, record.path)

@@ -1,6 +1,7 @@
 """Every task x attention type: YAML -> ESPnet build -> forward/backward -> save -> reload -> beam 3."""
 
 import importlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ from espnet_mtla.models.common import CheckpointMismatchError
 from espnet_mtla.models.mt import DecoderOnlyMTModel
 from espnet_mtla.models.slu import DecoderOnlySLUModel
 from espnet_mtla.models.st import DecoderOnlySTModel
+
+ROOT = Path(__file__).resolve().parent.parent
 
 MODEL_CLASSES = {"asr": DecoderOnlyASRModel, "st": DecoderOnlySTModel, "slu": DecoderOnlySLUModel,
                  "mt": DecoderOnlyMTModel}
@@ -212,3 +215,27 @@ def test_other_espnet_encoders_in_front(tmp_path, encoder, encoder_conf):
     loss.backward()
     assert torch.isfinite(loss)
     assert model.decoder.projector.net[0].in_features == 2 * 32
+
+
+@pytest.mark.parametrize("template", ["asr_paper", "asr_ssl_paper", "st_paper", "slu_paper", "sum_paper"])
+def test_paper_size_templates_build(tmp_path, template):
+    """The recipes' paper-size configs build through ESPnet's parser (sizes as in DESIGN.md section 6)."""
+    import yaml
+
+    from espnet_mtla.bin.make_tiny_ssl_checkpoint import build_tiny_ssl_checkpoint
+
+    conf = yaml.safe_load((ROOT / "conf_templates" / f"{template}.yaml").read_text())
+    task = {"asr": "asr", "st": "st", "slu": "slu", "sum": "mt"}[template.split("_")[0]]
+    tokens = {"asr": TOKENS, "st": TOKENS, "slu": SLU_TOKENS, "mt": TOKENS}[task]
+    conf.update(token_list=tokens, token_type="char")
+    if task in ("st", "mt"):
+        conf.update(src_token_list=TOKENS, src_token_type="char")
+    if conf.get("normalize") == "global_mvn":
+        conf["normalize"] = "utterance_mvn"  # no statistics file here
+    if conf["frontend"] == "s3prl":
+        conf["frontend_conf"]["frontend_conf"]["path_or_url"] = str(build_tiny_ssl_checkpoint(tmp_path / "ssl.pt", "wavlm_local"))
+    write_yaml(tmp_path / "train.yaml", conf)
+    model = registry.TASKS[task].build_model(parse(task, tmp_path / "train.yaml"))
+    decoder = model.decoder
+    assert len(decoder.layers) == 9 and decoder.model_dim == 512 and decoder.attention_type == "mtla"
+    assert model.encoder.output_size() == 512

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from espnet_mtla.bin.make_confs import render
+from espnet_mtla.bin.make_confs import RECIPES, render
 from espnet_mtla.metrics import scoring
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,11 +53,14 @@ def test_rouge():
     assert scores == {"rouge1": 66.67, "rouge2": 57.14, "rougeL": 66.67}
 
 
-@pytest.mark.parametrize("task", ["asr", "st", "slu"])
-def test_recipe_confs_match_their_templates(task):
-    conf = ROOT / "egs2" / "mini_synth" / f"{task}1" / "conf"
-    for attention_type in ("mha", "mqa", "gqa", "mla", "mtla"):
-        rendered = render(ROOT / "conf_templates" / f"{task}_mini.yaml", attention_type).replace(
-            (ROOT / "conf_templates").as_posix(), "conf_templates")
-        assert (conf / f"train_{attention_type}.yaml").read_text() == rendered, (
-            f"{conf}/train_{attention_type}.yaml is out of date: re-run espnet_mtla.bin.make_confs")
+@pytest.mark.parametrize("conf_dir", sorted(RECIPES))
+def test_recipe_confs_match_their_templates(conf_dir):
+    conf = ROOT / conf_dir
+    for template, decode, prefix in RECIPES[conf_dir]:
+        for attention_type in ("mha", "mqa", "gqa", "mla", "mtla"):
+            rendered = render(ROOT / "conf_templates" / template, attention_type).replace(
+                (ROOT / "conf_templates").as_posix(), "conf_templates")
+            assert (conf / f"{prefix}{attention_type}.yaml").read_text() == rendered, (
+                f"{conf}/{prefix}{attention_type}.yaml is out of date: re-run python -m espnet_mtla.bin.make_confs --all")
+        if decode:
+            assert (conf / "decode.yaml").read_text().endswith((ROOT / "conf_templates" / decode).read_text())

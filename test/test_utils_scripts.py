@@ -46,7 +46,9 @@ def run_jobs(*args):
 def test_run_jobs_substitutes_job_and_names_failed_logs(tmp_path):
     out = run_jobs("JOB=1:3", str(tmp_path / "log" / "x.JOB.log"), "bash", "-c", "echo job JOB; test JOB -ne 2")
     assert out.returncode == 1
-    assert out.stderr.strip() == f"run_jobs.py: 1 / 3 job(s) failed; see {tmp_path / 'log' / 'x.2.log'}"
+    assert out.stderr.strip().splitlines() == [
+        f"run_jobs.py: 1 / 3 job(s) failed; see {tmp_path / 'log' / 'x.2.log'}",
+        f"run_jobs.py: {tmp_path / 'log' / 'x.2.log'} ends with: job 2"]  # the failed command's last output
     for n in (1, 2, 3):
         log = (tmp_path / "log" / f"x.{n}.log").read_text().splitlines()
         assert log[0] == f"# bash -c 'echo job {n}; test {n} -ne 2'"
@@ -87,4 +89,5 @@ def test_run_jobs_runs_listed_jobs_and_appends_to_logs(tmp_path):
     assert "again" not in (tmp_path / "log" / "job.2.log").read_text()
     assert (tmp_path / "log" / "job.3.log").read_text().count("# Started at") == 2
     out = subprocess.run(runner + ["JOB=1,2", str(log), "test", "JOB", "-eq", "2"], capture_output=True, text=True)
-    assert out.returncode == 1 and out.stderr.strip() == f"run_jobs.py: 1 / 2 job(s) failed; see {tmp_path / 'log' / 'job.1.log'}"
+    assert out.returncode == 1  # (job 1 printed nothing this time: no "ends with" line from an earlier run)
+    assert out.stderr.strip() == f"run_jobs.py: 1 / 2 job(s) failed; see {tmp_path / 'log' / 'job.1.log'}"

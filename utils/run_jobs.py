@@ -37,6 +37,14 @@ def run_job(number, command: str, log_path: Path) -> int:
     return code
 
 
+def last_output_line(log_path: Path) -> str:
+    """The command's last line of output in this run's part of a job log (logs are appended to)."""
+    text = log_path.read_text(encoding="utf-8", errors="replace")
+    this_run = text[text.rfind("\n# Started at") + 1:]
+    lines = [line for line in this_run.splitlines() if line.strip() and not line.startswith("# ")]
+    return lines[-1].strip() if lines else ""
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-jobs-run", type=int, default=None)
@@ -64,6 +72,9 @@ def main(argv=None) -> int:
     if failed:
         names = ", ".join(str(logs[n]) for n in failed)
         print(f"run_jobs.py: {len(failed)} / {len(jobs)} job(s) failed; see {names}", file=sys.stderr)
+        cause = last_output_line(logs[failed[0]])
+        if cause:  # a one-line error (ours) is the whole story; a traceback's last line names the exception
+            print(f"run_jobs.py: {logs[failed[0]]} ends with: {cause}", file=sys.stderr)
         return 1
     return 0
 

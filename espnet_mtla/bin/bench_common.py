@@ -73,3 +73,20 @@ def run_in_subprocess(target, name, opts):
     if proc.exitcode != 0 or result is None:
         raise SystemExit(f"benchmark of {name} failed (exit {proc.exitcode}); its traceback is above")
     return result
+
+
+def save_report(out, machine_name: str, options: dict, results: list, markdown, plot) -> str:
+    """Write ``results.json``, ``results.md`` (``markdown(results, options, machine)``) and
+    ``results.png`` (``plot(...)``) to ``out``; returns the table."""
+    from pathlib import Path
+
+    from espnet_mtla.fileio import write_text_atomic
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"machine": machine_name, "options": options, "results": results}
+    write_text_atomic(out / "results.json", json.dumps(report, indent=2) + "\n")
+    table = markdown(results, options, machine_name)
+    write_text_atomic(out / "results.md", table)
+    plot(results, options, machine_name, out / "results.png")
+    return table

@@ -25,7 +25,8 @@ from pathlib import Path
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 import torch  # noqa: E402
 
-from espnet_mtla.bin.bench_common import machine, peak_allocated_mib, positive_int, run_in_subprocess  # noqa: E402
+from espnet_mtla.bin.bench_common import (machine, peak_allocated_mib, positive_int, run_in_subprocess,
+                                          save_report)  # noqa: E402
 from espnet_mtla.fileio import write_text_atomic  # noqa: E402
 
 VOCAB = 5000
@@ -202,13 +203,7 @@ def main(argv=None):
     torch.set_num_threads(opts.threads)
     machine_name = machine()
     results = run_all(names, conf)
-    out.mkdir(parents=True, exist_ok=True)
-    report = {"machine": machine_name, "options": conf, "results": results}
-    write_text_atomic(out / "results.json", json.dumps(report, indent=2) + "\n")
-    table = markdown(results, conf, machine_name)
-    write_text_atomic(out / "results.md", table)
-    plot(results, conf, machine_name, out / "results.png")
-    print(table)
+    print(save_report(out, machine_name, conf, results, markdown, plot))
 
 
 if __name__ == "__main__":

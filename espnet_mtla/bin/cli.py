@@ -135,6 +135,16 @@ def unpack_model_option(task: str, cmd: List[str]) -> List[str]:
                    files[f"{task}_model_file"]]
 
 
+def pop_option(cmd: List[str], name: str, default: str, choices) -> tuple:
+    """Take one of our own options (not ESPnet's) out of ``cmd``: (rest of cmd, its value)."""
+    if name not in cmd:
+        return cmd, default
+    i = cmd.index(name)
+    if i + 1 >= len(cmd) or cmd[i + 1] not in choices:
+        raise SystemExit(f"error: {name} takes one of {', '.join(choices)}")
+    return cmd[:i] + cmd[i + 2:], cmd[i + 1]
+
+
 def check_inference_inputs(task: str, args) -> None:
     config_file, model_file = getattr(args, f"{task}_train_config"), getattr(args, f"{task}_model_file")
     for option, value in ((f"{task}_train_config", config_file), (f"{task}_model_file", model_file)):
@@ -155,7 +165,10 @@ def run_inference(task: str, cmd: Optional[List[str]] = None) -> None:
     from espnet_mtla.metrics.efficiency import EfficiencyRecorder
     from espnet_mtla.models.common import CheckpointMismatchError
 
+    from espnet_mtla.bin.batch_inference import BatchDecodingError
+
     cmd = unpack_model_option(task, list(sys.argv[1:] if cmd is None else cmd))
+    cmd, batch_encoder = pop_option(cmd, "--batch_encoder", "false", ("true", "false"))
     module = importlib.import_module(f"espnet2.bin.{task}_inference")
     args = module.get_parser().parse_args(cmd)
     check_inference_inputs(task, args)
@@ -169,9 +182,17 @@ def run_inference(task: str, cmd: Optional[List[str]] = None) -> None:
         shutil.rmtree(partial)
     cmd = cmd + ["--output_dir", str(partial)]  # the last occurrence wins in argparse
     try:
-        with recording_efficiency(module, task, recorder):
-            module.main(cmd)
-    except (ConfigError, CheckpointMismatchError) as err:
+        if args.batch_size > 1:  # many utterances per search: espnet_mtla.bin.batch_inference
+            from espnet_mtla.bin import batch_inference
+
+            logging.basicConfig(level=args.log_level,
+                                format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+            args.output_dir = str(partial)
+            batch_inference.decode(module, task, args, recorder, batch_encoder == "true")
+        else:
+            with recording_efficiency(module, task, recorder):
+                module.main(cmd)
+    except (ConfigError, CheckpointMismatchError, BatchDecodingError) as err:
         _fail(err)
     summary = recorder.write(os.path.join(partial, "1best_recog", "efficiency.json"))
     if output_dir.exists():

@@ -1,4 +1,5 @@
-"""Where a corpus is (db.sh), checked before data preparation reads it.
+"""Where a corpus is (db.sh), checked before data preparation reads it; and the error that
+every corpus reader (mustc, ami, slurp, xsum) raises, naming the file and line.
 
     python -m espnet_mtla.data.corpus MUSTC "$MUSTC" "the MuST-C v1/v2 root" en-de/data/train/txt/train.yaml ...
 
@@ -9,13 +10,43 @@ missing, so an unset or mistyped corpus path never surfaces as a traceback deep 
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence, Tuple
 
 from espnet_mtla.errors import one_line_errors
 
 
 class CorpusError(RuntimeError):
     pass
+
+
+def read_lines(path: Path) -> Iterator[Tuple[int, str]]:
+    """(line number, line without its newline) of a UTF-8 corpus file."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise CorpusError(f"{path} not found (is the corpus complete?)") from None
+    for number, line in enumerate(raw.splitlines(), 1):
+        try:
+            yield number, line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorpusError(f"{path}:{number}: not UTF-8 text") from None
+
+
+def read_json_lines(path: Path) -> Iterator[Tuple[str, dict]]:
+    """("file:line", object) for each non-empty line of a jsonl corpus file."""
+    import json
+
+    for number, line in read_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CorpusError(f"{where}: not JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(entry, dict):
+            raise CorpusError(f"{where}: expected a JSON object, got {line.strip()[:40]!r}")
+        yield where, entry
 
 
 def require_corpus(variable: str, path: str, what: str, expected: Sequence[str] = ()) -> Path:

@@ -7,8 +7,9 @@ Reads wav.scp entries that are files or ``command |`` pipes (speed perturbation)
 ``segments`` when present, resamples to ``--fs`` if needed, and writes:
 - raw: ``DUMP_DIR/data/<utt>.<flac|wav>`` and ``wav.scp`` (or ``data/audio.<job>.ark`` +
   ``wav.scp`` with ark offsets for flac.ark / wav.ark), plus ``utt2num_samples``;
-- fbank: 80-d Kaldi-compatible log-mel fbank (25 ms / 10 ms) to ``data/feats.<job>.ark``,
-  ``feats.scp`` and ``feats_shape``.
+- fbank: 80-d Kaldi-compatible log-mel fbank (25 ms / 10 ms) to ``data/feats.<job>.ark``
+  (or, with ``--feats_storage zip``, npy entries in ``data/feats.<job>.zip``), ``feats.scp``
+  and ``feats_shape``.
 With ``--keys`` only those utterances are done and outputs get a ``.<job>`` suffix (the
 pipeline runs one job per split and concatenates).
 """
@@ -24,6 +25,7 @@ import soundfile
 import soxr
 from tqdm import tqdm
 
+from espnet_mtla.data.zip_features import ZipNpyWriter
 from espnet_mtla.errors import one_line_errors
 from espnet_mtla.fileio import write_atomic, write_text_atomic
 
@@ -79,7 +81,8 @@ class FlacArkWriter:
         pass
 
 
-def format_dir(src: Path, dump: Path, audio_format: str, fs: int, feats_type: str, keys=None, job=None) -> None:
+def format_dir(src: Path, dump: Path, audio_format: str, fs: int, feats_type: str, keys=None, job=None,
+               feats_storage: str = "ark") -> None:
     import kaldiio
 
     wav_scp = read_scp(src / "wav.scp")
@@ -96,7 +99,11 @@ def format_dir(src: Path, dump: Path, audio_format: str, fs: int, feats_type: st
     ark_path = out_data / (f"feats{suffix}.ark" if feats_type == "fbank" else f"audio{suffix}.ark")
     use_ark = feats_type == "fbank" or audio_format.endswith(".ark")
     flac_ark = feats_type == "raw" and audio_format == "flac.ark"
-    if flac_ark:
+    zipped = feats_type == "fbank" and feats_storage == "zip"
+    if zipped:
+        ark_path = ark_path.with_suffix(".zip")
+        writer = ZipNpyWriter(ark_path)
+    elif flac_ark:
         writer = FlacArkWriter(ark_path)
     else:
         writer = kaldiio.WriteHelper(f"ark,scp:{ark_path},{ark_path}.scp") if use_ark else None
@@ -138,8 +145,8 @@ def format_dir(src: Path, dump: Path, audio_format: str, fs: int, feats_type: st
     scp_name = "feats.scp" if feats_type == "fbank" else "wav.scp"
     if use_ark:
         lines = Path(f"{ark_path}.scp").read_text().splitlines()
-        scp_lines = [f"{k} {Path(v.rsplit(':', 1)[0]).resolve()}:{v.rsplit(':', 1)[1]}"
-                     for k, v in (line.split(" ", 1) for line in lines)]
+        scp_lines = lines if zipped else [f"{k} {Path(v.rsplit(':', 1)[0]).resolve()}:{v.rsplit(':', 1)[1]}"
+                                          for k, v in (line.split(" ", 1) for line in lines)]
         Path(f"{ark_path}.scp").unlink()
     write_text_atomic(dump / f"{scp_name}{suffix}", "".join(line + "\n" for line in scp_lines))
     shape_name = "feats_shape" if feats_type == "fbank" else "utt2num_samples"
@@ -152,13 +159,15 @@ def main(argv=None) -> int:
     parser.add_argument("dump")
     parser.add_argument("--audio_format", choices=AUDIO_FORMATS, default="flac")
     parser.add_argument("--feats_type", choices=("raw", "fbank"), default="raw")
+    parser.add_argument("--feats_storage", choices=("ark", "zip"), default="ark",
+                        help="fbank: kaldi ark, or npy entries in a zip (espnet_mtla.data.zip_features)")
     parser.add_argument("--fs", type=int, default=16000)
     parser.add_argument("--keys", help="file whose first column lists the utterances to do")
     parser.add_argument("--job", type=int)
     args = parser.parse_args(argv)
     keys = [line.split()[0] for line in Path(args.keys).read_text().splitlines() if line.strip()] if args.keys else None
     return one_line_errors(lambda: format_dir(Path(args.src), Path(args.dump), args.audio_format, args.fs,
-                                              args.feats_type, keys, args.job), (RuntimeError,))
+                                              args.feats_type, keys, args.job, args.feats_storage), (RuntimeError,))
 
 
 if __name__ == "__main__":

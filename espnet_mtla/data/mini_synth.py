@@ -22,8 +22,9 @@ import soundfile
 from tqdm import tqdm
 
 from espnet_mtla.data.grammar import command, sentence
+from espnet_mtla.data.kaldi_dir import Utterance, write_data_dir
 from espnet_mtla.data.speech_synth import SAMPLE_RATE, VOICES, Voice, check_espeak, speak
-from espnet_mtla.fileio import write_atomic, write_text_atomic
+from espnet_mtla.fileio import write_atomic
 
 TASKS = ("asr", "st", "slu")
 SPLITS = ("train", "dev", "test")
@@ -57,19 +58,10 @@ def synthesise(utt: Dict[str, str], audio_dir: Path) -> str:
     return str(path.resolve())
 
 
-def write_data_dir(data_dir: Path, utts: List[Dict[str, str]], paths: List[str], task: str) -> None:
-    data_dir.mkdir(parents=True, exist_ok=True)
+def to_utterances(utts: List[Dict[str, str]], paths: List[str], task: str) -> List[Utterance]:
     text_files = ["text"] + {"st": ["text.en", "text.de"], "slu": ["transcript"]}.get(task, [])
-    files = {"wav.scp": [f"{u['utt_id']} {p}" for u, p in zip(utts, paths)],
-             "utt2spk": [f"{u['utt_id']} {u['voice'].speaker_id}" for u in utts]}
-    for name in text_files:
-        files[name] = [f"{u['utt_id']} {u[name]}" for u in utts]
-    spk2utt: Dict[str, List[str]] = {}
-    for u in utts:
-        spk2utt.setdefault(u["voice"].speaker_id, []).append(u["utt_id"])
-    files["spk2utt"] = [f"{spk} {' '.join(ids)}" for spk, ids in sorted(spk2utt.items())]
-    for name, lines in files.items():
-        write_text_atomic(data_dir / name, "\n".join(lines) + "\n")
+    return [Utterance(u["utt_id"], u["voice"].speaker_id, {name: u[name] for name in text_files}, audio=path)
+            for u, path in zip(utts, paths)]
 
 
 def generate(task: str, out_dir, audio_dir, sizes: Dict[str, int], seed: int = 0, nj: int = 2) -> None:
@@ -83,7 +75,7 @@ def generate(task: str, out_dir, audio_dir, sizes: Dict[str, int], seed: int = 0
         with ThreadPoolExecutor(max_workers=nj) as pool:  # espeak-ng runs as subprocesses
             paths = list(tqdm(pool.map(lambda u: synthesise(u, split_audio), utts), total=len(utts),
                               desc=f"mini_synth {task} {split}", unit="utt"))
-        write_data_dir(Path(out_dir) / split, utts, paths, task)
+        write_data_dir(Path(out_dir) / split, to_utterances(utts, paths, task))
 
 
 def main(argv=None) -> None:

@@ -43,6 +43,7 @@ def summarize(utterances: Dict[str, dict], device: Optional[str], peak_kind: Opt
         "mean_decode_time_s": round(total_time / len(utterances), 6) if utterances else None,
         "output_tokens": tokens,
         "tokens_per_s": round(tokens / total_time, 3) if total_time > 0 else None,
+        "utterances_per_s": round(len(utterances) / total_time, 3) if total_time > 0 else None,
         "peak_memory_bytes": max((u["peak_memory_bytes"] for u in utts), default=0),
         "peak_memory_kind": peak_kind,
         "cache_bytes_peak": max(caches) if caches else None,
@@ -76,6 +77,18 @@ class EfficiencyRecorder:
             "cache_bytes_peak": caches.peak_nbytes if caches is not None else None,
         }
         return results
+
+    def record_batch(self, keys, elapsed: float, tokens, peak_bytes: int, cache_bytes_peak) -> None:
+        """A batch decoded together: its time is shared equally by its utterances."""
+        for key, count in zip(keys, tokens):
+            self.utterances[key] = {
+                "decode_time_s": round(elapsed / len(keys), 6),
+                "output_tokens": count,
+                "peak_memory_bytes": peak_bytes,
+                "cache_bytes": None,
+                "cache_bytes_peak": cache_bytes_peak,
+                "batch_size": len(keys),
+            }
 
     def summary(self) -> dict:
         return summarize(self.utterances, str(self.device), self.peak_kind)

@@ -3,6 +3,7 @@
     import espnet_mtla.tasks   # then ESPnet's asr/st/slu/mt tasks know:
     decoder: decoder_only      # espnet_mtla.decoder.DecoderOnlyDecoder (asr, st, slu, mt)
     model: decoder_only        # DecoderOnly{ASR,SLU,MT}Model (asr, slu, mt)
+    data type: zip_npy         # espnet_mtla.data.zip_features (fairseq-style zip storage)
 
 The st task has no ``model`` choice; its ``build_model`` builds ``DecoderOnlySTModel``
 whenever the decoder is ``decoder_only``. Each task's ``build_model`` also turns a
@@ -44,6 +45,7 @@ st_task = _import_espnet_quietly("espnet2.tasks.st")
 slu_task = _import_espnet_quietly("espnet2.tasks.slu")
 mt_task = _import_espnet_quietly("espnet2.tasks.mt")
 
+from espnet_mtla.data.zip_features import register_data_type
 from espnet_mtla.decoder import DecoderOnlyDecoder
 from espnet_mtla.errors import ConfigError
 from espnet_mtla.models.asr import DecoderOnlyASRModel
@@ -89,6 +91,7 @@ def register() -> None:
     st_task.ESPnetSTModel = build_st_model
     for task in TASKS.values():
         task.build_model = classmethod(_explain_unknown_keys(task.build_model.__func__))
+    register_data_type()
     register.done = True
 
 

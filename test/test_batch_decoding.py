@@ -1,0 +1,121 @@
+"""--batch_size N (many utterances per beam search) gives --batch_size 1's hypotheses and scores."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from espnet_setup import ATTENTION_TYPES, TASKS, config, parse, write_yaml
+import espnet_mtla.tasks as registry
+from espnet_mtla.bin.cli import run_inference
+
+# Very different lengths, in an order that is not sorted, so that batches mix them.
+SECONDS = [0.35, 2.4, 0.8, 1.6, 0.25, 3.1, 1.1]
+NBEST = ("1best_recog", "2best_recog", "3best_recog")
+SOURCES = ["ab", "h g f e d c b a h g f", "cab", "d e f g a", "b", "a b c d e f g h a b c d e f", "ggg"]
+
+
+def make_model(tmp_path, task, attention_type):
+    conf = config(task, attention_type)
+    conf["decoder_conf"]["tie_embeddings"] = False  # a random tied model just repeats its last token
+    write_yaml(tmp_path / "train.yaml", conf)
+    args = parse(task, tmp_path / "train.yaml")
+    torch.manual_seed(1)
+    model = registry.TASKS[task].build_model(args)
+    with torch.no_grad():  # peaky next-token distributions, as a trained model has (no near-ties)
+        model.decoder.final_norm.weight.mul_(3.0)
+        model.decoder.output.weight[:2] = 0.0  # <blank>, <unk>: logit 0, so that real tokens win
+    torch.save(model.state_dict(), tmp_path / "model.pth")
+    write_yaml(tmp_path / "config.yaml", vars(args))
+
+
+def make_data(tmp_path, task):
+    if task == "mt":
+        (tmp_path / "src").write_text("".join(f"u{i} {s}\n" for i, s in enumerate(SOURCES)))
+        return f"{tmp_path / 'src'},src_text,text"
+    rng = np.random.default_rng(0)
+    lines = []
+    for i, seconds in enumerate(SECONDS):
+        path = tmp_path / f"u{i}.flac"
+        soundfile.write(path, (0.1 * rng.standard_normal(int(16000 * seconds))).astype(np.float32), 16000)
+        lines.append(f"u{i} {path}\n")
+    (tmp_path / "wav.scp").write_text("".join(lines))
+    return f"{tmp_path / 'wav.scp'},speech,sound"
+
+
+def decode(tmp_path, task, data, out, *options):
+    run_inference(task, [f"--{task}_train_config", str(tmp_path / "config.yaml"), f"--{task}_model_file",
+                         str(tmp_path / "model.pth"), "--data_path_and_name_and_type", data, "--output_dir",
+                         str(tmp_path / out), "--beam_size", "4", "--nbest", "3",  # (nbest 2: ESPnet's st_inference misreads 2 results)
+                         "--minlenratio", "-2", "--maxlenratio", "-7", "--ngpu", "0", *options] + ([] if task in ("st", "mt") else ["--ctc_weight", "0"]))
+    return tmp_path / out
+
+
+def read(path):
+    return dict(line.split(" ", 1) for line in path.read_text().splitlines())
+
+
+def score(text):
+    return float(text.strip().removeprefix("tensor(").removesuffix(")"))
+
+
+def assert_same_results(single, batched, every_id=True):
+    for n in NBEST:
+        a, b = single / n, batched / n
+        assert read(a / "token_int") == read(b / "token_int")
+        if every_id:
+            assert sorted(read(b / "token_int")) == sorted(f"u{i}" for i in range(len(SECONDS)))
+        for key, value in read(a / "score").items():
+            # ESPnet prints scores with 4 decimals: at most one unit of the last digit apart.
+            assert round(abs(score(value) - score(read(b / "score")[key])), 6) <= 1e-4, key
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_batches_of_utterances_give_the_single_utterance_results(tmp_path, task, attention_type):
+    make_model(tmp_path, task, attention_type)
+    data = make_data(tmp_path, task)
+    single = decode(tmp_path, task, data, "single", "--batch_size", "1")
+    batched = decode(tmp_path, task, data, "batched", "--batch_size", "4")
+    assert_same_results(single, batched)
+    nbest_lists = {key: tuple(read(single / n / "token_int")[key] for n in NBEST) for key in read(single / "1best_recog" / "token_int")}
+    assert len(set(nbest_lists.values())) > 1  # the utterances' n-best lists are not all alike
+    assert all(len(h.split()) >= 2 for hyps in nbest_lists.values() for h in hyps)  # --minlenratio -2
+    report = json.loads((batched / "1best_recog" / "efficiency.json").read_text())
+    assert report["num_utterances"] == len(SECONDS) and report["utterances_per_s"] > 0
+    assert {u["batch_size"] for u in report["utterances"].values()} == {4, 3}
+    assert report["cache_bytes_peak"] > 0
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_end_detection_and_dropped_short_hypotheses_match_too(tmp_path, task):
+    """maxlenratio 0: lengths from the encoder, end detection; an utterance may end with no hypothesis."""
+    make_model(tmp_path, task, "mtla")
+    data = make_data(tmp_path, task)
+    single = decode(tmp_path, task, data, "single", "--batch_size", "1", "--maxlenratio", "0")
+    batched = decode(tmp_path, task, data, "batched", "--batch_size", "3", "--maxlenratio", "0")
+    assert_same_results(single, batched, every_id=False)
+
+
+def test_batch_encoder_is_exact_for_text_sources(tmp_path):
+    make_model(tmp_path, "mt", "mtla")
+    data = make_data(tmp_path, "mt")
+    single = decode(tmp_path, "mt", data, "single", "--batch_size", "1")
+    batched = decode(tmp_path, "mt", data, "batched", "--batch_size", "7", "--batch_encoder", "true")
+    assert read(single / "1best_recog" / "token_int") == read(batched / "1best_recog" / "token_int")
+
+
+def test_joint_ctc_is_refused_in_one_line(tmp_path, capsys):
+    make_model(tmp_path, "asr", "mtla")
+    data = make_data(tmp_path, "asr")
+    with pytest.raises(SystemExit) as info:
+        run_inference("asr", ["--asr_train_config", str(tmp_path / "config.yaml"), "--asr_model_file",
+                              str(tmp_path / "model.pth"), "--data_path_and_name_and_type", data, "--output_dir",
+                              str(tmp_path / "out"), "--batch_size", "4", "--ctc_weight", "0.3"])
+    assert info.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --batch_size 4 does not score joint CTC: use --ctc_weight 0 (or --batch_size 1 for joint "
+        "CTC/attention decoding)")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial" / "1best_recog" / "token").exists()
