@@ -28,3 +28,17 @@ def test_replot_without_results_names_the_file(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench_decode.main(["--replot", "--out-dir", str(tmp_path)])
     assert f"--replot needs {tmp_path / 'results.json'}" in capsys.readouterr().err
+
+
+def test_batch_decode_replot_from_the_committed_results(tmp_path):
+    from espnet_mtla.bin import bench_batch_decode
+
+    committed = COMMITTED.parent.parent / "bench_batch_decode" / "results.json"
+    shutil.copy(committed, tmp_path / "results.json")
+    bench_batch_decode.main(["--replot", "--out-dir", str(tmp_path)])
+    report = json.loads(committed.read_text())
+    mha = {r["batch_size"]: r for r in next(x for x in report["results"] if x["name"] == "MHA")["rows"]}
+    mtla = {r["batch_size"]: r for r in next(x for x in report["results"] if x["name"] == "MTLA s=2")["rows"]}
+    row = next(line for line in (tmp_path / "results.md").read_text().splitlines() if line.startswith("| MTLA s=2 |"))
+    assert f"({mtla[32]['utts_per_s'] / mha[32]['utts_per_s']:.2f})" in row
+    assert (tmp_path / "results.png").stat().st_size > 10_000

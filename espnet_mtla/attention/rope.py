@@ -23,8 +23,11 @@ class RotaryEmbedding(torch.nn.Module):
         self.base = float(base)
         # float32 whatever the model dtype: bf16 positions > 256 would collide. Not saved in
         # checkpoints (a function of dim and base).
-        inv_freq = self.base ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", self.frequencies(), persistent=False)
+
+    def frequencies(self) -> torch.Tensor:
+        """(dim/2,) inverse frequencies; also for re-filling the buffer after loading on an empty device."""
+        return self.base ** (-torch.arange(0, self.dim, 2, dtype=torch.float32) / self.dim)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x: (B, T, H, dim) or (B, T, dim); positions: (B, T) integer. Returns x's shape/dtype."""

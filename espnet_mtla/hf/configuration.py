@@ -1,0 +1,63 @@
+"""``LlamaMTLAConfig``: a Llama config plus the attention switch and the MLA/MTLA dimensions."""
+
+from typing import Optional
+
+from huggingface_hub.dataclasses import strict
+from transformers import LlamaConfig
+
+ATTENTION_TYPES = ("mha", "mqa", "gqa", "mla", "mtla")
+
+
+@strict
+class LlamaMTLAConfig(LlamaConfig):
+    r"""A Llama configuration whose attention is any of MHA, MQA, GQA, MLA or MTLA.
+
+    attention_type: ``mtla`` (default) | ``mla`` | ``mha`` | ``mqa`` | ``gqa`` (GQA uses
+    ``num_key_value_heads``). The MLA/MTLA fields default from the Llama head size, so any
+    ``head_dim`` works: ``qk_nope_head_dim`` = ``v_head_dim`` = ``head_dim``,
+    ``qk_rope_head_dim`` = ``head_dim // 2`` (even), ``kv_lora_rank`` = 4 x ``head_dim``,
+    ``q_lora_rank`` None (full-rank queries); ``down_rate``: tokens merged per MTLA cache slot.
+    """
+
+    model_type = "llama_mtla"
+
+    attention_type: str = "mtla"
+    kv_lora_rank: Optional[int] = None
+    q_lora_rank: Optional[int] = None
+    qk_nope_head_dim: Optional[int] = None
+    qk_rope_head_dim: Optional[int] = None
+    v_head_dim: Optional[int] = None
+    down_rate: int = 2
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.attention_type not in ATTENTION_TYPES:
+            raise ValueError(f"attention_type {self.attention_type!r}: choose one of {', '.join(ATTENTION_TYPES)}")
+        self.qk_nope_head_dim = self.qk_nope_head_dim or self.head_dim
+        self.v_head_dim = self.v_head_dim or self.head_dim
+        self.qk_rope_head_dim = self.qk_rope_head_dim or max(2, self.head_dim // 2 // 2 * 2)
+        self.kv_lora_rank = self.kv_lora_rank or 4 * self.head_dim
+
+    @classmethod
+    def from_llama_config(cls, llama_config: LlamaConfig, **mtla_fields) -> "LlamaMTLAConfig":
+        """The same model shape as ``llama_config`` with MTLA (or ``attention_type=...``) attention."""
+        fields = llama_config.to_dict()
+        for key in ("model_type", "architectures", "transformers_version"):
+            fields.pop(key, None)
+        return cls(**{**fields, **mtla_fields})
+
+    def attention_options(self) -> dict:
+        """Keyword options of ``espnet_mtla.attention.build_attention`` for this config."""
+        common = {"bias": self.attention_bias, "dropout": float(self.attention_dropout or 0.0),
+                  "rope_base": float((self.rope_parameters or {}).get("rope_theta", 10000.0))}
+        if self.attention_type in ("mha", "mqa", "gqa"):
+            options = {**common, "head_dim": self.head_dim}
+            if self.attention_type == "gqa":
+                options["num_kv_heads"] = self.num_key_value_heads
+            return options
+        options = {**common, "kv_lora_rank": self.kv_lora_rank, "q_lora_rank": self.q_lora_rank or 0,
+                   "qk_nope_head_dim": self.qk_nope_head_dim, "qk_rope_head_dim": self.qk_rope_head_dim,
+                   "v_head_dim": self.v_head_dim}
+        if self.attention_type == "mtla":
+            options["down_rate"] = self.down_rate
+        return options
