@@ -209,6 +209,12 @@ class Pipeline:
             raise StageError(f"{script.resolve()} not found: run from a recipe dir (egs2/<corpus>/<task>1)")
         if number == 7 and not self.a.train_config:
             raise StageError("--train_config is required for training")
+        symbols = self.a.user_defined_symbols_file
+        if number == 5 and symbols and not Path(symbols).is_file():
+            raise StageError(f"--user_defined_symbols_file {symbols}: no such file (the recipe's stage 1 writes it)")
+        if number in (6, 7) and self.a.ssl_checkpoint and not Path(self.a.ssl_checkpoint).is_file():
+            raise StageError(f"--ssl_checkpoint {self.a.ssl_checkpoint}: no such file (a local HuBERT/WavLM "
+                             f"checkpoint; recipes take it from SSL_CHECKPOINT in db.sh)")
         model = self.exp / self.a.inference_model
         if number in (8, 11) and not model.exists():
             raise StageError(f"{model} not found: train first (stage 7), or set --inference_model")
@@ -397,10 +403,7 @@ class Pipeline:
     def user_defined_symbols(self) -> List[str]:
         symbols = self.a.user_defined_symbols.split()
         if self.a.user_defined_symbols_file:
-            path = Path(self.a.user_defined_symbols_file)
-            if not path.exists():
-                raise StageError(f"--user_defined_symbols_file {path}: no such file (stage 1 writes it)")
-            symbols += path.read_text(encoding="utf-8").split()
+            symbols += Path(self.a.user_defined_symbols_file).read_text(encoding="utf-8").split()
         return symbols
 
     def stage5_tokenizer(self) -> None:
@@ -572,9 +575,9 @@ def run_stage(pipeline: Pipeline, number: int) -> None:
     """Run one stage unless its record says it finished with the same options and inputs."""
     stage = Pipeline.STAGES[number]
     for earlier in range(1, 8 if number == 11 else number):  # packing needs only the trained model
-        if earlier in ALWAYS_RUN or not pipeline.record(earlier).interrupted:
-            continue
         record = pipeline.record(earlier)
+        if earlier in ALWAYS_RUN or not record.interrupted:
+            continue
         if earlier == 7:  # model files are written atomically: decoding a model still in training is safe
             log.warning("stage 7 (train) has not finished (interrupted, or still running; %s): using the models "
                         "it has saved so far", record.path)
@@ -594,14 +597,14 @@ def run_stage(pipeline: Pipeline, number: int) -> None:
                  "redoes it)", number, record.path)
         return
     changed = record.changed_since(key)
+    shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
     if changed:
-        shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
         log.info("stage %d: options or inputs changed since its last run (%s): redone", number, shown)
     pipeline.resuming = record.interrupted and not changed
     if number == 7 and changed and (pipeline.exp / "checkpoint.pth").exists() and not force:
-        raise StageError(f"{pipeline.exp} holds a training run with other options or inputs (changed: "
-                         f"{', '.join(changed[:6])}{' ...' if len(changed) > 6 else ''}); resuming it would mix the two: move it away, name a new "
-                         f"experiment with --tag, or continue it anyway with --force true")
+        raise StageError(f"{pipeline.exp} holds a training run with other options or inputs (changed: {shown}); "
+                         f"resuming it would mix the two: move it away, name a new experiment with --tag, or "
+                         f"continue it anyway with --force true")
     if pipeline.resuming:
         log.info("stage %d: resuming an interrupted run (%s)", number, record.path)
     record.start(key)

@@ -76,10 +76,6 @@ class StageRecord:
         record = self.read()
         return changes(record["key"], key) if record and "key" in record else []
 
-    def same_key_as_recorded(self, key: dict) -> bool:
-        record = self.read()
-        return record is not None and record.get("key") == key
-
     def _write(self, status: str, key: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         record = {"stage": self.number, "name": self.name, "status": status,

@@ -119,3 +119,9 @@ def test_joint_ctc_is_refused_in_one_line(tmp_path, capsys):
         "error: --batch_size 4 does not score joint CTC: use --ctc_weight 0 (or --batch_size 1 for joint "
         "CTC/attention decoding)")
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial" / "1best_recog" / "token").exists()
+
+
+def test_batch_encoder_takes_true_or_false(tmp_path):
+    with pytest.raises(SystemExit, match="^error: --batch_encoder takes one of true, false$"):
+        run_inference("mt", ["--batch_size", "2", "--batch_encoder", "yes", "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

@@ -101,3 +101,8 @@ def test_training_loss_and_backward():
 def test_core_package_does_not_import_transformers():
     code = "import sys, espnet_mtla, espnet_mtla.attention; print('transformers' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_unknown_attention_type_is_refused():
+    with pytest.raises(ValueError, match="^attention_type 'mtlaa': choose one of mha, mqa, gqa, mla, mtla$"):
+        hf.LlamaMTLAConfig(attention_type="mtlaa")

@@ -81,3 +81,19 @@ def test_missing_packed_model_is_a_one_line_error(tmp_path):
     with pytest.raises(SystemExit, match=f"^error: --packed_model: no such file: {tmp_path / 'x.zip'}$"):
         unpack_model_option("asr", ["--packed_model", str(tmp_path / "x.zip"), "--output_dir", "out"])
     assert unpack_model_option("asr", ["--output_dir", "out"]) == ["--output_dir", "out"]
+
+
+def test_missing_symbols_file_and_ssl_checkpoint_are_one_line_errors(tmp_path, monkeypatch, capsys):
+    from espnet_mtla.pipeline import main
+
+    monkeypatch.chdir(tmp_path)
+    common = ["--task", "slu", "--expdir", str(tmp_path / "exp"), "--train_config", "train.yaml"]
+    assert main(common + ["--stage", "5", "--stop_stage", "5", "--user_defined_symbols_file", "data/intents.txt"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: stage 5 (tokenizer): --user_defined_symbols_file data/intents.txt: no such file (the recipe's "
+        "stage 1 writes it)")
+    assert main(common + ["--stage", "6", "--stop_stage", "6", "--ssl_checkpoint", "wavlm.pt"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: stage 6 (stats): --ssl_checkpoint wavlm.pt: no such file (a local HuBERT/WavLM checkpoint; "
+        "recipes take it from SSL_CHECKPOINT in db.sh)")
+    assert not list((tmp_path / "exp").glob("stages/*"))  # refused before anything was recorded

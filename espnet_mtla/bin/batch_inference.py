@@ -22,7 +22,6 @@ language models, and models whose decoder is not ``decoder_only``.
 
 import inspect
 import logging
-import time
 from typing import List
 
 import torch
@@ -30,7 +29,6 @@ import torch
 from espnet_mtla.bin.cli import INFERENCE_CLASSES
 from espnet_mtla.decoder import DecoderOnlyDecoder
 from espnet_mtla.decoder.batch_beam_search import MultiUtteranceBeamSearch
-from espnet_mtla.metrics.memory import PeakMemory
 
 MODEL_ATTRIBUTE = {"asr": "asr", "st": "st", "slu": "asr", "mt": "mt"}  # <x>_model / <x>_train_args
 INPUT_NAME = {"asr": "speech", "st": "speech", "slu": "speech", "mt": "src_text"}
@@ -105,23 +103,22 @@ def decode(module, task: str, args, recorder, batch_encoder: bool = False) -> No
         decoder_weight=1.0 - getattr(args, "ctc_weight", 0.0), normalize_length=getattr(args, "normalize_length", False))
     recorder.device = torch.device(inference.device)
     key_in = INPUT_NAME[task]
+
+    @torch.no_grad()
+    def search_batch(xs, x_lens):
+        enc, enc_lens = encode(model, xs, x_lens, batch_encoder)
+        return search(enc, enc_lens, args.maxlenratio, args.minlenratio)
+
     with DatadirWriter(args.output_dir) as writer:
         for keys, batch in loader:
             batch = to_device({k: v for k, v in batch.items() if k in (key_in, f"{key_in}_lengths")}, inference.device)
             if key_in == "speech":
                 batch[key_in] = batch[key_in].to(getattr(torch, inference.dtype))
-            with PeakMemory(recorder.device) as peak:
-                start = time.perf_counter()
-                with torch.no_grad():
-                    enc, enc_lens = encode(model, batch[key_in], batch[f"{key_in}_lengths"], batch_encoder)
-                    nbest = search(enc, enc_lens, args.maxlenratio, args.minlenratio)
-                if recorder.device.type == "cuda":
-                    torch.cuda.synchronize(recorder.device)
-                elapsed = time.perf_counter() - start
-            recorder.peak_kind = peak.kind
+            nbest, elapsed, peak_bytes = recorder.timed(lambda: search_batch(batch[key_in], batch[f"{key_in}_lengths"]))
             caches = model.decoder.active_caches
             tokens: List[int] = []
             for key, hyps in zip(keys, nbest):
+                tokens.append(0)  # output tokens of the best hypothesis (none when there is none)
                 for n, hyp in enumerate(hyps[: args.nbest], 1):
                     text, token, token_int = hypothesis_tokens(hyp, inference.converter, inference.tokenizer)
                     out = writer[f"{n}best_recog"]
@@ -130,6 +127,7 @@ def decode(module, task: str, args, recorder, batch_encoder: bool = False) -> No
                     out["score"][key] = str(hyp.score)
                     if text is not None:
                         out["text"][key] = text
-                tokens.append(len(hypothesis_tokens(hyps[0], inference.converter, None)[2]) if hyps else 0)
-            recorder.record_batch(keys, elapsed, tokens, peak.bytes, caches.peak_nbytes if caches else None)
+                    if n == 1:
+                        tokens[-1] = len(token_int)
+            recorder.record_batch(keys, elapsed, tokens, peak_bytes, caches.peak_nbytes if caches else None)
             logging.info("decoded %d utterances in %.3f s", len(keys), elapsed)

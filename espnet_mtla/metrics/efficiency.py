@@ -58,21 +58,26 @@ class EfficiencyRecorder:
         self.utterances: Dict[str, dict] = {}
         self.peak_kind: Optional[str] = None
 
-    def measure(self, call, inference_object, *args, **kwargs):
-        """Run ``call(inference_object, ...)`` and record it under the current utterance id."""
+    def timed(self, fn):
+        """(``fn()``, wall seconds, peak memory bytes) on the recorder's device."""
         with PeakMemory(self.device) as peak:
             start = time.perf_counter()
-            results = call(inference_object, *args, **kwargs)
+            result = fn()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             elapsed = time.perf_counter() - start
         self.peak_kind = peak.kind
+        return result, elapsed, peak.bytes
+
+    def measure(self, call, inference_object, *args, **kwargs):
+        """Run ``call(inference_object, ...)`` and record it under the current utterance id."""
+        results, elapsed, peak_bytes = self.timed(lambda: call(inference_object, *args, **kwargs))
         caches = _decoder_caches(inference_object)
         key = self.current_key if self.current_key is not None else f"utt{len(self.utterances):06d}"
         self.utterances[key] = {
             "decode_time_s": round(elapsed, 6),
             "output_tokens": _best_tokens(results),
-            "peak_memory_bytes": peak.bytes,
+            "peak_memory_bytes": peak_bytes,
             "cache_bytes": caches.nbytes() if caches is not None else None,
             "cache_bytes_peak": caches.peak_nbytes if caches is not None else None,
         }
