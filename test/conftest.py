@@ -1,6 +1,27 @@
 import os
 
+import pytest
 import torch
 
 # Deterministic, and quick on 2-core CI machines.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# Without a GPU, Triton kernels run in Triton's CPU interpreter. It must be switched on before
+# triton is first imported; only an explicit attn_backend: triton ever reaches it on a CPU.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(params=["eager", "sdpa", "triton"])
+def backend(request):
+    """Each attention backend, on CPU tensors. ``triton`` runs its kernel in Triton's CPU
+    interpreter, and the test runs under ``torch.no_grad()`` as decoding does: with autograd
+    recording, the kernel (which has no backward) gives way to sdpa."""
+    if request.param != "triton":
+        yield request.param
+        return
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("triton on CPU tensors needs TRITON_INTERPRET=1; the CUDA tests cover the kernel")
+    with torch.no_grad():
+        yield request.param

@@ -4,10 +4,16 @@
     y = attn(x, mask)                       # parallel (training), x: (B, T, 512)
     cache = attn.new_cache(batch_size=B)
     y_t = attn(x[:, t:t+1], cache=cache)    # incremental decoding, one token at a time
+
+``attn_backend: auto | eager | sdpa | triton`` (every type) picks the kernels: see backends.py.
 """
 
 import inspect
 
+import torch
+
+from espnet_mtla.attention.backends import ATTN_BACKENDS, check_backend
+from espnet_mtla.attention.base import CachedAttention
 from espnet_mtla.attention.cache import AttentionCache
 from espnet_mtla.attention.mha import MultiHeadAttention
 from espnet_mtla.attention.mla import MultiHeadLatentAttention
@@ -66,7 +72,21 @@ def build_attention(attention_type: str, embed_dim: int, num_heads: int, **conf)
     return cls(embed_dim, num_heads, **conf)
 
 
+def set_attention_backend(model: torch.nn.Module, attn_backend: str) -> int:
+    """Switch every attention layer inside ``model`` to ``attn_backend``; returns how many.
+
+    The backend changes how attention is computed, never what: a model trained with one
+    decodes with any other (e.g. trained on CPUs with sdpa, decoded with triton on a GPU).
+    """
+    check_backend(attn_backend)
+    layers = [m for m in model.modules() if isinstance(m, CachedAttention)]
+    for layer in layers:
+        layer.attn_backend = attn_backend
+    return len(layers)
+
+
 __all__ = [
+    "ATTN_BACKENDS",
     "ATTENTION_TYPES",
     "AttentionCache",
     "MultiHeadAttention",
@@ -75,4 +95,5 @@ __all__ = [
     "RotaryEmbedding",
     "attention_options",
     "build_attention",
+    "set_attention_backend",
 ]

@@ -132,19 +132,3 @@ def _unpack(order: torch.Tensor, packed_mask: torch.Tensor) -> Callable:
 
     return restore
 
-
-def sdpa(q, k, v, **kwargs) -> torch.Tensor:
-    """``scaled_dot_product_attention`` that accepts a value head size unlike the query's.
-
-    PyTorch's fused CPU kernel needs equal head sizes and otherwise falls back to the O(T^2)
-    math path, so narrower values are zero-padded and the padding is sliced off again.
-    q, k: (B, H, T, d_qk); v: (B, H, S, d_v) -> (B, H, T, d_v).
-    """
-    d_qk, d_v = q.shape[-1], v.shape[-1]
-    if d_v < d_qk:
-        v = torch.nn.functional.pad(v, (0, d_qk - d_v))
-    elif d_v > d_qk:
-        q = torch.nn.functional.pad(q, (0, d_v - d_qk))
-        k = torch.nn.functional.pad(k, (0, d_v - d_qk))
-        kwargs.setdefault("scale", d_qk**-0.5)
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, **kwargs)[..., :d_v]

@@ -5,7 +5,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from espnet_mtla.attention.base import CachedAttention, check_dropout, check_positive, sdpa
+from espnet_mtla.attention.backends import attention_function, check_backend, resolve_backend
+from espnet_mtla.attention.base import CachedAttention, check_dropout, check_positive
 from espnet_mtla.attention.rope import RotaryEmbedding
 
 
@@ -25,6 +26,7 @@ class MultiHeadAttention(CachedAttention):
         dropout: float = 0.0,
         bias: bool = False,
         rope_base: float = 10000.0,
+        attn_backend: str = "auto",
     ):
         super().__init__()
         check_positive(embed_dim, "embed_dim")
@@ -43,6 +45,7 @@ class MultiHeadAttention(CachedAttention):
         check_dropout(dropout)
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.dropout = dropout
+        self.attn_backend = check_backend(attn_backend)
         self.q_proj = nn.Linear(embed_dim, num_heads * head_dim, bias=bias)
         self.k_proj = nn.Linear(embed_dim, num_kv_heads * head_dim, bias=bias)
         self.v_proj = nn.Linear(embed_dim, num_kv_heads * head_dim, bias=bias)
@@ -77,9 +80,11 @@ class MultiHeadAttention(CachedAttention):
         k, v = self._keys_values(x, positions)
         gqa = self.num_kv_heads != self.num_heads
         dropout = self.dropout if self.training else 0.0
+        # No Triton kernel here: SDPA's fused kernels already read each kv head once.
+        attend = attention_function(resolve_backend(self.attn_backend, q, "MHA/MQA/GQA attention"))
         if cache is None or cache.max_length == 0:
             # Right-padded rows: a real query only ever sees real keys under the causal mask.
-            out = sdpa(q, k, v, is_causal=True, enable_gqa=gqa, dropout_p=dropout)
+            out = attend(q, k, v, is_causal=True, enable_gqa=gqa, dropout_p=dropout)
             if cache is not None:
                 self._write(cache, k, v, lengths, start)
         else:
@@ -87,5 +92,5 @@ class MultiHeadAttention(CachedAttention):
             keys, values = cache.view("k"), cache.view("v")  # (B, H_kv, S, d)
             rank = start.unsqueeze(1) + torch.arange(time, device=x.device)  # (B, T)
             visible = torch.arange(keys.shape[2], device=x.device) <= rank.unsqueeze(-1)  # (B, T, S)
-            out = sdpa(q, keys, values, attn_mask=visible.unsqueeze(1), enable_gqa=gqa, dropout_p=dropout)
+            out = attend(q, keys, values, attn_mask=visible.unsqueeze(1), enable_gqa=gqa, dropout_p=dropout)
         return self.out_proj(out.transpose(1, 2).reshape(batch, time, -1))

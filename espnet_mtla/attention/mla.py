@@ -12,6 +12,8 @@ Two computations, equal up to float rounding:
   the fused causal ``scaled_dot_product_attention`` kernel (see ``_attend_causal``);
 - with a cache (decode steps, prompt after a prefix): the absorbed form, where queries are
   projected into the latent space (q W_uk) and attend to the cached slots directly.
+``attn_backend`` (see backends.py) picks explicit ops, the fused SDPA kernels, or, for the
+decode step, our Triton kernel.
 """
 
 from typing import Optional
@@ -19,7 +21,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from espnet_mtla.attention.base import CachedAttention, check_dropout, check_positive, sdpa
+from espnet_mtla.attention.backends import attention_function, check_backend, resolve_backend
+from espnet_mtla.attention.base import CachedAttention, check_dropout, check_positive
 from espnet_mtla.attention.rope import RotaryEmbedding, check_rope_dim
 
 
@@ -38,6 +41,7 @@ class MultiHeadLatentAttention(CachedAttention):
         dropout: float = 0.0,
         bias: bool = False,
         rope_base: float = 10000.0,
+        attn_backend: str = "auto",
     ):
         super().__init__()
         for name, value in [
@@ -58,6 +62,7 @@ class MultiHeadLatentAttention(CachedAttention):
         self.qk_rope_head_dim = qk_rope_head_dim
         self.v_head_dim = v_head_dim
         self.dropout = dropout
+        self.attn_backend = check_backend(attn_backend)
         qk_head_dim = qk_nope_head_dim + qk_rope_head_dim
         self.scale = qk_head_dim**-0.5
 
@@ -226,6 +231,7 @@ class MultiHeadLatentAttention(CachedAttention):
         batch, width = partial.shape[:2]
         num_chunks = width // s
         dropout = self.dropout if self.training else 0.0
+        attend = attention_function(resolve_backend(self.attn_backend, partial, "MLA/MTLA parallel pass"))
         own_kv = self.kv_up(partial).view(batch, width, heads, -1)
         k_own, v_own = own_kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)  # (B, U, H, .)
         pad = (0, 0, 0, 0, 0, width - time)
@@ -234,7 +240,7 @@ class MultiHeadLatentAttention(CachedAttention):
         if s == 1:
             q = torch.cat([q_nope, q_rope], dim=-1).transpose(1, 2)
             k = torch.cat([k_own, k_rope], dim=-1).transpose(1, 2)
-            out = sdpa(q, k, v_own.transpose(1, 2), is_causal=True, scale=self.scale, dropout_p=dropout)
+            out = attend(q, k, v_own.transpose(1, 2), is_causal=True, scale=self.scale, dropout_p=dropout)
             return out.transpose(1, 2)[:, :time]
 
         own_score = (q_nope * k_own).sum(-1, keepdim=True) + (q_rope * k_rope).sum(-1, keepdim=True)
@@ -252,7 +258,7 @@ class MultiHeadLatentAttention(CachedAttention):
         # Groups become query heads sharing their head's keys: GQA layout, so the fused kernel
         # reads the keys once per head instead of materialising s copies.
         q = q.view(batch, num_chunks, s, heads, -1).permute(0, 3, 2, 1, 4).reshape(batch, heads * s, num_chunks, -1)
-        out = sdpa(
+        out = attend(
             q, k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.scale, dropout_p=dropout, enable_gqa=True
         )
         out = out.view(batch, heads, s, num_chunks, -1).permute(0, 3, 2, 1, 4).reshape(batch, width, heads, -1)
@@ -283,19 +289,25 @@ class MultiHeadLatentAttention(CachedAttention):
 
         query (B, 1, H, d_c + d_r) absorbed; slots (B, S, d_c + d_r); completed (B, 1).
         The heads act as the query rows of a single-head attention over the shared slots,
-        so the fused kernel reads the cache once for all heads; the value is the slot itself
+        so a fused kernel reads the cache once for all heads; the value is the slot itself
         (its rope columns give outputs that are dropped). -> (B, 1, H, d_c).
         """
+        dtype, query = query.dtype, query.to(slots.dtype)
+        dropout = self.dropout if self.training else 0.0
+        if dropout > 0:
+            backend = resolve_backend(self.attn_backend, query, "MLA/MTLA decode step with dropout")
+        else:
+            backend = resolve_backend(self.attn_backend, query, "MLA/MTLA decode step", has_triton_kernel=True)
+        if backend == "triton":
+            from espnet_mtla.attention.triton_decode import latent_decode
+
+            out = latent_decode(query[:, 0], slots, completed[:, 0] + 1, self.scale, self.kv_lora_rank)
+            return out.unsqueeze(1).to(dtype)
         visible = torch.arange(slots.shape[1], device=slots.device) <= completed.unsqueeze(-1)  # (B, 1, S)
-        out = nn.functional.scaled_dot_product_attention(
-            query.to(slots.dtype),
-            slots.unsqueeze(1),
-            slots.unsqueeze(1),
-            attn_mask=visible.unsqueeze(1),
-            dropout_p=self.dropout if self.training else 0.0,
-            scale=self.scale,
-        )
-        return out[..., : self.kv_lora_rank].to(query.dtype)
+        attend = attention_function(backend)
+        out = attend(query, slots.unsqueeze(1), slots.unsqueeze(1), attn_mask=visible.unsqueeze(1),
+                     dropout_p=dropout, scale=self.scale)
+        return out[..., : self.kv_lora_rank].to(dtype)
 
     def _attend_block(self, q_latent, q_rope, own, k_rope, slots, completed):
         """Several new tokens per row: completed slots from the cache, own states apart.
