@@ -29,10 +29,11 @@ def _partial_kernel(
     stride_qb, stride_qh, stride_kvb, stride_kvs, stride_ob, stride_os, stride_oh, stride_lb, stride_ls,
     num_heads, d_latent, d_rope, scale_log2e,
     BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCKS_PER_SPLIT: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCKS_PER_SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """One (row, split, head block): normalised partial output (BLOCK_H, d_c) and its log2-sum-exp."""
-    row, split, head_block = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    # int64 row offsets: batch x cache capacity x width can pass 2**31 elements.
+    row, split, head_block = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     heads = head_block * BLOCK_H + tl.arange(0, BLOCK_H)
     c, r = tl.arange(0, BLOCK_C), tl.arange(0, BLOCK_R)
     head_ok, c_ok, r_ok = heads < num_heads, c < d_latent, r < d_rope
@@ -51,8 +52,8 @@ def _partial_kernel(
         slot = kv_ptr + row * stride_kvb + s[:, None] * stride_kvs
         k_c = tl.load(slot + c[None, :], mask=s_ok[:, None] & c_ok[None, :], other=0.0)  # (BS, BC): key and value
         k_r = tl.load(slot + d_latent + r[None, :], mask=s_ok[:, None] & r_ok[None, :], other=0.0)
-        scores = tl.dot(q_c, tl.trans(k_c), input_precision="ieee")
-        scores = tl.dot(q_r, tl.trans(k_r), scores, input_precision="ieee")
+        scores = tl.dot(q_c, tl.trans(k_c), input_precision=DOT_PRECISION)
+        scores = tl.dot(q_r, tl.trans(k_r), scores, input_precision=DOT_PRECISION)
         scores = tl.where(s_ok[None, :], scores * scale_log2e, float("-inf"))  # (BH, BS)
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         # A block past this row's last visible slot leaves m at -inf: shift by 0 instead of NaN.
@@ -60,7 +61,7 @@ def _partial_kernel(
         alpha = tl.exp2(m_i - m_shift)
         p = tl.exp2(scores - m_shift[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(k_c.dtype), k_c, acc * alpha[:, None], input_precision="ieee")
+        acc = tl.dot(p.to(k_c.dtype), k_c, acc * alpha[:, None], input_precision=DOT_PRECISION)
         m_i = m_new
 
     empty = l_i == 0.0  # the split holds none of this row's visible slots
@@ -79,7 +80,7 @@ def _combine_kernel(
     BLOCK_SPLITS: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """One (row, head): softmax-weighted mean of the splits' outputs by their log2-sum-exp."""
-    row, head = tl.program_id(0), tl.program_id(1)
+    row, head = tl.program_id(0).to(tl.int64), tl.program_id(1)
     sp, c = tl.arange(0, BLOCK_SPLITS), tl.arange(0, BLOCK_C)
     sp_ok, c_ok = sp < num_splits, c < d_latent
     lse = tl.load(lse_ptr + row * stride_lb + sp * stride_ls + head, mask=sp_ok, other=float("-inf"))
@@ -111,6 +112,9 @@ def latent_decode(
     scale: float,
     d_latent: int,
     num_splits: int = None,
+    block_s: int = None,
+    num_warps: int = 4,
+    num_stages: int = 2,
 ) -> torch.Tensor:
     """Absorbed latent attention of one query token per row over its visible cache slots.
 
@@ -118,6 +122,8 @@ def latent_decode(
     num_visible (B,) integer, 1 <= num_visible[b] <= S: row b sees slots 0..num_visible[b]-1.
     Returns softmax(scale * query . slots) @ slots[..., :d_c]: (B, H, d_c) in query's dtype.
     ``num_splits`` overrides the split count (tests); by default about two programs per SM.
+    ``block_s`` (slots per loop step), ``num_warps`` and ``num_stages`` are tuning knobs
+    (``espnet_mtla.bin.bench_kernels --tune`` times them).
     """
     batch, heads, width = query.shape
     if slots.shape[0] != batch or slots.shape[-1] != width or slots.dtype != query.dtype:
@@ -129,7 +135,7 @@ def latent_decode(
     d_rope = width - d_latent
     block_h = max(16, min(64, _pow2(heads)))  # tl.dot needs >= 16 rows
     head_blocks = triton.cdiv(heads, block_h)
-    block_s = 64 if query.element_size() <= 2 else 32
+    block_s = block_s or (64 if query.element_size() <= 2 else 32)
     num_blocks = triton.cdiv(slots.shape[1], block_s)
     if num_splits is None:
         # Enough programs for every SM; at most 32 splits, which the merge holds in registers.
@@ -146,7 +152,9 @@ def latent_decode(
         part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
         heads, d_latent, d_rope, scale * math.log2(math.e),
         BLOCK_H=block_h, BLOCK_C=max(16, _pow2(d_latent)), BLOCK_R=max(16, _pow2(d_rope)),
-        BLOCK_S=block_s, BLOCKS_PER_SPLIT=blocks_per_split,
+        BLOCK_S=block_s, BLOCKS_PER_SPLIT=blocks_per_split, num_warps=num_warps, num_stages=num_stages,
+        # float32 stays exact (no TF32); for 16-bit inputs Triton ignores the setting.
+        DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
     )  # fmt: skip
     _combine_kernel[(batch, heads)](
         part, lse, out,
