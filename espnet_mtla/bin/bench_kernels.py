@@ -40,6 +40,14 @@ VARIANTS = {
 }
 
 
+# Triton covers only the MLA/MTLA decode step; elsewhere attn_backend: triton runs sdpa.
+TRAIN_BACKENDS = ("eager", "sdpa")
+
+
+def decode_backends(name, backends):
+    return [b for b in backends if b != "triton" or VARIANTS[name][0] in ("mla", "mtla")]
+
+
 class Timer:
     """Median time of a callable: host clock on a CPU, CUDA events on a GPU."""
 
@@ -143,7 +151,7 @@ def run(opts) -> dict:
         print(f"device-to-device copy: {report['copy_bandwidth'] / 1e12:.2f} TB/s (read + write)", flush=True)
     for name in VARIANTS:
         for context in opts["contexts"]:
-            for backend in backends:
+            for backend in decode_backends(name, backends):
                 row = {"name": name, "backend": backend, "context": context}
                 row.update(bench_decode(name, backend, context, opts, device, dtype, timer))
                 report["decode"].append(row)
@@ -151,7 +159,7 @@ def run(opts) -> dict:
                 print(f"decode {name:9s} ctx={context:6d} {backend:6s} step {row['step_ms']:.3f} ms{core}", flush=True)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-        for backend in backends:
+        for backend in TRAIN_BACKENDS:
             row = {"name": name, "backend": backend, "length": opts["train_length"]}
             row.update(bench_train(name, backend, opts, device, dtype, timer))
             report["train"].append(row)
@@ -216,7 +224,7 @@ def markdown(report) -> str:
         head += [f"core / cache read ctx={c}" for c in opts["contexts"]]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in VARIANTS:
-        for backend in backends:
+        for backend in decode_backends(name, backends):
             row = [name, backend]
             for key in ("step_ms", "core_ms"):
                 for c in opts["contexts"]:
@@ -230,10 +238,11 @@ def markdown(report) -> str:
                     # Reading the cache once: bytes / (copy bandwidth / 2), the copy counting read + write.
                     row.append(f"{r['core_ms'] / (1000 * 2 * r['cache_bytes'] / bandwidth):.2f}" if "core_ms" in r else "-")
             lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "| attention | backend | train s (x eager) | peak MiB (x eager) |", "|---|---|---|---|"]
+    lines += ["", "Training (triton has no training kernel: it runs sdpa):", ""]
+    lines += ["| attention | backend | train s (x eager) | peak MiB (x eager) |", "|---|---|---|---|"]
     train = {(r["name"], r["backend"]): r for r in report["train"]}
     for name in VARIANTS:
-        for backend in backends:
+        for backend in TRAIN_BACKENDS:
             r, base = train[(name, backend)], train[(name, "eager")]
             lines.append(
                 f"| {name} | {backend} | {r['seconds']:.3f} ({base['seconds'] / r['seconds']:.2f}x) "
@@ -253,18 +262,22 @@ def plot(report, path: Path) -> None:
     contexts = report["options"]["contexts"]
     fig, axes = plt.subplots(1, len(VARIANTS), figsize=(4 * len(VARIANTS), 4), sharey=True)
     decode = {(r["name"], r["backend"], r["context"]): r for r in report["decode"]}
+    colors = {"eager": "tab:blue", "sdpa": "tab:orange", "triton": "tab:green"}
     for ax, name in zip(axes, VARIANTS):
-        for backend in report["backends"]:
-            ax.plot(contexts, [decode[(name, backend, c)]["step_ms"] for c in contexts], marker="o", label=f"{backend} step")
+        for backend in decode_backends(name, report["backends"]):
+            color = colors[backend]
+            ax.plot(contexts, [decode[(name, backend, c)]["step_ms"] for c in contexts], color=color, marker="o",
+                    label=f"{backend}: layer step")
             if "core_ms" in decode[(name, backend, contexts[0])]:
-                ax.plot(contexts, [decode[(name, backend, c)]["core_ms"] for c in contexts], "--", marker=".", label=f"{backend} core")
+                ax.plot(contexts, [decode[(name, backend, c)]["core_ms"] for c in contexts], "--", color=color,
+                        marker=".", label=f"{backend}: attention core")
         ax.set_title(name)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("cache context (tokens)")
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("ms per decode step")
-    axes[0].legend(fontsize=8)
+    axes[-1].legend(fontsize=8)
     fig.suptitle(f"Decode step, batch {report['options']['batch']}: {report['machine']}", fontsize=9)
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
@@ -280,7 +293,16 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="batch 8, contexts 1k/4k, T=512, fewer repeats")
     parser.add_argument("--threads", type=positive_int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--tune", action="store_true", help="GPU: time the Triton kernel's tuning knobs first (tune.md)")
+    parser.add_argument("--replot", action="store_true", help="redo the table and plot from --out-dir's results.json")
     opts = parser.parse_args(argv)
+    if opts.replot:
+        out = Path(opts.out_dir or f"docs/bench_kernels_{opts.device}")
+        if not (out / "results.json").is_file():
+            parser.error(f"--replot needs {out / 'results.json'}: run the benchmark with --out-dir {out} first")
+        report = json.loads((out / "results.json").read_text())
+        write_atomic(out / "results.md", lambda tmp: tmp.write_text(markdown(report)))
+        plot(report, out / "results.png")
+        return
     if opts.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
     torch.set_num_threads(opts.threads)
@@ -296,10 +318,10 @@ def main(argv=None):
         "train_repeats": 1 if opts.quick else (10 if cuda else 2),
     }
     out = Path(opts.out_dir or f"docs/bench_kernels_{opts.device}")
+    if opts.tune and not cuda:
+        parser.error("--tune times the Triton kernel: it needs --device cuda")
     out.mkdir(parents=True, exist_ok=True)
     if opts.tune:
-        if not cuda:
-            parser.error("--tune times the Triton kernel: it needs --device cuda")
         tune(settings, out)
     print(f"benchmarking attention backends on {opts.device}", flush=True)
     report = run(settings)
