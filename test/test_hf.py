@@ -106,3 +106,14 @@ def test_core_package_does_not_import_transformers():
 def test_unknown_attention_type_is_refused():
     with pytest.raises(ValueError, match="^attention_type 'mtlaa': choose one of mha, mqa, gqa, mla, mtla$"):
         hf.LlamaMTLAConfig(attention_type="mtlaa")
+
+
+def test_attn_backend_reaches_every_layer_and_keeps_generations():
+    generations = {}
+    for name in ("eager", "sdpa"):
+        model = tiny_model("mtla", attn_backend=name)
+        assert {layer.attn.attn_backend for layer in model.model.layers} == {name}
+        generations[name] = model.generate(prompt(5), max_new_tokens=8, do_sample=False)
+    assert torch.equal(generations["eager"], generations["sdpa"])
+    with pytest.raises(ValueError, match="^attn_backend must be one of auto, eager, sdpa, triton, got 'flash'$"):
+        hf.LlamaMTLAConfig(attn_backend="flash")

@@ -27,7 +27,7 @@ from pathlib import Path
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # silence the profiler backend's GPU probing on CPU machines
 import torch  # noqa: E402
 
-from espnet_mtla.bin.bench_common import machine, peak_allocated_mib, positive_int, run_in_subprocess  # noqa: E402
+from espnet_mtla.bin.bench_common import machine, peak_allocated_mib, positive_int, run_in_subprocess, save_figure  # noqa: E402
 from espnet_mtla.fileio import write_atomic  # noqa: E402
 
 EMBED, HEADS = 512, 8
@@ -222,9 +222,7 @@ def plot(results, args, path: Path, machine_name=None) -> None:
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"One attention layer, 512-d, 8 heads: {machine_name or machine()}", fontsize=9)
-    fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):

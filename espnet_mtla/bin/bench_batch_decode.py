@@ -22,7 +22,7 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 import torch  # noqa: E402
 
 from espnet_mtla.bin.bench_common import (machine, peak_allocated_mib, positive_int, run_in_subprocess,
-                                          save_report)  # noqa: E402
+                                          save_figure, save_report)  # noqa: E402
 from espnet_mtla.bin.bench_decode import VARIANTS, VOCAB, build_model  # noqa: E402
 from espnet_mtla.fileio import write_text_atomic  # noqa: E402
 
@@ -115,8 +115,6 @@ def plot(results, opts, machine_name, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from espnet_mtla.fileio import write_atomic
-
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for res in results:
         sizes = [r["batch_size"] for r in res["rows"]]
@@ -129,9 +127,7 @@ def plot(results, opts, machine_name, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Multi-utterance beam search, beam {opts['beam']}, {opts['steps']} tokens: {machine_name}", fontsize=9)
-    fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):

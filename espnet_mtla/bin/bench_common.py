@@ -75,6 +75,17 @@ def run_in_subprocess(target, name, opts):
     return result
 
 
+def save_figure(fig, path) -> None:
+    """Lay out ``fig``, write it to ``path`` as PNG atomically, and close it."""
+    import matplotlib.pyplot as plt
+
+    from espnet_mtla.fileio import write_atomic
+
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
 def save_report(out, machine_name: str, options: dict, results: list, markdown, plot) -> str:
     """Write ``results.json``, ``results.md`` (``markdown(results, options, machine)``) and
     ``results.png`` (``plot(...)``) to ``out``; returns the table."""

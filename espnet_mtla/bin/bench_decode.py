@@ -26,7 +26,7 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 import torch  # noqa: E402
 
 from espnet_mtla.bin.bench_common import (machine, peak_allocated_mib, positive_int, run_in_subprocess,
-                                          save_report)  # noqa: E402
+                                          save_figure, save_report)  # noqa: E402
 from espnet_mtla.fileio import write_text_atomic  # noqa: E402
 
 VOCAB = 5000
@@ -154,8 +154,6 @@ def plot(results, opts, machine_name, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from espnet_mtla.fileio import write_atomic
-
     names = [r["name"] for r in results]
     panels = [
         ("search time per step (ms)", [r["ms_per_step"] for r in results]),
@@ -171,9 +169,7 @@ def plot(results, opts, machine_name, path: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"Beam search, beam {opts['beam']}, {opts['seconds']} s audio, {opts['steps']} steps: {machine_name}",
                  fontsize=9)
-    fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):

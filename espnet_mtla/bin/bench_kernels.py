@@ -27,7 +27,7 @@ from pathlib import Path
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 import torch  # noqa: E402
 
-from espnet_mtla.bin.bench_common import machine, peak_allocated_mib, positive_int  # noqa: E402
+from espnet_mtla.bin.bench_common import machine, peak_allocated_mib, positive_int, save_figure  # noqa: E402
 from espnet_mtla.fileio import write_atomic  # noqa: E402
 
 EMBED, HEADS = 512, 8
@@ -279,9 +279,7 @@ def plot(report, path: Path) -> None:
     axes[0].set_ylabel("ms per decode step")
     axes[-1].legend(fontsize=8)
     fig.suptitle(f"Decode step, batch {report['options']['batch']}: {report['machine']}", fontsize=9)
-    fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):

@@ -5,6 +5,8 @@ from typing import Optional
 from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
+from espnet_mtla.attention.backends import check_backend
+
 ATTENTION_TYPES = ("mha", "mqa", "gqa", "mla", "mtla")
 
 
@@ -17,6 +19,8 @@ class LlamaMTLAConfig(LlamaConfig):
     ``head_dim`` works: ``qk_nope_head_dim`` = ``v_head_dim`` = ``head_dim``,
     ``qk_rope_head_dim`` = ``head_dim // 2`` (even), ``kv_lora_rank`` = 4 x ``head_dim``,
     ``q_lora_rank`` None (full-rank queries); ``down_rate``: tokens merged per MTLA cache slot.
+    ``attn_backend``: ``auto`` | ``eager`` | ``sdpa`` | ``triton``, how attention is computed
+    (``espnet_mtla.attention.backends``); it never changes the outputs.
     """
 
     model_type = "llama_mtla"
@@ -28,11 +32,13 @@ class LlamaMTLAConfig(LlamaConfig):
     qk_rope_head_dim: Optional[int] = None
     v_head_dim: Optional[int] = None
     down_rate: int = 2
+    attn_backend: str = "auto"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.attention_type not in ATTENTION_TYPES:
             raise ValueError(f"attention_type {self.attention_type!r}: choose one of {', '.join(ATTENTION_TYPES)}")
+        check_backend(self.attn_backend)
         self.qk_nope_head_dim = self.qk_nope_head_dim or self.head_dim
         self.v_head_dim = self.v_head_dim or self.head_dim
         self.qk_rope_head_dim = self.qk_rope_head_dim or max(2, self.head_dim // 2 // 2 * 2)
@@ -49,7 +55,8 @@ class LlamaMTLAConfig(LlamaConfig):
     def attention_options(self) -> dict:
         """Keyword options of ``espnet_mtla.attention.build_attention`` for this config."""
         common = {"bias": self.attention_bias, "dropout": float(self.attention_dropout or 0.0),
-                  "rope_base": float((self.rope_parameters or {}).get("rope_theta", 10000.0))}
+                  "rope_base": float((self.rope_parameters or {}).get("rope_theta", 10000.0)),
+                  "attn_backend": self.attn_backend}
         if self.attention_type in ("mha", "mqa", "gqa"):
             options = {**common, "head_dim": self.head_dim}
             if self.attention_type == "gqa":
