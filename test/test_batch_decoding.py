@@ -125,3 +125,30 @@ def test_batch_encoder_takes_true_or_false(tmp_path):
     with pytest.raises(SystemExit, match="^error: --batch_encoder takes one of true, false$"):
         run_inference("mt", ["--batch_size", "2", "--batch_encoder", "yes", "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_attn_backend_option_keeps_the_results(tmp_path, monkeypatch):
+    """--attn_backend switches how the loaded model computes attention, never the hypotheses;
+    triton runs its kernel in Triton's CPU interpreter here (see conftest.py)."""
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU machine the interpreter is off (conftest.py) and this decodes on the CPU")
+    from espnet_mtla.attention import triton_decode
+
+    kernel_calls = []
+    kernel = triton_decode.latent_decode
+    monkeypatch.setattr(triton_decode, "latent_decode", lambda *a, **k: kernel_calls.append(1) or kernel(*a, **k))
+    make_model(tmp_path, "mt", "mtla")
+    data = make_data(tmp_path, "mt")
+    default = decode(tmp_path, "mt", data, "default", "--batch_size", "1")
+    for backend, batch_size in (("eager", "1"), ("eager", "7"), ("triton", "1"), ("triton", "7")):
+        out = decode(tmp_path, "mt", data, f"{backend}-{batch_size}", "--batch_size", batch_size, "--attn_backend", backend)
+        assert_same_results(default, out)
+        assert bool(kernel_calls) == (backend == "triton"), backend
+        kernel_calls.clear()
+
+
+def test_attn_backend_takes_a_known_backend(tmp_path):
+    with pytest.raises(SystemExit, match="^error: --attn_backend takes one of auto, eager, sdpa, triton$"):
+        run_inference("mt", ["--attn_backend", "flash", "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()

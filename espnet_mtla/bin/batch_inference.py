@@ -78,7 +78,7 @@ def encode(model, xs: torch.Tensor, x_lens: torch.Tensor, batch_encoder: bool):
     return torch.nn.utils.rnn.pad_sequence(outputs, batch_first=True), enc_lens
 
 
-def decode(module, task: str, args, recorder, batch_encoder: bool = False) -> None:
+def decode(module, task: str, args, recorder, batch_encoder: bool = False, attn_backend: str = None) -> None:
     from espnet2.fileio.datadir_writer import DatadirWriter
     from espnet2.torch_utils.device_funcs import to_device
     from espnet2.torch_utils.set_all_random_seed import set_all_random_seed
@@ -91,6 +91,10 @@ def decode(module, task: str, args, recorder, batch_encoder: bool = False) -> No
     if not isinstance(model.decoder, DecoderOnlyDecoder):
         raise BatchDecodingError(f"--batch_size {args.batch_size} needs a decoder_only model; this one's decoder is "
                                  f"{type(model.decoder).__name__}: use --batch_size 1")
+    if attn_backend:
+        from espnet_mtla.bin.cli import use_attention_backend
+
+        use_attention_backend(inference, task, attn_backend)
     train_args = getattr(inference, f"{name}_train_args")
     task_class = getattr(module, INFERENCE_CLASSES[task][1])
     loader = task_class.build_streaming_iterator(

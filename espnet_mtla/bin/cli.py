@@ -3,7 +3,9 @@
 Every ESPnet option keeps working. Configuration mistakes that we detect (ConfigError,
 checkpoint/config mismatches) end the run with one line on stderr instead of a traceback.
 Inference also writes ``<output_dir>/1best_recog/efficiency.json`` (see
-espnet_mtla.metrics.efficiency).
+espnet_mtla.metrics.efficiency) and takes three options of ours: ``--batch_size N`` with
+``--batch_encoder true|false`` (espnet_mtla.bin.batch_inference) and ``--attn_backend
+auto|eager|sdpa|triton`` (espnet_mtla.attention.backends; the model's config otherwise).
 """
 
 import contextlib
@@ -14,6 +16,8 @@ import shutil
 import sys
 from pathlib import Path
 from typing import List, Optional
+
+from espnet_mtla.attention.backends import ATTN_BACKENDS
 
 # ESPnet's inference entry points, per task: (inference object class, task class).
 INFERENCE_CLASSES = {
@@ -92,8 +96,9 @@ def _patched(obj, name: str, value):
 
 
 @contextlib.contextmanager
-def recording_efficiency(module, task: str, recorder):
-    """Route the inference object's calls and the data iterator of ``module`` through ``recorder``."""
+def recording_efficiency(module, task: str, recorder, attn_backend: Optional[str] = None):
+    """Route the inference object's calls and the data iterator of ``module`` through ``recorder``;
+    with ``attn_backend``, switch the model's attention layers to it before the first call."""
     class_name, task_name = INFERENCE_CLASSES[task]
     inference_class = getattr(module, class_name)
     task_class = getattr(module, task_name)
@@ -101,6 +106,8 @@ def recording_efficiency(module, task: str, recorder):
     build_iterator = task_class.build_streaming_iterator.__func__
 
     def measured_call(self, *args, **kwargs):
+        if attn_backend and getattr(self, "_attn_backend", None) != attn_backend:
+            use_attention_backend(self, task, attn_backend)
         return recorder.measure(call, self, *args, **kwargs)
 
     def keyed_iterator(cls, *args, **kwargs):
@@ -112,6 +119,16 @@ def recording_efficiency(module, task: str, recorder):
         task_class, "build_streaming_iterator", classmethod(keyed_iterator)
     ):
         yield
+
+
+def use_attention_backend(inference, task: str, attn_backend: str) -> None:
+    """``--attn_backend``: how the loaded model computes attention (never what it computes)."""
+    from espnet_mtla.attention import set_attention_backend
+    from espnet_mtla.bin.batch_inference import MODEL_ATTRIBUTE
+
+    layers = set_attention_backend(getattr(inference, f"{MODEL_ATTRIBUTE[task]}_model"), attn_backend)
+    logging.info("attn_backend %s for %d attention layers", attn_backend, layers)
+    inference._attn_backend = attn_backend
 
 
 def unpack_model_option(task: str, cmd: List[str]) -> List[str]:
@@ -169,6 +186,7 @@ def run_inference(task: str, cmd: Optional[List[str]] = None) -> None:
 
     cmd = unpack_model_option(task, list(sys.argv[1:] if cmd is None else cmd))
     cmd, batch_encoder = pop_option(cmd, "--batch_encoder", "false", ("true", "false"))
+    cmd, attn_backend = pop_option(cmd, "--attn_backend", None, ATTN_BACKENDS)
     module = importlib.import_module(f"espnet2.bin.{task}_inference")
     args = module.get_parser().parse_args(cmd)
     check_inference_inputs(task, args)
@@ -188,9 +206,9 @@ def run_inference(task: str, cmd: Optional[List[str]] = None) -> None:
             logging.basicConfig(level=args.log_level,
                                 format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
             args.output_dir = str(partial)
-            batch_inference.decode(module, task, args, recorder, batch_encoder == "true")
+            batch_inference.decode(module, task, args, recorder, batch_encoder == "true", attn_backend)
         else:
-            with recording_efficiency(module, task, recorder):
+            with recording_efficiency(module, task, recorder, attn_backend):
                 module.main(cmd)
     except (ConfigError, CheckpointMismatchError, BatchDecodingError) as err:
         _fail(err)
