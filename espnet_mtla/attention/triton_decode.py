@@ -131,7 +131,7 @@ def latent_decode(
     query = query.contiguous()
     if slots.stride(-1) != 1:
         slots = slots.contiguous()
-    num_visible = num_visible.to(device=query.device, dtype=torch.int32).contiguous()
+    num_visible = num_visible.to(query.device).contiguous()  # any integer dtype: no conversion kernel
     d_rope = width - d_latent
     block_h = max(16, min(64, _pow2(heads)))  # tl.dot needs >= 16 rows
     head_blocks = triton.cdiv(heads, block_h)
