@@ -3,6 +3,8 @@ import os
 import pytest
 import torch
 
+from espnet_mtla.attention.backends import triton_interpreting
+
 # Deterministic, and quick on 2-core CI machines.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -21,7 +23,7 @@ def backend(request):
         yield request.param
         return
     pytest.importorskip("triton")
-    if os.environ.get("TRITON_INTERPRET") != "1":
+    if not triton_interpreting():
         pytest.skip("triton on CPU tensors needs TRITON_INTERPRET=1; the CUDA tests cover the kernel")
     with torch.no_grad():
         yield request.param

@@ -6,7 +6,6 @@ this file covers what is specific to backends.
 """
 
 import logging
-import os
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from espnet_mtla.errors import ConfigError
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 needs_interpreter = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1", reason="Triton's CPU interpreter is on only without a GPU"
+    not backends.triton_interpreting(), reason="Triton's CPU interpreter is on only without a GPU"
 )
 
 
@@ -66,6 +65,15 @@ def test_triton_kernel_matches_definition_in_interpreter(shape, dtype, tol):
     out = latent_decode(query, slots, num_visible, 0.3, d_latent, num_splits=splits)
     assert out.shape == (batch, heads, d_latent) and out.dtype == dtype
     assert relative_error(out, reference_decode(query, slots, num_visible, 0.3, d_latent)) <= tol
+
+
+def test_triton_kernel_refuses_mismatched_inputs_in_one_line():
+    pytest.importorskip("triton")
+    from espnet_mtla.attention.triton_decode import latent_decode
+
+    query, slots = torch.zeros(2, 4, 20), torch.zeros(2, 9, 20, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"^query \(2, 4, 20\) torch.float32 and slots \(2, 9, 20\) torch.float16 differ$"):
+        latent_decode(query, slots, torch.ones(2, dtype=torch.long), 0.3, 16)
 
 
 @needs_interpreter

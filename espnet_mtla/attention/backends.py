@@ -16,6 +16,7 @@ per reason and process), never an error: the same config trains on a CPU and dec
 All backends compute the same function (see ``test/test_attention_backends.py``).
 """
 
+import contextlib
 import functools
 import importlib.util
 import logging
@@ -101,10 +102,9 @@ def sdpa(q, k, v, **kwargs) -> torch.Tensor:
         q = torch.nn.functional.pad(q, (0, d_v - d_qk))
         k = torch.nn.functional.pad(k, (0, d_v - d_qk))
         kwargs.setdefault("scale", d_qk**-0.5)
-    if q.is_cuda and kwargs.get("attn_mask") is not None:
-        with sdpa_kernel(_CACHED_ATTENTION_KERNELS):
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v, **kwargs)[..., :d_v]
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, **kwargs)[..., :d_v]
+    cached = q.is_cuda and kwargs.get("attn_mask") is not None
+    with sdpa_kernel(_CACHED_ATTENTION_KERNELS) if cached else contextlib.nullcontext():
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, **kwargs)[..., :d_v]
 
 
 def eager_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):

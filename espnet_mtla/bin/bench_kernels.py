@@ -181,9 +181,10 @@ def tune(opts, out: Path) -> None:
     query = torch.randn(opts["batch"], HEADS, width, device=device, dtype=dtype)
     visible = torch.full((opts["batch"],), slots_count, device=device)
     read_ms = 1000 * 2 * slots.numel() * slots.element_size() / copy_bandwidth(device, timer)
+    default_splits = -(-2 * torch.cuda.get_device_properties(device).multi_processor_count // opts["batch"])
     rows = []
     for block_s, warps, stages, split_scale in itertools.product((32, 64, 128), (4, 8), (2, 3), (1, 2)):
-        splits = max(1, round(split_scale * -(-2 * torch.cuda.get_device_properties(device).multi_processor_count // opts["batch"])))
+        splits = split_scale * default_splits
         try:
             ms = 1000 * timer(lambda: latent_decode(query, slots, visible, 0.06, 256, num_splits=splits, block_s=block_s,
                                                     num_warps=warps, num_stages=stages), repeats=50, warmup=3)
@@ -282,6 +283,14 @@ def plot(report, path: Path) -> None:
     save_figure(fig, path)
 
 
+def write_tables(out: Path, report) -> str:
+    """``results.md`` and ``results.png`` of ``report`` in ``out``; returns the table."""
+    table = markdown(report)
+    write_atomic(out / "results.md", lambda tmp: tmp.write_text(table))
+    plot(report, out / "results.png")
+    return table
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
@@ -297,9 +306,7 @@ def main(argv=None):
         out = Path(opts.out_dir or f"docs/bench_kernels_{opts.device}")
         if not (out / "results.json").is_file():
             parser.error(f"--replot needs {out / 'results.json'}: run the benchmark with --out-dir {out} first")
-        report = json.loads((out / "results.json").read_text())
-        write_atomic(out / "results.md", lambda tmp: tmp.write_text(markdown(report)))
-        plot(report, out / "results.png")
+        write_tables(out, json.loads((out / "results.json").read_text()))
         return
     if opts.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
@@ -324,10 +331,7 @@ def main(argv=None):
     print(f"benchmarking attention backends on {opts.device}", flush=True)
     report = run(settings)
     write_atomic(out / "results.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
-    table = markdown(report)
-    write_atomic(out / "results.md", lambda tmp: tmp.write_text(table))
-    plot(report, out / "results.png")
-    print("\n" + table)
+    print("\n" + write_tables(out, report))
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}")
 
 
