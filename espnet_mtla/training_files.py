@@ -17,6 +17,7 @@ from typing import Iterator, List, Sequence
 
 import torch
 
+from espnet_mtla import safe_load
 from espnet_mtla.fileio import write_atomic
 
 
@@ -61,7 +62,7 @@ def repair_before_resume(output_dir: Path, best_model_criterion: Sequence[Sequen
     checkpoint = output_dir / "checkpoint.pth"
     if not checkpoint.exists():
         return []
-    states = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    states = safe_load.load(checkpoint, map_location="cpu")
     reporter = Reporter()
     reporter.load_state_dict(states["reporter"])
     epoch = reporter.get_epoch()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from espnet_mtla.attention.backends import ATTN_BACKENDS
+from espnet_mtla.safe_load import TRUST_OPTION
 
 # ESPnet's inference entry points, per task: (inference object class, task class).
 INFERENCE_CLASSES = {
@@ -68,16 +69,19 @@ def run_training(task: str, cmd: Optional[List[str]] = None) -> None:
     from espnet_mtla.errors import ConfigError
     from espnet_mtla.training_files import atomic_torch_save, repair_before_resume
 
+    from espnet_mtla.safe_load import UnsafeModelFileError, safe_loading
+
     module = importlib.import_module(f"espnet2.bin.{task}_train")
-    cmd = list(sys.argv[1:] if cmd is None else cmd)
+    cmd, trust = pop_option(list(sys.argv[1:] if cmd is None else cmd), TRUST_OPTION, "false", ("true", "false"))
     args = module.get_parser().parse_args(cmd)
     check_input_files(args)
-    if args.resume and args.output_dir and not args.collect_stats:
-        repair_before_resume(Path(args.output_dir), args.best_model_criterion)
     try:
-        with atomic_torch_save():
+        # Resuming, --init_param and averaging all load files: none may run code from them.
+        with safe_loading(trust == "true"), atomic_torch_save():
+            if args.resume and args.output_dir and not args.collect_stats:
+                repair_before_resume(Path(args.output_dir), args.best_model_criterion)
             module.main(cmd)
-    except ConfigError as err:
+    except (ConfigError, UnsafeModelFileError) as err:
         _fail(err)
 
 
@@ -134,19 +138,28 @@ def use_attention_backend(inference, task: str, attn_backend: str) -> None:
 def unpack_model_option(task: str, cmd: List[str]) -> List[str]:
     """``--packed_model x.zip`` (stage 11's archive) -> ``--<task>_train_config``/``--<task>_model_file``.
 
-    The archive is unpacked next to itself (``x.zip`` -> ``x/``), once.
+    The archive is unpacked next to itself (``x.zip`` -> ``x/``), once, by
+    espnet_mtla.packed_model (which refuses unsafe or malformed archives); the model file is
+    its safetensors copy where the archive has one.
     """
     if "--packed_model" not in cmd:
         return cmd
-    from espnet2.main_funcs.pack_funcs import unpack
+    from espnet_mtla.packed_model import PackedModelError, unpack, unpacked_folder
 
     i = cmd.index("--packed_model")
     if i + 1 >= len(cmd):
-        raise SystemExit("error: --packed_model needs a zip file")
+        raise SystemExit("error: --packed_model needs a zip or tar file")
     archive = Path(cmd[i + 1])
     if not archive.is_file():
         raise SystemExit(f"error: --packed_model: no such file: {archive}")
-    files = unpack(archive, archive.with_suffix(""))
+    try:
+        files = unpack(archive, unpacked_folder(archive))
+    except PackedModelError as err:
+        raise SystemExit(f"error: --packed_model: {err}") from None
+    for option in (f"{task}_train_config", f"{task}_model_file"):
+        if option not in files:
+            raise SystemExit(f"error: --packed_model: {archive}: meta.yaml lists no {option}: "
+                             f"not a packed {task} model")
     rest = cmd[:i] + cmd[i + 2:]
     return rest + [f"--{task}_train_config", files[f"{task}_train_config"], f"--{task}_model_file",
                    files[f"{task}_model_file"]]
@@ -171,8 +184,20 @@ def check_inference_inputs(task: str, args) -> None:
             raise SystemExit(f"error: --{option}: no such file: {value}")
     import yaml
 
-    with open(config_file, encoding="utf-8") as f:
-        config = yaml.safe_load(f) or {}
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            config = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise SystemExit(f"error: --{task}_train_config: {config_file}: not valid YAML "
+                         f"({str(err).splitlines()[0]})") from None
+    if not isinstance(config, dict):
+        raise SystemExit(f"error: --{task}_train_config: {config_file}: not a YAML mapping of options "
+                         f"(got {type(config).__name__})")
+    required = ["token_list"] + (["src_token_list"] if task in ("st", "mt") else [])
+    for key in required:
+        if key not in config:
+            raise SystemExit(f"error: --{task}_train_config: {config_file}: missing key '{key}' "
+                             "(decode with the config.yaml that training wrote)")
     check_input_files(args, config)
 
 
@@ -184,12 +209,20 @@ def run_inference(task: str, cmd: Optional[List[str]] = None) -> None:
 
     from espnet_mtla.bin.batch_inference import BatchDecodingError
 
+    from espnet_mtla.safe_load import UnsafeModelFileError, load_state_dict_file, safe_loading
+
     cmd = unpack_model_option(task, list(sys.argv[1:] if cmd is None else cmd))
     cmd, batch_encoder = pop_option(cmd, "--batch_encoder", "false", ("true", "false"))
     cmd, attn_backend = pop_option(cmd, "--attn_backend", None, ATTN_BACKENDS)
+    cmd, trust = pop_option(cmd, TRUST_OPTION, "false", ("true", "false"))
     module = importlib.import_module(f"espnet2.bin.{task}_inference")
     args = module.get_parser().parse_args(cmd)
     check_inference_inputs(task, args)
+    model_file = getattr(args, f"{task}_model_file")
+    try:  # loaded here once, checked, and handed to ESPnet's loader
+        state = load_state_dict_file(model_file, trust=trust == "true")
+    except UnsafeModelFileError as err:
+        _fail(f"--{task}_model_file: {err}")
     device = "cuda" if args.ngpu >= 1 else "cpu"
     recorder = EfficiencyRecorder(device)
     # Everything goes to <output_dir>.partial, renamed to <output_dir> once complete: a killed
@@ -200,18 +233,24 @@ def run_inference(task: str, cmd: Optional[List[str]] = None) -> None:
         shutil.rmtree(partial)
     cmd = cmd + ["--output_dir", str(partial)]  # the last occurrence wins in argparse
     try:
-        if args.batch_size > 1:  # many utterances per search: espnet_mtla.bin.batch_inference
-            from espnet_mtla.bin import batch_inference
+        with safe_loading(trust == "true", preloaded={model_file: state}):
+            if args.batch_size > 1:  # many utterances per search: espnet_mtla.bin.batch_inference
+                from espnet_mtla.bin import batch_inference
 
-            logging.basicConfig(level=args.log_level,
-                                format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
-            args.output_dir = str(partial)
-            batch_inference.decode(module, task, args, recorder, batch_encoder == "true", attn_backend)
-        else:
-            with recording_efficiency(module, task, recorder, attn_backend):
-                module.main(cmd)
-    except (ConfigError, CheckpointMismatchError, BatchDecodingError) as err:
+                logging.basicConfig(level=args.log_level,
+                                    format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+                args.output_dir = str(partial)
+                batch_inference.decode(module, task, args, recorder, batch_encoder == "true", attn_backend)
+            else:
+                with recording_efficiency(module, task, recorder, attn_backend):
+                    module.main(cmd)
+    except (ConfigError, CheckpointMismatchError, BatchDecodingError, UnsafeModelFileError) as err:
         _fail(err)
+    except AttributeError as err:  # ESPnet reads options off the config's Namespace without checking
+        if "'Namespace' object has no attribute" not in str(err):
+            raise
+        _fail(f"--{task}_train_config: {getattr(args, f'{task}_train_config')}: missing key "
+              f"{str(err).rsplit(' ', 1)[-1]} (decode with the config.yaml that training wrote)")
     summary = recorder.write(os.path.join(partial, "1best_recog", "efficiency.json"))
     if output_dir.exists():
         shutil.rmtree(output_dir)
