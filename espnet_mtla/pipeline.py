@@ -35,6 +35,27 @@ from espnet_mtla.stage_record import StageRecord, make_key, table_files
 ROOT = Path(__file__).resolve().parent.parent
 RUN_JOBS = [sys.executable, str(ROOT / "utils" / "run_jobs.py")]
 TASKS = ("asr", "st", "slu", "mt")
+
+
+def _wer(refs, hyps, out):
+    from espnet_mtla.metrics import scoring
+
+    return {"wer": scoring.sclite_error_rate(refs, hyps, out / "score_wer")["err"],
+            "cer": scoring.sclite_error_rate(refs, hyps, out / "score_cer", unit="char")["err"]}
+
+
+def _scorer(name: str, folder: str):
+    def score(refs, hyps, out):
+        from espnet_mtla.metrics import scoring
+
+        return getattr(scoring, name)(refs, hyps, out / folder)
+    return score
+
+
+# Stage 9's scorers: (refs, hyps, decode dir) -> scores.json's dict.
+METRICS = {"wer": _wer, "bleu": _scorer("bleu", "score_bleu"), "intent": _scorer("intent_scores", "score_intent"),
+           "rouge": _scorer("rouge", "score_rouge")}
+DEFAULT_METRIC = {"asr": "wer", "st": "bleu", "slu": "intent", "mt": "rouge"}
 log = logging.getLogger("pipeline")
 
 
@@ -73,6 +94,9 @@ def get_parser() -> argparse.ArgumentParser:
     add("--user_defined_symbols", default="", help="space-separated tokens kept whole by BPE (e.g. SLU intents)")
     add("--user_defined_symbols_file", default="",
         help="a file of such tokens, one per line, read at stage 5 (e.g. data/intents.txt written by local/data.sh)")
+    add("--pretrained_asr", default="",
+        help="st: initialise the encoder from this ASR model file (as the paper does); its encoder must "
+             "have the ST config's shape")
     add("--ssl_checkpoint", default="",
         help="an S3PRL upstream's local checkpoint: sets frontend_conf.path_or_url of an s3prl frontend config")
     add("--attention", default="mtla", choices=("mha", "mqa", "gqa", "mla", "mtla"),
@@ -85,6 +109,8 @@ def get_parser() -> argparse.ArgumentParser:
     add("--inference_args", default="", help="extra options for <task>_inference")
     add("--dumpdir", default="dump")
     add("--expdir", default="exp")
+    add("--metric", default="auto", choices=("auto",) + tuple(METRICS),
+        help="stage 9's scorer; auto: the task's (asr wer, st bleu, slu intent, mt rouge)")
     add("--results", default="RESULTS.md")
     add("--force", default="false", choices=("true", "false"),
         help="redo stages recorded as finished with the same options and inputs, and continue a training "
@@ -99,6 +125,7 @@ class Pipeline:
         self.a = args
         self.task = args.task
         self.speech = args.task != "mt"
+        self.metric = DEFAULT_METRIC[args.task] if args.metric == "auto" else args.metric
         self.feats = args.feats_type if self.speech else "text"
         self.zipped = self.feats == "fbank" and args.feats_storage == "zip"
         self.dump = Path(args.dumpdir) / (args.audio_format if self.feats == "raw" else
@@ -215,6 +242,9 @@ class Pipeline:
         if number in (6, 7) and self.a.ssl_checkpoint and not Path(self.a.ssl_checkpoint).is_file():
             raise StageError(f"--ssl_checkpoint {self.a.ssl_checkpoint}: no such file (a local HuBERT/WavLM "
                              f"checkpoint; recipes take it from SSL_CHECKPOINT in db.sh)")
+        if number == 7 and self.a.pretrained_asr and not Path(self.a.pretrained_asr).is_file():
+            raise StageError(f"--pretrained_asr {self.a.pretrained_asr}: no such file (an ASR model file, e.g. "
+                             "exp/asr_train_mtla/valid.acc.best.pth of an ASR recipe on the same audio)")
         model = self.exp / self.a.inference_model
         if number in (8, 11) and not model.exists():
             raise StageError(f"{model} not found: train first (stage 7), or set --inference_model")
@@ -273,8 +303,8 @@ class Pipeline:
                     self.token_files(), [self.stats_dir / "train" / "text_shape"])
         if number == 7:
             return ({"train_config": a.train_config, "train_args": a.train_args, "ngpu": a.ngpu,
-                     "ssl_checkpoint": a.ssl_checkpoint},
-                    [Path(a.train_config or "-")] + tables(train_valid) + self.token_files() + stats,
+                     "ssl_checkpoint": a.ssl_checkpoint, "pretrained_asr": a.pretrained_asr},
+                    [Path(a.train_config or "-")] + ([Path(a.pretrained_asr)] if a.pretrained_asr else []) + tables(train_valid) + self.token_files() + stats,
                     [self.exp / "config.yaml", self.exp / "checkpoint.pth"])
         if number == 8:
             options = {k: getattr(a, k) for k in ("inference_config", "inference_model", "inference_args",
@@ -283,7 +313,7 @@ class Pipeline:
                     [Path(a.inference_config or "-"), self.exp / "config.yaml", model] + self.token_files() +
                     tables([self.dump / name for name in self.test_sets]), [d / "efficiency.json" for d in decode])
         if number == 9:
-            return ({"test_sets": self.test_sets}, [d / "text" for d in decode], [d / "scores.json" for d in decode])
+            return ({"test_sets": self.test_sets, "metric": self.metric}, [d / "text" for d in decode], [d / "scores.json" for d in decode])
         if number == 11:
             return {"inference_config": a.inference_config}, [model, self.exp / "config.yaml"] + self.token_files(), [
                 self.exp / f"{self.exp.name}.zip"]
@@ -443,6 +473,8 @@ class Pipeline:
         stats = self.stats_dir / "train" / "feats_stats.npz"
         if self.speech and stats.exists() and self.config_value("normalize", "global_mvn") == "global_mvn":
             cmd += ["--normalize_conf", f"stats_file={stats}"]
+        if self.a.pretrained_asr:  # ESPnet copies the encoder.* tensors before the first epoch
+            cmd += ["--init_param", f"{Path(self.a.pretrained_asr).resolve()}:encoder:encoder"]
         cmd += shlex.split(self.a.train_args)
         self.run(cmd, self.exp / "train.log")
 
@@ -494,23 +526,20 @@ class Pipeline:
             refs = dict(datadir.read_table(ref_file, datadir.Problems()))
             hyps = dict(datadir.read_table(out / "text", datadir.Problems(), allow_empty_value=True))
             hyps = {k: hyps.get(k, "") for k in refs}
-            if self.task == "asr":
-                scores = {"wer": scoring.sclite_error_rate(refs, hyps, out / "score_wer")["err"],
-                          "cer": scoring.sclite_error_rate(refs, hyps, out / "score_cer", unit="char")["err"]}
-            elif self.task == "st":
-                scores = scoring.bleu(refs, hyps, out / "score_bleu")
-            elif self.task == "slu":
-                scores = scoring.intent_scores(refs, hyps, out / "score_intent")
-            else:
-                scores = scoring.rouge(refs, hyps, out / "score_rouge")
+            scores = METRICS[self.metric](refs, hyps, out)
             write_text_atomic(out / "scores.json", json.dumps(scores, indent=2) + "\n")
             log.info("%s %s: %s", self.exp.name, name, scores)
 
     def stage10_report(self) -> None:
         rows = {}
         path = Path(self.a.results)
+        notes = ""  # sections a person added below the table ("## ..."): kept as they are
         if path.exists():
-            for line in path.read_text().splitlines():
+            text = path.read_text()
+            if "\n## " in text:
+                text, notes = text.split("\n## ", 1)
+                notes = "\n## " + notes
+            for line in text.splitlines():
                 if line.startswith("| ") and not line.startswith("| experiment") and "---" not in line:
                     cells = [c.strip() for c in line.strip().strip("|").split("|")]
                     if len(cells) != 8:  # a row of an older table layout: redone when its experiment is
@@ -532,11 +561,11 @@ class Pipeline:
                   "KV cache peak (MB) |\n|---|---|---|---|---|---|---|---|\n")
         body = "".join(rows[k] + "\n" for k in sorted(rows))
         write_text_atomic(path, f"# Results\n\nWritten by stage 10 of the pipeline (one row per experiment and "
-                                f"test set; decode time is the sum over utterances).\n\n{header}{body}")
+                                f"test set; decode time is the sum over utterances).\n\n{header}{body}{notes}")
         print(path.read_text())
 
     def stage11_pack(self) -> None:
-        from espnet2.main_funcs.pack_funcs import pack
+        from espnet_mtla.packed_model import pack, write_safetensors_copy
 
         model = self.exp / self.a.inference_model
         extras = [p for p in (self.token_dir("tgt") / "bpe.model", self.token_dir("src") / "bpe.model",
@@ -545,10 +574,10 @@ class Pipeline:
             extras.append(Path(self.a.inference_config))
         outpath = self.exp / f"{self.exp.name}.zip"
         t = self.task
-        partial = outpath.with_name(f".partial.{outpath.name}")  # ESPnet picks the format by the .zip suffix
+        # A safetensors copy, which --packed_model loads in preference: it cannot hold code.
+        weights = write_safetensors_copy(model, self.exp / f"{model.name.rsplit('.', 1)[0]}.safetensors")
         pack(files={f"{t}_model_file": model}, yaml_files={f"{t}_train_config": self.exp / "config.yaml"},
-             outpath=partial, option=extras)
-        os.replace(partial, outpath)
+             outpath=outpath, extras=extras, safetensors_of={f"{t}_model_file": weights})
         log.info("packed: %s (decode with: python -m espnet_mtla.bin.%s_inference --packed_model %s ...)",
                  outpath, t, outpath)
 

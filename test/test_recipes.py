@@ -13,6 +13,11 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--local_data_opts", "--train_size 24 --dev_size 6 --test_size 6", "--nj", "2", "--inference_nj", "2",
         "--train_args", "--max_epoch 1 --batch_size 6",
         "--inference_args", "--beam_size 2 --maxlenratio -8"]
+# Speech recipes train a little longer: enough for a model that uses the audio to answer
+# differently for different utterances (see assert_listens).
+LISTEN = ["--local_data_opts", "--train_size 64 --dev_size 8 --test_size 8", "--nj", "2", "--inference_nj", "2",
+          "--train_args", "--max_epoch 15 --batch_size 4 --scheduler_conf warmup_steps=40",
+          "--inference_args", "--beam_size 1"]
 
 SCLITE = Path("/usr/lib/sctk/bin/sclite").exists() or shutil.which("sclite") is not None
 pytestmark = [pytest.mark.slow,
@@ -48,9 +53,44 @@ def table(path: Path):
     return dict(line.split(" ", 1) for line in path.read_text(encoding="utf-8").splitlines())
 
 
+def table_or_empty(path: Path) -> dict:
+    """A Kaldi table whose values may be empty (a decoder's text output)."""
+    return dict((line.split(" ", 1) + [""])[:2] for line in path.read_text(encoding="utf-8").splitlines())
+
+
+def assert_listens(recipe: Path, task: str) -> None:
+    """The trained model's answers depend on the audio: test utterances of different content
+    do not all get one answer, and replacing every utterance's audio by the next one's gives
+    exactly the next one's answer (a decoder that learned only the target language gives
+    every input the same sentence, as the ST recipe did before its source-side CTC loss)."""
+    exp = recipe / "exp" / f"{task}_train_mtla"
+    decode = next(exp.glob("decode_*/test"))
+    refs = table(recipe / "dump" / "flac" / "test" / "text")
+    assert len(set(refs.values())) == len(refs)  # every test utterance says something else
+    found = table_or_empty(decode / "text")
+    hyps = {k: found.get(k, "") for k in sorted(refs)}
+    assert len(set(hyps.values())) > 1, f"one answer for every input: {hyps}"
+    keys = list(hyps)
+    wavs = table(recipe / "dump" / "flac" / "test" / "wav.scp")
+    swapped = recipe / "swapped.scp"
+    swapped.write_text("".join(f"{k} {wavs[keys[(i + 1) % len(keys)]]}\n" for i, k in enumerate(keys)))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", f"espnet_mtla.bin.{task}_inference", "--config", "conf/decode.yaml",
+         f"--{task}_train_config", str(exp / "config.yaml"), f"--{task}_model_file", str(exp / "valid.acc.best.pth"),
+         "--data_path_and_name_and_type", f"{swapped},speech,sound", "--output_dir", str(recipe / "swapped"),
+         "--beam_size", "1"], cwd=recipe, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = table_or_empty(recipe / "swapped" / "1best_recog" / "text")
+    other = {k: found.get(k, "") for k in keys}
+    assert other == {k: hyps[keys[(i + 1) % len(keys)]] for i, k in enumerate(keys)}  # the answer follows the audio
+    assert any(other[k] != hyps[k] for k in keys)
+
+
 def test_mini_synth_asr_every_stage(tmp_path):
     recipe = recipe_copy(tmp_path, "mini_synth", "asr1")
-    run_recipe(recipe, *TINY)
+    run_recipe(recipe, *LISTEN)
+    assert_listens(recipe, "asr")
     for name in ("train", "dev", "test"):
         assert (recipe / "data" / name / "wav.scp").exists()
     assert (recipe / "data" / "token_list" / "bpe100" / "bpe.model").exists() or \
@@ -58,7 +98,7 @@ def test_mini_synth_asr_every_stage(tmp_path):
     exp = recipe / "exp" / "asr_train_mtla"
     assert (exp / "1epoch.pth").exists() and (exp / "valid.acc.best.pth").exists()
     decode = next((exp).glob("decode_*/test"))
-    hyps = table(decode / "text") if (decode / "text").stat().st_size else {}
+    hyps = table_or_empty(decode / "text")
     refs = table(recipe / "dump" / "flac" / "test" / "text")
     token_keys = [line.split()[0] for line in (decode / "token").read_text().splitlines()]
     assert sorted(token_keys) == sorted(refs)  # every test utterance decoded exactly once
@@ -91,7 +131,8 @@ def test_mini_synth_asr_every_stage(tmp_path):
 
 def test_mini_synth_st_every_stage(tmp_path):
     recipe = recipe_copy(tmp_path, "mini_synth", "st1")
-    run_recipe(recipe, *TINY)
+    run_recipe(recipe, *LISTEN)
+    assert_listens(recipe, "st")
     data = recipe / "data" / "test"
     assert table(data / "text") == table(data / "text.de") and (data / "text.en").exists()
     for side in ("bpe100", "src_bpe100"):
@@ -108,7 +149,8 @@ def test_mini_synth_st_every_stage(tmp_path):
 
 def test_mini_synth_slu_every_stage(tmp_path):
     recipe = recipe_copy(tmp_path, "mini_synth", "slu1")
-    run_recipe(recipe, *TINY)
+    run_recipe(recipe, *LISTEN)
+    assert_listens(recipe, "slu")
     tokens = (recipe / "data" / "token_list" / "bpe100" / "tokens.txt").read_text().split()
     assert "alarm_set" in tokens and "play_music" in tokens  # intents stay whole tokens
     exp = recipe / "exp" / "slu_train_mtla"
@@ -117,3 +159,19 @@ def test_mini_synth_slu_every_stage(tmp_path):
     assert set(scores) == {"intent_acc", "scenario_acc", "action_acc", "transcript_wer"}
     row = next(line for line in (recipe / "RESULTS.md").read_text().splitlines() if line.startswith("| slu_train_mtla |"))
     assert f"intent_acc {scores['intent_acc']}" in row
+
+
+
+def test_mini_synth_mt_every_stage(tmp_path):
+    recipe = recipe_copy(tmp_path, "mini_synth", "mt1")
+    run_recipe(recipe, *TINY)
+    data = recipe / "data" / "test"
+    assert not (data / "wav.scp").exists()  # text only
+    assert table(data / "text") == table(data / "text.de") and table(data / "text.en").keys() == table(data / "text").keys()
+    exp = recipe / "exp" / "mt_train_mtla"
+    decode = next(exp.glob("decode_*/test"))
+    scores = json.loads((decode / "scores.json").read_text())
+    assert set(scores) == {"bleu", "chrf", "bleu_lc_nopunct"}  # --metric bleu, not the mt task's default ROUGE
+    row = next(line for line in (recipe / "RESULTS.md").read_text().splitlines() if line.startswith("| mt_train_mtla |"))
+    assert f"bleu {scores['bleu']}" in row
+    assert (exp / "mt_train_mtla.zip").exists()

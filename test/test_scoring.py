@@ -64,3 +64,17 @@ def test_recipe_confs_match_their_templates(conf_dir):
                 f"{conf}/{prefix}{attention_type}.yaml is out of date: re-run python -m espnet_mtla.bin.make_confs --all")
         if decode:
             assert (conf / "decode.yaml").read_text().endswith((ROOT / "conf_templates" / decode).read_text())
+
+
+@pytest.mark.parametrize("template", sorted(p.name for p in (ROOT / "conf_templates").glob("*.yaml")
+                                            if p.name.startswith(("asr_", "st_", "slu_"))))
+def test_speech_templates_train_an_acoustic_loss(template):
+    """Without a loss on the encoder (CTC on the transcript), the ST recipe's decoder learned the
+    target language alone and answered every utterance with one sentence (BLEU 2.4)."""
+    import yaml
+
+    conf = yaml.safe_load((ROOT / "conf_templates" / template).read_text())["model_conf"]
+    if template.startswith("st_"):
+        assert conf["asr_weight"] > 0 and conf["mtlalpha"] > 0, conf
+    else:
+        assert conf["ctc_weight"] > 0, conf

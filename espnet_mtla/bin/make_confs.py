@@ -24,6 +24,7 @@ RECIPES = {
     "egs2/mini_synth/asr1/conf": [("asr_mini.yaml", "decode_asr.yaml", "train_")],
     "egs2/mini_synth/st1/conf": [("st_mini.yaml", "decode_st.yaml", "train_")],
     "egs2/mini_synth/slu1/conf": [("slu_mini.yaml", "decode_slu.yaml", "train_")],
+    "egs2/mini_synth/mt1/conf": [("mt_mini.yaml", "decode_mt.yaml", "train_")],
     "egs2/ami/asr1/conf": [("asr_paper.yaml", "decode_asr_paper.yaml", "train_"),
                            ("asr_ssl_paper.yaml", None, "train_ssl_")],
     "egs2/mustc/st1/conf": [("st_paper.yaml", "decode_st_paper.yaml", "train_")],

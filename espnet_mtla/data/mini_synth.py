@@ -1,11 +1,12 @@
-"""The synthetic mini corpus: spoken sentences for ASR, ST (en->de) and SLU, from a seed.
+"""The synthetic mini corpus: spoken sentences for ASR, ST (en->de) and SLU, and text-only MT, from a seed.
 
     python -m espnet_mtla.data.mini_synth --task asr --out-dir data --audio-dir downloads/mini_synth \\
         [--train 2000 --dev 200 --test 200 --seed 0 --nj 2]
 
 For each split writes a Kaldi data dir ``<out-dir>/<split>/``: wav.scp (flac paths), text,
 utt2spk, spk2utt, and for ST text.en (transcript) and text.de (translation; ``text`` is the
-translation too); for SLU ``text`` is "<intent> transcript" as in ESPnet's SLURP recipe and
+translation too); for MT the same two text files and no audio (``text`` is the German); for
+SLU ``text`` is "<intent> transcript" as in ESPnet's SLURP recipe and
 ``transcript`` is the transcript alone. Speakers are espeak-ng voices (accent + variant);
 each utterance also draws a speaking rate and pitch. Utterance ids are
 ``<speaker>-<split>-<index>``, so sorting by id also sorts by speaker (Kaldi's rule).
@@ -26,7 +27,7 @@ from espnet_mtla.data.kaldi_dir import Utterance, write_data_dir
 from espnet_mtla.data.speech_synth import SAMPLE_RATE, VOICES, Voice, check_espeak, speak
 from espnet_mtla.fileio import write_atomic
 
-TASKS = ("asr", "st", "slu")
+TASKS = ("asr", "st", "slu", "mt")
 SPLITS = ("train", "dev", "test")
 
 
@@ -44,7 +45,7 @@ def draw_utterances(task: str, split: str, count: int, seed: int) -> List[Dict[s
         else:
             sent = sentence(rng)
             utt.update(spoken=sent.english, text=sent.english if task == "asr" else sent.german)
-            if task == "st":
+            if task in ("st", "mt"):
                 utt.update(**{"text.en": sent.english, "text.de": sent.german})
         utts.append(utt)
     return sorted(utts, key=lambda u: u["utt_id"])
@@ -59,7 +60,8 @@ def synthesise(utt: Dict[str, str], audio_dir: Path) -> str:
 
 
 def to_utterances(utts: List[Dict[str, str]], paths: List[str], task: str) -> List[Utterance]:
-    text_files = ["text"] + {"st": ["text.en", "text.de"], "slu": ["transcript"]}.get(task, [])
+    text_files = ["text"] + {"st": ["text.en", "text.de"], "mt": ["text.en", "text.de"],
+                             "slu": ["transcript"]}.get(task, [])
     return [Utterance(u["utt_id"], u["voice"].speaker_id, {name: u[name] for name in text_files}, audio=path)
             for u, path in zip(utts, paths)]
 
@@ -67,9 +69,13 @@ def to_utterances(utts: List[Dict[str, str]], paths: List[str], task: str) -> Li
 def generate(task: str, out_dir, audio_dir, sizes: Dict[str, int], seed: int = 0, nj: int = 2) -> None:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    check_espeak()
+    if task != "mt":  # mt is text only: the same sentences, never spoken
+        check_espeak()
     for split in SPLITS:
         utts = draw_utterances(task, split, sizes[split], seed)
+        if task == "mt":
+            write_data_dir(Path(out_dir) / split, to_utterances(utts, [None] * len(utts), task))
+            continue
         split_audio = Path(audio_dir) / task / split
         split_audio.mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(max_workers=nj) as pool:  # espeak-ng runs as subprocesses
