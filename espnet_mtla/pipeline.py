@@ -518,8 +518,6 @@ class Pipeline:
         return self.exp / f"{tag}_{Path(self.a.inference_model).stem}" / test_set
 
     def stage9_score(self) -> None:
-        from espnet_mtla.metrics import scoring
-
         for name in self.test_sets:
             out = self.decode_dir(name)
             ref_file = self.dump / name / self.text_names()["text"]

@@ -33,15 +33,19 @@ def run(module, args, cwd):
 
 
 @pytest.mark.slow
-def test_asr_train_then_decode_with_efficiency_report(tmp_path):
-    data = tmp_path / "data"
-    write_data_dir(data, np.random.default_rng(0))
-    (tmp_path / "tokens.txt").write_text("\n".join(TOKENS) + "\n")
+def write_asr_setup(root) -> None:
+    """data/ (6 utterances), tokens.txt and train.yaml (tiny MTLA ASR, 2 epochs) under ``root``."""
+    write_data_dir(root / "data", np.random.default_rng(0))
+    (root / "tokens.txt").write_text("\n".join(TOKENS) + "\n")
     conf = config("asr", "mtla")
     conf.pop("token_list")
     conf.update(max_epoch=2, batch_type="unsorted", batch_size=3, num_workers=0, seed=0,
                 optim="adam", optim_conf={"lr": 0.002}, best_model_criterion=[["valid", "acc", "max"]])
-    write_yaml(tmp_path / "train.yaml", conf)
+    write_yaml(root / "train.yaml", conf)
+
+
+def test_asr_train_then_decode_with_efficiency_report(tmp_path):
+    write_asr_setup(tmp_path)
     exp = tmp_path / "exp"
     train = run("espnet_mtla.bin.asr_train", [
         "--config", "train.yaml", "--output_dir", str(exp), "--ngpu", "0", "--token_list", "tokens.txt",

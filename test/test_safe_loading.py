@@ -18,15 +18,13 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
 from espnet_mtla import safe_load
 from espnet_mtla.packed_model import PackedModelError, pack, unpack, unpacked_folder, write_safetensors_copy
-from espnet_setup import TOKENS, config, write_yaml
-from test_cli import write_data_dir
+from test_cli import write_asr_setup
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,13 +70,7 @@ def train_args(exp, *extra):
 def trained(tmp_path_factory):
     """A tiny ASR model trained by the real CLI for 2 epochs: its folder."""
     root = tmp_path_factory.mktemp("trained")
-    write_data_dir(root / "data", np.random.default_rng(0))
-    (root / "tokens.txt").write_text("\n".join(TOKENS) + "\n")
-    conf = config("asr", "mtla")
-    conf.pop("token_list")
-    conf.update(max_epoch=2, batch_type="unsorted", batch_size=3, num_workers=0, seed=0,
-                optim="adam", optim_conf={"lr": 0.002}, best_model_criterion=[["valid", "acc", "max"]])
-    write_yaml(root / "train.yaml", conf)
+    write_asr_setup(root)
     result = run("espnet_mtla.bin.asr_train", train_args("exp"), root)
     assert result.returncode == 0, result.stderr[-3000:]
     return root
