@@ -122,6 +122,12 @@ class _Archive:
             if name in self.members:
                 raise PackedModelError(f"{path}: member {name!r} appears twice; refusing to unpack")
             self.members[name] = member
+        for name in self.members:  # "a" and "a/b": one would have to be both a file and a folder
+            parts = name.split("/")
+            for i in range(1, len(parts)):
+                if "/".join(parts[:i]) in self.members:
+                    raise PackedModelError(f"{path}: member {name!r} lies under the file {'/'.join(parts[:i])!r}; "
+                                           "refusing to unpack")
 
     def __enter__(self):
         return self

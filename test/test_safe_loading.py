@@ -288,6 +288,9 @@ def test_zip_symlinks_and_duplicates_are_refused(tmp_path):
     with pytest.warns(UserWarning, match="Duplicate name"):
         write_zip(archive, [("m.pth", b"x"), ("c.yaml", "a: 1"), ("m.pth", b"y")], META)
     assert_refused(tmp_path, archive, "member 'm.pth' appears twice; refusing to unpack")
+    archive.unlink()
+    archive = write_zip(tmp_path / "nested.zip", [("m.pth", b"x"), ("c.yaml", "a: 1"), ("m.pth/inner", b"y")], META)
+    assert_refused(tmp_path, archive, "member 'm.pth/inner' lies under the file 'm.pth'; refusing to unpack")
 
 
 def tar_with(path: Path, *infos) -> Path:

@@ -6,6 +6,8 @@ Inference also writes ``<output_dir>/1best_recog/efficiency.json`` (see
 espnet_mtla.metrics.efficiency) and takes three options of ours: ``--batch_size N`` with
 ``--batch_encoder true|false`` (espnet_mtla.bin.batch_inference) and ``--attn_backend
 auto|eager|sdpa|triton`` (espnet_mtla.attention.backends; the model's config otherwise).
+Training and inference run inside espnet_mtla.safe_load.safe_loading: no model file can run
+code when loaded unless ``--trust_model_file true``.
 """
 
 import contextlib
@@ -73,11 +75,12 @@ def run_training(task: str, cmd: Optional[List[str]] = None) -> None:
 
     module = importlib.import_module(f"espnet2.bin.{task}_train")
     cmd, trust = pop_option(list(sys.argv[1:] if cmd is None else cmd), TRUST_OPTION, "false", ("true", "false"))
+    trust = trust == "true"
     args = module.get_parser().parse_args(cmd)
     check_input_files(args)
     try:
         # Resuming, --init_param and averaging all load files: none may run code from them.
-        with safe_loading(trust == "true"), atomic_torch_save():
+        with safe_loading(trust), atomic_torch_save():
             if args.resume and args.output_dir and not args.collect_stats:
                 repair_before_resume(Path(args.output_dir), args.best_model_criterion)
             module.main(cmd)
@@ -215,12 +218,13 @@ def run_inference(task: str, cmd: Optional[List[str]] = None) -> None:
     cmd, batch_encoder = pop_option(cmd, "--batch_encoder", "false", ("true", "false"))
     cmd, attn_backend = pop_option(cmd, "--attn_backend", None, ATTN_BACKENDS)
     cmd, trust = pop_option(cmd, TRUST_OPTION, "false", ("true", "false"))
+    trust = trust == "true"
     module = importlib.import_module(f"espnet2.bin.{task}_inference")
     args = module.get_parser().parse_args(cmd)
     check_inference_inputs(task, args)
     model_file = getattr(args, f"{task}_model_file")
     try:  # loaded here once, checked, and handed to ESPnet's loader
-        state = load_state_dict_file(model_file, trust=trust == "true")
+        state = load_state_dict_file(model_file, trust=trust)
     except UnsafeModelFileError as err:
         _fail(f"--{task}_model_file: {err}")
     device = "cuda" if args.ngpu >= 1 else "cpu"
@@ -233,7 +237,7 @@ def run_inference(task: str, cmd: Optional[List[str]] = None) -> None:
         shutil.rmtree(partial)
     cmd = cmd + ["--output_dir", str(partial)]  # the last occurrence wins in argparse
     try:
-        with safe_loading(trust == "true", preloaded={model_file: state}):
+        with safe_loading(trust, preloaded={model_file: state}):
             if args.batch_size > 1:  # many utterances per search: espnet_mtla.bin.batch_inference
                 from espnet_mtla.bin import batch_inference
 
