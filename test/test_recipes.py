@@ -66,7 +66,7 @@ def assert_listens(recipe: Path, task: str) -> None:
     exp = recipe / "exp" / f"{task}_train_mtla"
     decode = next(exp.glob("decode_*/test"))
     refs = table(recipe / "dump" / "flac" / "test" / "text")
-    assert len(set(refs.values())) == len(refs)  # every test utterance says something else
+    assert len(set(refs.values())) > 1  # the test utterances do not all say the same
     found = table_or_empty(decode / "text")
     hyps = {k: found.get(k, "") for k in sorted(refs)}
     assert len(set(hyps.values())) > 1, f"one answer for every input: {hyps}"
