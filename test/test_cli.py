@@ -32,7 +32,6 @@ def run(module, args, cwd):
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True)
 
 
-@pytest.mark.slow
 def write_asr_setup(root) -> None:
     """data/ (6 utterances), tokens.txt and train.yaml (tiny MTLA ASR, 2 epochs) under ``root``."""
     write_data_dir(root / "data", np.random.default_rng(0))
@@ -44,6 +43,7 @@ def write_asr_setup(root) -> None:
     write_yaml(root / "train.yaml", conf)
 
 
+@pytest.mark.slow
 def test_asr_train_then_decode_with_efficiency_report(tmp_path):
     write_asr_setup(tmp_path)
     exp = tmp_path / "exp"
