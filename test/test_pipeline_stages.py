@@ -96,4 +96,10 @@ def test_missing_symbols_file_and_ssl_checkpoint_are_one_line_errors(tmp_path, m
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: stage 6 (stats): --ssl_checkpoint wavlm.pt: no such file (a local HuBERT/WavLM checkpoint; "
         "recipes take it from SSL_CHECKPOINT in db.sh)")
-    assert not list((tmp_path / "exp").glob("stages/*"))  # refused before anything was recorded
+    (tmp_path / "train.yaml").write_text("encoder: transformer\n")
+    assert main(["--task", "st", "--expdir", str(tmp_path / "exp"), "--train_config", "train.yaml",
+                 "--stage", "7", "--stop_stage", "7", "--pretrained_asr", "asr.pth"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: stage 7 (train): --pretrained_asr asr.pth: no such file (an ASR model file, e.g. "
+        "exp/asr_train_mtla/valid.acc.best.pth of an ASR recipe on the same audio)")
+    assert not list((tmp_path / "exp").rglob("stages/*"))  # refused before anything was recorded
