@@ -31,6 +31,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Union
 
 import yaml
 
+from espnet_mtla.fileio import write_atomic
+
 META = "meta.yaml"
 STAMP = ".unpacked-from"  # sha256 of the archive a folder was unpacked from
 DEFAULT_MAX_BYTES = 32 * 2**30
@@ -142,7 +144,7 @@ class _Archive:
             raise PackedModelError(f"{self.path}: member {name!r} is larger than it declares; refusing to unpack")
         return data
 
-    def copy_to(self, name: str, dst: Path) -> int:
+    def copy_to(self, name: str, dst: Path) -> None:
         """Stream one member to ``dst``; never more bytes than it declares."""
         declared = self.members[name].size
         written = 0
@@ -156,7 +158,6 @@ class _Archive:
                     raise PackedModelError(f"{self.path}: member {name!r} is larger than it declares; "
                                            "refusing to unpack")
                 out.write(chunk)
-        return written
 
 
 def _mapping_of_names(archive: Path, meta: dict, key: str) -> Dict[str, str]:
@@ -317,24 +318,21 @@ def pack(files: Dict[str, Path], yaml_files: Dict[str, Path], outpath: Path, ext
     meta = dict({key: {option: name[Path(p)] for option, p in section.items()} for key, section in sections.items()},
                 timestamp=datetime.now().timestamp(), python=sys.version, torch=str(torch.__version__),
                 espnet=espnet.__version__)
-    outpath = Path(outpath)
-    tmp = outpath.with_name(f".{outpath.name}.{os.getpid()}.tmp")
-    try:
+    stored = {arcname: path for path, arcname in name.items()}  # a file listed twice is stored once
+
+    def write_zip(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w") as zf:
             zf.writestr(META, yaml.safe_dump(meta))
-            for arcname, path in {arcname: path for path, arcname in name.items()}.items():  # each file once
+            for arcname, path in stored.items():
                 zf.write(path, arcname)
-        os.replace(tmp, outpath)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    write_atomic(outpath, write_zip)
 
 
 def write_safetensors_copy(model_file: Path, out: Path) -> Path:
     """``out``: the state dict of ``model_file`` in safetensors format (for :func:`pack`)."""
     from safetensors.torch import save_file
 
-    from espnet_mtla.fileio import write_atomic
     from espnet_mtla.safe_load import load_state_dict_file
 
     # Clones: safetensors refuses tensors that share storage (tied embeddings).

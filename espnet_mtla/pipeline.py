@@ -304,7 +304,8 @@ class Pipeline:
         if number == 7:
             return ({"train_config": a.train_config, "train_args": a.train_args, "ngpu": a.ngpu,
                      "ssl_checkpoint": a.ssl_checkpoint, "pretrained_asr": a.pretrained_asr},
-                    [Path(a.train_config or "-")] + ([Path(a.pretrained_asr)] if a.pretrained_asr else []) + tables(train_valid) + self.token_files() + stats,
+                    [Path(a.train_config or "-")] + ([Path(a.pretrained_asr)] if a.pretrained_asr else []) +
+                    tables(train_valid) + self.token_files() + stats,
                     [self.exp / "config.yaml", self.exp / "checkpoint.pth"])
         if number == 8:
             options = {k: getattr(a, k) for k in ("inference_config", "inference_model", "inference_args",

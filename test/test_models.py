@@ -219,7 +219,7 @@ def test_other_espnet_encoders_in_front(tmp_path, encoder, encoder_conf):
 
 @pytest.mark.parametrize("template", ["asr_paper", "asr_ssl_paper", "st_paper", "slu_paper", "sum_paper"])
 def test_paper_size_templates_build(tmp_path, template):
-    """The recipes' paper-size configs build through ESPnet's parser (sizes as in DESIGN.md section 6)."""
+    """The recipes' paper-size configs build through ESPnet's parser (the sizes of the paper's experiments)."""
     import yaml
 
     from espnet_mtla.bin.make_tiny_ssl_checkpoint import build_tiny_ssl_checkpoint
