@@ -499,7 +499,7 @@ class Pipeline:
                 log.info("%s: job(s) %s finished before the interruption; decoding job(s) %s", name,
                          ",".join(map(str, finished)), ",".join(map(str, pending)) or "none")
             t = self.task
-            cmd = [sys.executable, "-m", f"espnet_mtla.bin.{t}_inference", "--batch_size", "1", "--ngpu", self.a.ngpu,
+            cmd = [sys.executable, "-m", f"espnet_mtla.bin.{t}_inference", "--ngpu", self.a.ngpu,
                    f"--{t}_train_config", config, f"--{t}_model_file", model, "--key_file", logdir / "keys.JOB.scp",
                    "--output_dir", logdir / "output.JOB"]
             if self.a.inference_config:

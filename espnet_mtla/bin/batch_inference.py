@@ -1,37 +1,44 @@
-"""``--batch_size N`` (N > 1) for the decoder-only models: many utterances per beam search.
+"""Many utterances per beam search for the decoder-only models: ``--batch_frames N`` / ``--batch_size N``.
 
-ESPnet's inference loops decode one utterance at a time. With ``--batch_size N`` the
+ESPnet's inference loops decode one utterance at a time. With a frame budget (``--batch_frames
+N``, which the recipes' decode configs set) or ``--batch_size N`` (N > 1) the
 ``espnet_mtla.bin.<task>_inference`` CLIs come here instead: ESPnet's own inference object
 (``Speech2Text``, ``Speech2Understand``, ``Text2Text``) is built from the same options and
-supplies the model, token converter and tokenizer; ESPnet's streaming iterator yields padded
-batches of N utterances; ``MultiUtteranceBeamSearch`` searches all of them together.
+supplies the model, its beam-search configuration (weights, pre-beam, CTC), token converter
+and tokenizer; ``MultiUtteranceBeamSearch`` (espnet_mtla.search) searches all utterances of
+a batch together, joint CTC/attention included.
 
-The encoder: by default each utterance of a batch is encoded on its own (``--batch_encoder
-false``), because a padded batch does not give exactly the frames a lone utterance gets: the
-STFT's reflection padding at the end of an utterance sees the batch's zero padding, and
-Conformer convolutions reach into padded frames. With those, ``--batch_size N`` gives exactly
-``--batch_size 1``'s hypotheses. ``--batch_encoder true`` runs one encoder pass over the
-padded batch (faster; exact for text sources and fbank+Transformer, otherwise the last frames
-of shorter utterances differ slightly). The search, where decoding spends its time, is
-batched either way. Outputs are written as ESPnet writes them (``<n>best_recog/{text,
-token, token_int, score}``), so scoring cannot tell the two paths apart.
+Batches: with ``--batch_frames N`` the utterances are sorted by length and grouped so that each
+batch's padded input (utterances x longest) stays within N frames (10 ms of speech, or source
+tokens of text; fairseq's ``--max-tokens``), at most ``--batch_size`` utterances each when that
+is given too; an utterance longer than N is decoded alone (one logged notice). Without a budget,
+batches of ``--batch_size`` in input order. Outputs are written in input order, as ESPnet writes
+them (``<n>best_recog/{text, token, token_int, score}``), and equal ``--batch_size 1``'s.
 
-Not supported with N > 1 (refused in one line): joint CTC scoring (``--ctc_weight`` > 0),
-language models, and models whose decoder is not ``decoder_only``.
+The encoder: by default each utterance is encoded on its own (``--batch_encoder false``), because
+a padded batch does not give exactly the frames a lone utterance gets: the STFT's reflection
+padding at the end of an utterance sees the batch's zero padding, and Conformer convolutions
+reach into padded frames. ``--batch_encoder true`` runs one encoder pass over the padded batch
+(faster; exact for text sources and fbank+Transformer, otherwise the last frames of shorter
+utterances differ slightly). The search is batched either way.
+
+Not supported here (refused in one line): language models, CTC-only decoding (``--ctc_weight
+1``) and models whose decoder is not ``decoder_only``.
 """
 
 import inspect
 import logging
-from typing import List
+from typing import Dict, List
 
 import torch
 
 from espnet_mtla.bin.cli import INFERENCE_CLASSES
-from espnet_mtla.decoder import DecoderOnlyDecoder
-from espnet_mtla.decoder.batch_beam_search import MultiUtteranceBeamSearch
+from espnet_mtla.search import MultiUtteranceBeamSearch
+from espnet_mtla.search.batching import budget_batches, speech_frames
 
 MODEL_ATTRIBUTE = {"asr": "asr", "st": "st", "slu": "asr", "mt": "mt"}  # <x>_model / <x>_train_args
 INPUT_NAME = {"asr": "speech", "st": "speech", "slu": "speech", "mt": "src_text"}
+SCORERS = ("decoder", "ctc", "length_bonus")  # what the multi-utterance search scores
 
 
 class BatchDecodingError(ValueError):
@@ -40,13 +47,13 @@ class BatchDecodingError(ValueError):
 
 def check_supported(args) -> None:
     """One-line refusals for what the multi-utterance search does not score."""
-    if getattr(args, "ctc_weight", 0.0) > 0:
-        raise BatchDecodingError(f"--batch_size {args.batch_size} does not score joint CTC: use --ctc_weight 0 "
-                                 f"(or --batch_size 1 for joint CTC/attention decoding)")
+    how = f"--batch_frames {args.batch_frames}" if args.batch_frames else f"--batch_size {args.batch_size}"
     for option in ("lm_file", "ngram_file", "word_lm_file"):
         if getattr(args, option, None):
-            raise BatchDecodingError(f"--batch_size {args.batch_size} does not use --{option}: drop it, or use "
-                                     f"--batch_size 1")
+            raise BatchDecodingError(f"{how} does not use --{option}: drop it, or use --batch_size 1")
+    if getattr(args, "ctc_weight", 0.0) >= 1.0:
+        raise BatchDecodingError(f"{how} needs the decoder's scores: use --ctc_weight < 1, or --batch_size 1 "
+                                 f"for CTC-only decoding")
 
 
 def build_inference_object(module, task: str, args):
@@ -56,6 +63,25 @@ def build_inference_object(module, task: str, args):
     kwargs = {k: v for k, v in vars(args).items() if k in accepted}
     kwargs.update(device="cuda" if args.ngpu >= 1 else "cpu", batch_size=1)
     return cls(**{k: v for k, v in kwargs.items() if k in accepted})
+
+
+def build_search(inference, model, nbest: int):
+    """Our search with the scorers, weights and pre-beam of the inference object's ESPnet search,
+    and the CTC module it scores with (None without CTC)."""
+    espnet_search = inference.beam_search
+    scorers = {**espnet_search.full_scorers, **espnet_search.part_scorers}
+    other = sorted(set(scorers) - set(SCORERS))
+    if other:
+        raise BatchDecodingError(f"batched decoding scores only {', '.join(SCORERS)}; this search also has "
+                                 f"{', '.join(other)}: use --batch_size 1")
+    weights = espnet_search.weights
+    ctc_weight = weights["ctc"] if "ctc" in espnet_search.part_scorers else 0.0
+    search = MultiUtteranceBeamSearch(
+        model.decoder, model.sos, model.eos, espnet_search.beam_size, decoder_weight=weights["decoder"],
+        ctc_weight=ctc_weight, pre_beam_size=espnet_search.pre_beam_size if espnet_search.do_pre_beam else None,
+        penalty=weights.get("length_bonus", 0.0) if "length_bonus" in scorers else 0.0,
+        normalize_length=espnet_search.normalize_length, nbest=nbest)
+    return search, (scorers["ctc"].ctc if ctc_weight > 0 else None)
 
 
 def hypothesis_tokens(hyp, converter, tokenizer):
@@ -78,10 +104,48 @@ def encode(model, xs: torch.Tensor, x_lens: torch.Tensor, batch_encoder: bool):
     return torch.nn.utils.rnn.pad_sequence(outputs, batch_first=True), enc_lens
 
 
+def sampling_rate(train_args) -> int:
+    """The frontend's sampling rate (ESPnet's default 16k)."""
+    fs = (getattr(train_args, "frontend_conf", None) or {}).get("fs", 16000)
+    if isinstance(fs, str):
+        import humanfriendly
+
+        fs = humanfriendly.parse_size(fs)
+    return int(fs)
+
+
+def plan_batches(dataset, keys: List[str], key_in: str, args, train_args) -> List[List[str]]:
+    """Keys in batches: within ``--batch_frames`` (length-sorted) or ``--batch_size`` at a time."""
+    if not args.batch_frames:
+        return [keys[i: i + args.batch_size] for i in range(0, len(keys), args.batch_size)]
+    fs = sampling_rate(train_args)
+    lengths = []
+    for key in keys:  # a first pass over the inputs, for their lengths only
+        size = len(dataset[key][1][key_in])
+        lengths.append(speech_frames(size, fs) if key_in == "speech" else size)
+    cap = args.batch_size if args.batch_size > 1 else None
+    batches, alone = budget_batches(lengths, args.batch_frames, cap)
+    if alone:
+        logging.warning("%d utterance(s) exceed --batch_frames %d on their own (longest: %s, %d frames): "
+                        "decoded alone", len(alone), args.batch_frames, keys[alone[0]], lengths[alone[0]])
+    logging.info("%d utterances in %d batches of <= %d frames", len(keys), len(batches), args.batch_frames)
+    return [[keys[i] for i in batch] for batch in batches]
+
+
+def input_keys(args) -> List[str]:
+    """The utterances to decode, in order: the key file's, else the first input file's."""
+    path = args.key_file or args.data_path_and_name_and_type[0][0]
+    with open(path, encoding="utf-8") as f:
+        return [line.split(maxsplit=1)[0] for line in f if line.strip()]
+
+
 def decode(module, task: str, args, recorder, batch_encoder: bool = False, attn_backend: str = None) -> None:
     from espnet2.fileio.datadir_writer import DatadirWriter
     from espnet2.torch_utils.device_funcs import to_device
     from espnet2.torch_utils.set_all_random_seed import set_all_random_seed
+    from espnet2.train.dataset import ESPnetDataset
+
+    from espnet_mtla.decoder import DecoderOnlyDecoder
 
     check_supported(args)
     set_all_random_seed(args.seed)
@@ -89,7 +153,7 @@ def decode(module, task: str, args, recorder, batch_encoder: bool = False, attn_
     name = MODEL_ATTRIBUTE[task]
     model = getattr(inference, f"{name}_model")
     if not isinstance(model.decoder, DecoderOnlyDecoder):
-        raise BatchDecodingError(f"--batch_size {args.batch_size} needs a decoder_only model; this one's decoder is "
+        raise BatchDecodingError(f"batched decoding needs a decoder_only model; this one's decoder is "
                                  f"{type(model.decoder).__name__}: use --batch_size 1")
     if attn_backend:
         from espnet_mtla.bin.cli import use_attention_backend
@@ -97,41 +161,43 @@ def decode(module, task: str, args, recorder, batch_encoder: bool = False, attn_
         use_attention_backend(inference, task, attn_backend)
     train_args = getattr(inference, f"{name}_train_args")
     task_class = getattr(module, INFERENCE_CLASSES[task][1])
-    loader = task_class.build_streaming_iterator(
-        args.data_path_and_name_and_type, dtype=args.dtype, batch_size=args.batch_size, key_file=args.key_file,
-        num_workers=args.num_workers, preprocess_fn=task_class.build_preprocess_fn(train_args, False),
-        collate_fn=task_class.build_collate_fn(train_args, False),
-        allow_variable_data_keys=args.allow_variable_data_keys, inference=True)
-    search = MultiUtteranceBeamSearch(
-        model.decoder, model.sos, model.eos, args.beam_size, penalty=args.penalty,
-        decoder_weight=1.0 - getattr(args, "ctc_weight", 0.0), normalize_length=getattr(args, "normalize_length", False))
+    dataset = ESPnetDataset(args.data_path_and_name_and_type, float_dtype=args.dtype,
+                            preprocess=task_class.build_preprocess_fn(train_args, False))
+    task_class.check_task_requirements(dataset, args.allow_variable_data_keys, train=False, inference=True)
+    collate = task_class.build_collate_fn(train_args, False)
+    search, ctc = build_search(inference, model, args.nbest)
     recorder.device = torch.device(inference.device)
     key_in = INPUT_NAME[task]
+    keys = input_keys(args)
+    batches = plan_batches(dataset, keys, key_in, args, train_args)
 
     @torch.no_grad()
     def search_batch(xs, x_lens):
         enc, enc_lens = encode(model, xs, x_lens, batch_encoder)
-        return search(enc, enc_lens, args.maxlenratio, args.minlenratio)
+        ctc_logp = ctc.log_softmax(enc) if ctc is not None else None
+        return search(enc, enc_lens, args.maxlenratio, args.minlenratio, ctc_logp=ctc_logp)
 
-    with DatadirWriter(args.output_dir) as writer:
-        for keys, batch in loader:
-            batch = to_device({k: v for k, v in batch.items() if k in (key_in, f"{key_in}_lengths")}, inference.device)
-            if key_in == "speech":
-                batch[key_in] = batch[key_in].to(getattr(torch, inference.dtype))
-            nbest, elapsed, peak_bytes = recorder.timed(lambda: search_batch(batch[key_in], batch[f"{key_in}_lengths"]))
-            caches = model.decoder.active_caches
-            tokens: List[int] = []
-            for key, hyps in zip(keys, nbest):
-                tokens.append(0)  # output tokens of the best hypothesis (none when there is none)
-                for n, hyp in enumerate(hyps[: args.nbest], 1):
-                    text, token, token_int = hypothesis_tokens(hyp, inference.converter, inference.tokenizer)
-                    out = writer[f"{n}best_recog"]
-                    out["token"][key] = " ".join(token)
-                    out["token_int"][key] = " ".join(map(str, token_int))
-                    out["score"][key] = str(hyp.score)
-                    if text is not None:
-                        out["text"][key] = text
-                    if n == 1:
-                        tokens[-1] = len(token_int)
-            recorder.record_batch(keys, elapsed, tokens, peak_bytes, caches.peak_nbytes if caches else None)
-            logging.info("decoded %d utterances in %.3f s", len(keys), elapsed)
+    results: Dict[str, list] = {}
+    for batch_keys in batches:
+        uids, batch = collate([dataset[key] for key in batch_keys])
+        batch = to_device({k: v for k, v in batch.items() if k in (key_in, f"{key_in}_lengths")}, inference.device)
+        if key_in == "speech":
+            batch[key_in] = batch[key_in].to(getattr(torch, inference.dtype))
+        nbest, elapsed, peak_bytes = recorder.timed(lambda: search_batch(batch[key_in], batch[f"{key_in}_lengths"]))
+        tokens: List[int] = []
+        for key, hyps in zip(uids, nbest):
+            results[key] = [(hypothesis_tokens(h, inference.converter, inference.tokenizer), h.score)
+                            for h in hyps[: args.nbest]]
+            tokens.append(len(results[key][0][0][2]) if results[key] else 0)  # tokens of the best hypothesis
+        caches = model.decoder.active_caches
+        recorder.record_batch(uids, elapsed, tokens, peak_bytes, caches.peak_nbytes if caches else None)
+        logging.info("decoded %d utterances in %.3f s", len(uids), elapsed)
+    with DatadirWriter(args.output_dir) as writer:  # in input order
+        for key in keys:
+            for n, ((text, token, token_int), score) in enumerate(results[key], 1):
+                out = writer[f"{n}best_recog"]
+                out["token"][key] = " ".join(token)
+                out["token_int"][key] = " ".join(map(str, token_int))
+                out["score"][key] = str(score)
+                if text is not None:
+                    out["text"][key] = text

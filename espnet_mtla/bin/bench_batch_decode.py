@@ -49,7 +49,7 @@ def utterance_frames(count: int, seed: int = 1):
 
 
 def run_config(name, opts, queue):
-    from espnet_mtla.decoder.batch_beam_search import MultiUtteranceBeamSearch
+    from espnet_mtla.search import MultiUtteranceBeamSearch
 
     torch.manual_seed(0)
     torch.set_num_threads(opts["threads"])

@@ -3,8 +3,9 @@
 Every ESPnet option keeps working. Configuration mistakes that we detect (ConfigError,
 checkpoint/config mismatches) end the run with one line on stderr instead of a traceback.
 Inference also writes ``<output_dir>/1best_recog/efficiency.json`` (see
-espnet_mtla.metrics.efficiency) and takes three options of ours: ``--batch_size N`` with
-``--batch_encoder true|false`` (espnet_mtla.bin.batch_inference) and ``--attn_backend
+espnet_mtla.metrics.efficiency) and takes options of ours: ``--batch_frames N`` (also from a
+decode config) or ``--batch_size N`` with ``--batch_encoder true|false``
+(espnet_mtla.bin.batch_inference) and ``--attn_backend
 auto|eager|sdpa|triton`` (espnet_mtla.attention.backends; the model's config otherwise).
 Training and inference run inside espnet_mtla.safe_load.safe_loading: no model file can run
 code when loaded unless ``--trust_model_file true``.
@@ -204,6 +205,33 @@ def check_inference_inputs(task: str, args) -> None:
     check_input_files(args, config)
 
 
+def inference_parser(module):
+    """ESPnet's inference parser plus our options that decode configs may set."""
+    parser = module.get_parser()
+    parser.add_argument("--batch_frames", type=int, default=None,
+                        help="decode many utterances per beam search, in length-sorted batches of at most this "
+                             "many padded input frames (10 ms of speech, or source tokens)")
+    return parser
+
+
+def check_batching(args, cmd: List[str]) -> bool:
+    """Whether to decode many utterances per search; one line for a budget or beam that cannot work.
+
+    ``--batch_frames`` (usually from the decode config) batches unless ``--batch_size 1`` is
+    given explicitly, which keeps ESPnet's own one-utterance-at-a-time search.
+    """
+    if args.beam_size < 1:
+        raise SystemExit(f"error: --beam_size must be >= 1, got {args.beam_size}")
+    if args.batch_size < 1:
+        raise SystemExit(f"error: --batch_size must be >= 1, got {args.batch_size}")
+    if args.batch_frames is not None and args.batch_frames < 1:
+        raise SystemExit(f"error: --batch_frames must be >= 1 (frames per batch), got {args.batch_frames}; "
+                         "use --batch_size 1 to decode one utterance at a time")
+    if "--batch_size" in cmd and args.batch_size == 1:
+        return False
+    return args.batch_size > 1 or args.batch_frames is not None
+
+
 def run_inference(task: str, cmd: Optional[List[str]] = None) -> None:
     import espnet_mtla.tasks  # noqa: F401  (registers)
     from espnet_mtla.errors import ConfigError
@@ -220,7 +248,8 @@ def run_inference(task: str, cmd: Optional[List[str]] = None) -> None:
     cmd, trust = pop_option(cmd, TRUST_OPTION, "false", ("true", "false"))
     trust = trust == "true"
     module = importlib.import_module(f"espnet2.bin.{task}_inference")
-    args = module.get_parser().parse_args(cmd)
+    args = inference_parser(module).parse_args(cmd)
+    batched = check_batching(args, cmd)
     check_inference_inputs(task, args)
     model_file = getattr(args, f"{task}_model_file")
     try:  # loaded here once, checked, and handed to ESPnet's loader
@@ -235,10 +264,9 @@ def run_inference(task: str, cmd: Optional[List[str]] = None) -> None:
     partial = output_dir.with_name(output_dir.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)
-    cmd = cmd + ["--output_dir", str(partial)]  # the last occurrence wins in argparse
     try:
         with safe_loading(trust, preloaded={model_file: state}):
-            if args.batch_size > 1:  # many utterances per search: espnet_mtla.bin.batch_inference
+            if batched:  # many utterances per search: espnet_mtla.bin.batch_inference
                 from espnet_mtla.bin import batch_inference
 
                 logging.basicConfig(level=args.log_level,
@@ -247,7 +275,10 @@ def run_inference(task: str, cmd: Optional[List[str]] = None) -> None:
                 batch_inference.decode(module, task, args, recorder, batch_encoder == "true", attn_backend)
             else:
                 with recording_efficiency(module, task, recorder, attn_backend):
-                    module.main(cmd)
+                    # ESPnet's main() minus its parser, which does not know our options
+                    options = {k: v for k, v in vars(args).items() if k not in ("config", "batch_frames")}
+                    options["output_dir"] = str(partial)
+                    module.inference(**options)
     except (ConfigError, CheckpointMismatchError, BatchDecodingError, UnsafeModelFileError) as err:
         _fail(err)
     except AttributeError as err:  # ESPnet reads options off the config's Namespace without checking

@@ -80,6 +80,7 @@ class EfficiencyRecorder:
             "peak_memory_bytes": peak_bytes,
             "cache_bytes": caches.nbytes() if caches is not None else None,
             "cache_bytes_peak": caches.peak_nbytes if caches is not None else None,
+            "batch_size": 1,
         }
         return results
 

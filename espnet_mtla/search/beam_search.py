@@ -1,0 +1,175 @@
+"""Beam search over many utterances at once (fairseq-style), joint CTC/attention, torch only.
+
+ESPnet's ``BatchBeamSearch`` batches the hypotheses of *one* utterance. This search batches
+the hypotheses of *all* utterances of a batch: one prefix fill of the decoder-only stack's KV
+caches, then per step one decoder call over every running hypothesis of every utterance, one
+batched CTC prefix scoring of their pre-beam candidates (``ctc_prefix``), one candidate
+selection on tensors (``candidates.select_candidates``) and one gather per cache layer. The
+search state (token buffer, scores, ended hypotheses) lives in device tensors; the host reads
+one small vector per step (which utterances are done), never one value per hypothesis, and a
+done utterance leaves the batch.
+
+Per utterance it scores exactly what ESPnet's ``BatchBeamSearch`` scores with a decoder, CTC
+and a length bonus: ``0 + w_dec * decoder + penalty``, CTC scored only for the
+``pre_beam_size`` best tokens of that sum (``pre_beam_score_key: full``) and added with
+``w_ctc``, then the running score; so its n-best lists equal ``--batch_size 1``'s (scores within
+float rounding).
+
+    search = MultiUtteranceBeamSearch(decoder, sos, eos, beam_size=10, ctc_weight=0.3, pre_beam_size=15)
+    nbest = search(enc, enc_lens, ctc_logp=ctc.log_softmax(enc))   # N lists of EndedHypothesis
+"""
+
+import logging
+from typing import List, NamedTuple, Optional
+
+import torch
+
+from espnet_mtla.search.candidates import BeamState, initial_state, select_candidates
+from espnet_mtla.search.ctc_prefix import BatchedCTCPrefixScorer
+
+log = logging.getLogger(__name__)
+
+
+class EndedHypothesis(NamedTuple):
+    """yseq: (L,) <sos> ... <eos>; score: 0-d tensor (as ESPnet's ``Hypothesis``)."""
+
+    yseq: torch.Tensor
+    score: torch.Tensor
+
+
+def length_limits(enc_lens: torch.Tensor, maxlenratio: float, minlenratio: float):
+    """ESPnet's (maxlen, minlen), each (N,), for encoder outputs of ``enc_lens`` (N,) frames."""
+    if maxlenratio == 0:
+        maxlen = enc_lens.clone()
+    elif maxlenratio < 0:
+        maxlen = torch.full_like(enc_lens, -1 * int(maxlenratio))
+    else:
+        maxlen = (maxlenratio * enc_lens.double()).long().clamp(min=1)  # float64: Python's int(ratio * T)
+    if minlenratio < 0:
+        minlen = torch.full_like(enc_lens, -1 * int(minlenratio))
+    else:
+        minlen = (minlenratio * enc_lens.double()).long()
+    return maxlen, minlen
+
+
+class MultiUtteranceBeamSearch:
+    """Beam search of a decoder-only stack over a batch of utterances.
+
+    Args:
+        decoder: the decoder-only stack (``new_caches``, ``fill_prefix``, ``run_tokens``).
+        sos, eos: token ids. beam_size: hypotheses kept per utterance.
+        decoder_weight: ``1 - ctc_weight`` in ESPnet. ctc_weight: weight of the CTC prefix
+            score (0: not scored). pre_beam_size: tokens per hypothesis CTC scores (ESPnet's
+            ``int(pre_beam_ratio * beam_size)``; None or >= vocabulary: all of them).
+        penalty: length bonus per token (ESPnet's ``--penalty``).
+        normalize_length: rank ended hypotheses by score / length.
+        nbest: ended hypotheses returned per utterance.
+        blank: the CTC blank id.
+    """
+
+    def __init__(self, decoder, sos: int, eos: int, beam_size: int, decoder_weight: float = 1.0,
+                 ctc_weight: float = 0.0, pre_beam_size: Optional[int] = None, penalty: float = 0.0,
+                 normalize_length: bool = False, nbest: Optional[int] = None, blank: int = 0):
+        if beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        self.decoder = decoder
+        self.sos, self.eos, self.blank = sos, eos, blank
+        self.beam_size = beam_size
+        self.decoder_weight, self.ctc_weight = decoder_weight, ctc_weight
+        self.pre_beam_size = pre_beam_size
+        self.penalty = penalty
+        self.normalize_length = normalize_length
+        self.nbest = nbest or beam_size
+
+    @torch.no_grad()
+    def __call__(self, enc: torch.Tensor, enc_lens: torch.Tensor, maxlenratio: float = 0.0,
+                 minlenratio: float = 0.0, ctc_logp: Optional[torch.Tensor] = None) -> List[List[EndedHypothesis]]:
+        """enc: (N, T, D_enc), enc_lens: (N,), ctc_logp: (N, T, V) CTC log-posteriors (needed
+        when ``ctc_weight`` > 0) -> for each utterance its best ended hypotheses, best first."""
+        if self.ctc_weight > 0 and ctc_logp is None:
+            raise ValueError("ctc_weight > 0 needs ctc_logp, the CTC log-posteriors of the encoder output")
+        nbest = self._search(enc, enc_lens, maxlenratio, minlenratio, ctc_logp)
+        for n, hyps in enumerate(nbest):
+            if not hyps and minlenratio >= 0.1:  # as ESPnet: retry with a smaller minlenratio
+                log.warning("utterance %d: no ended hypothesis; decoding again with minlenratio %.1f", n,
+                            max(0.0, minlenratio - 0.1))
+                length = int(enc_lens[n])
+                nbest[n] = self(enc[n: n + 1, :length], enc_lens[n: n + 1], maxlenratio, max(0.0, minlenratio - 0.1),
+                                None if ctc_logp is None else ctc_logp[n: n + 1, :length])[0]
+        return nbest
+
+    def _search(self, enc, enc_lens, maxlenratio, minlenratio, ctc_logp) -> List[List[EndedHypothesis]]:
+        decoder, device, beam = self.decoder, enc.device, self.beam_size
+        num_utts = enc.shape[0]
+        enc_lens = enc_lens.to(device)
+        maxlen, minlen = length_limits(enc_lens, maxlenratio, minlenratio)
+        state = initial_state(num_utts, self.sos, maxlen, minlen, self.nbest, enc.dtype)
+        capacity = -(-enc.shape[1] // decoder.projector.stack) + state.tokens.shape[1]
+        caches = decoder.new_caches(num_utts, capacity, enc)
+        decoder.fill_prefix(caches, enc, enc_lens)
+        decoder.active_caches = caches
+        ctc = ctc_state = None
+        utt = torch.arange(num_utts, device=device)  # (R,) the (original) utterance of each row
+        if self.ctc_weight > 0:
+            ctc = BatchedCTCPrefixScorer(ctc_logp.to(enc.dtype), enc_lens, self.blank, self.eos)
+            ctc_state = ctc.initial_state(utt)
+        active = list(range(num_utts))  # original index of each utterance still searching
+        finished_states = []  # (state of utterances that are done, their original indices)
+        step = 0
+        while True:
+            width = state.scores.shape[1]
+            logp = decoder.run_tokens(caches, state.tokens[:, step: step + 1])[:, -1].log_softmax(dim=-1)  # (R, V)
+            caches.note_peak()
+            # ESPnet's order of additions: 0 + w_dec * decoder + w_len * 1 (+ w_ctc * ctc) + score
+            weighted = self.decoder_weight * logp + self.penalty
+            if ctc is not None:
+                ids = self._pre_beam(weighted)
+                ctc_delta, candidates = ctc.score(ctc_state, utt, state.tokens[:, step], step, ids)
+                weighted = weighted + self.ctc_weight * ctc_delta
+            weighted = weighted.view(len(active), width, -1) + state.scores[:, :, None]
+            weighted = weighted.masked_fill((state.scores == float("-inf"))[:, :, None], float("-inf"))
+            state, rows, labels, done = select_candidates(weighted, state, step, beam, self.eos,
+                                                          self.normalize_length, maxlenratio == 0.0)
+            if ctc is not None:
+                ctc_state = ctc.select(candidates, rows, labels)
+                utt = utt[rows]
+            finished = done.tolist()  # the one host read of a step
+            if any(finished):
+                gone = [k for k, f in enumerate(finished) if f]
+                finished_states.append((state.select_utterances(torch.tensor(gone, device=device)),
+                                        [active[k] for k in gone]))
+                kept = [k for k, f in enumerate(finished) if not f]
+                if not kept:
+                    break
+                keep = torch.tensor(kept, device=device)
+                kept_rows = (keep[:, None] * beam + torch.arange(beam, device=device)).view(-1)
+                state = state.select_utterances(keep)
+                active = [active[k] for k in kept]
+                rows = rows[kept_rows]
+                if ctc is not None:
+                    ctc_state = type(ctc_state)(*(t[..., kept_rows] for t in ctc_state))
+                    utt = utt[kept_rows]
+            caches.reorder(rows)
+            step += 1
+        # one read back for the whole batch, utterances in the order they finished
+        finished = BeamState(*(torch.cat(parts) for parts in zip(*(s for s, _ in finished_states))))
+        order = [k for _, indices in finished_states for k in indices]
+        results: List[List[EndedHypothesis]] = [[] for _ in range(num_utts)]
+        for k, hyps in zip(order, self._hypotheses(finished)):
+            results[k] = hyps
+        return results
+
+    def _pre_beam(self, weighted: torch.Tensor) -> torch.Tensor:
+        """(R, S) token ids CTC scores for each row: ESPnet's pre-beam on the weighted sum."""
+        vocab = weighted.shape[-1]
+        if self.pre_beam_size is None or self.pre_beam_size >= vocab:
+            return torch.arange(vocab, device=weighted.device).expand(weighted.shape[0], vocab)
+        return weighted.topk(self.pre_beam_size, dim=-1).indices
+
+    @staticmethod
+    def _hypotheses(state: BeamState) -> List[List[EndedHypothesis]]:
+        """The ended hypotheses of each utterance of ``state``, best first."""
+        tokens, scores = state.ended_tokens.cpu(), state.ended_scores.cpu()
+        lengths, keys = state.ended_lengths.tolist(), state.ended_keys.tolist()
+        return [[EndedHypothesis(tokens[u, k, : lengths[u][k]], scores[u, k])
+                 for k in range(len(keys[u])) if keys[u][k] > float("-inf")] for u in range(len(keys))]
