@@ -5,8 +5,9 @@ import torch
 
 from espnet_mtla.attention.backends import triton_interpreting
 
-# Deterministic, and quick on 2-core CI machines.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Deterministic, and quick on 2-core CI machines; one thread per worker when make test runs
+# several pytest workers (pytest-xdist), so that workers do not fight over the cores.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 # Without a GPU, Triton kernels run in Triton's CPU interpreter. It must be switched on before
 # triton is first imported; only an explicit attn_backend: triton ever reaches it on a CPU.

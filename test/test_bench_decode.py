@@ -37,8 +37,15 @@ def test_batch_decode_replot_from_the_committed_results(tmp_path):
     shutil.copy(committed, tmp_path / "results.json")
     bench_batch_decode.main(["--replot", "--out-dir", str(tmp_path)])
     report = json.loads(committed.read_text())
-    mha = {r["batch_size"]: r for r in next(x for x in report["results"] if x["name"] == "MHA")["rows"]}
-    mtla = {r["batch_size"]: r for r in next(x for x in report["results"] if x["name"] == "MTLA s=2")["rows"]}
-    row = next(line for line in (tmp_path / "results.md").read_text().splitlines() if line.startswith("| MTLA s=2 |"))
-    assert f"({mtla[32]['utts_per_s'] / mha[32]['utts_per_s']:.2f})" in row
+    budget = report["options"]["budgets"][-1]
+
+    def row(name):
+        result = next(x for x in report["results"] if x["name"] == name)
+        return next(r for r in result["rows"] if r["ctc_weight"] == 0.3 and r["budget"] == budget)
+
+    mha, mtla = row("MHA"), row("MTLA s=2")
+    section = (tmp_path / "results.md").read_text().split("**CTC weight 0.3**")[1]
+    line = next(line for line in section.splitlines() if line.startswith("| MTLA s=2 |"))
+    assert f"{mtla['search_s']:.1f} ({mha['search_s'] / mtla['search_s']:.2f}x faster)" in line
+    assert f"({mtla['utts_per_s'] / mha['utts_per_s']:.2f})" in line
     assert (tmp_path / "results.png").stat().st_size > 10_000

@@ -29,6 +29,7 @@ def test_committed_notebook_matches_its_generator_and_holds_outputs():
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # timed: it runs alone, after the parallel workers
 def test_notebook_executes_in_under_three_minutes(tmp_path):
     from espnet_mtla.bin.run_notebook import run_notebook
 
