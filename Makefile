@@ -24,7 +24,7 @@ system-deps:
 # Parallel workers (pytest-xdist, at most 4), then the timed tests alone.
 TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 4 ? 4 : (n < 2 ? 2 : n) )))
 test: install
-	$(PY) -m pytest -q -n $(TEST_JOBS) -m "not serial" test
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist worksteal -m "not serial" test
 	$(PY) -m pytest -q -m serial test
 
 # The main job: the synthetic mini ASR recipe end to end, MTLA then MHA (same data, tokens and
