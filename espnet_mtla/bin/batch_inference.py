@@ -74,6 +74,9 @@ def build_search(inference, model, nbest: int):
     if other:
         raise BatchDecodingError(f"batched decoding scores only {', '.join(SCORERS)}; this search also has "
                                  f"{', '.join(other)}: use --batch_size 1")
+    if espnet_search.do_pre_beam and espnet_search.pre_beam_score_key != "full":
+        raise BatchDecodingError(f"batched decoding pre-beams on the full score; this search uses "
+                                 f"{espnet_search.pre_beam_score_key!r}: use --batch_size 1")
     weights = espnet_search.weights
     ctc_weight = weights["ctc"] if "ctc" in espnet_search.part_scorers else 0.0
     search = MultiUtteranceBeamSearch(
