@@ -142,7 +142,7 @@ class MultiUtteranceBeamSearch:
                 if not kept:
                     break
                 keep = torch.tensor(kept, device=device)
-                kept_rows = (keep[:, None] * beam + torch.arange(beam, device=device)).view(-1)
+                kept_rows = state.rows_of(keep)
                 state = state.select_utterances(keep)
                 active = [active[k] for k in kept]
                 rows = rows[kept_rows]

@@ -48,11 +48,14 @@ class BeamState(NamedTuple):
     best_ended: torch.Tensor
     best_by_length: torch.Tensor
 
+    def rows_of(self, keep: torch.Tensor) -> torch.Tensor:
+        """(U' * W,) the token-buffer rows of utterances ``keep`` (U',)."""
+        width = self.scores.shape[1]
+        return (keep[:, None] * width + torch.arange(width, device=keep.device)).view(-1)
+
     def select_utterances(self, keep: torch.Tensor) -> "BeamState":
         """The state of utterances ``keep`` (U',) only."""
-        width = self.scores.shape[1]
-        rows = (keep[:, None] * width + torch.arange(width, device=keep.device)).view(-1)
-        return BeamState(self.tokens[rows], *(t[keep] for t in self[1:]))
+        return BeamState(self.tokens[self.rows_of(keep)], *(t[keep] for t in self[1:]))
 
 
 def initial_state(num_utts: int, sos: int, maxlen: torch.Tensor, minlen: torch.Tensor, nbest: int,
