@@ -49,3 +49,67 @@ def test_batch_decode_replot_from_the_committed_results(tmp_path):
     assert f"{mtla['search_s']:.1f} ({mha['search_s'] / mtla['search_s']:.2f}x faster)" in line
     assert f"({mtla['utts_per_s'] / mha['utts_per_s']:.2f})" in line
     assert (tmp_path / "results.png").stat().st_size > 10_000
+
+
+# -- the paper-protocol benchmark (bench_paper) ----------------------------------------------
+def test_paper_test_set_is_tst_common_shaped_and_fixed():
+    from espnet_mtla.bin import bench_paper
+
+    frames, tokens = bench_paper.test_set(bench_paper.TST_COMMON_SEGMENTS)
+    assert len(frames) == 2641 and (frames, tokens) == bench_paper.test_set(2641)
+    hours = sum(frames) / 100 / 3600
+    assert 3.6 < hours < 4.6  # tst-COMMON: about 4 hours
+    assert 40 <= min(frames) and max(frames) <= 3000 and min(tokens) >= 2
+    assert bench_paper.test_set(10) == (frames[:10], tokens[:10])  # a subset is the head of the draw
+
+
+BLOCK_ESPNET = """import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('espnet', 'espnet2'):
+            raise ImportError('no ' + name + ' (blocked: the GPU nodes have no ESPnet)')
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_paper_benchmark_cpu_mode_runs_every_type_side_by_side(tmp_path):
+    """Tiny run (2 utterances, beam 2) of the real script where ESPnet cannot be imported (as
+    on the offline GPU nodes; the block is in every spawned process through sitecustomize):
+    each type emits its target lengths, and the table carries the paper's ratios beside ours."""
+    import os
+    import subprocess
+    import sys
+
+    from espnet_mtla.bin import bench_paper
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCK_ESPNET)
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=f"{site}{os.pathsep}{root}")
+    result = subprocess.run([sys.executable, "-m", "espnet_mtla.bin.bench_paper", "--device", "cpu", "--utts", "2",
+                             "--beam", "2", "--threads", "1", "--variants", "MHA", "MTLA s=2", "--out-dir", str(tmp_path)],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "results.json").read_text())
+    mha, mtla = report["results"]
+    assert [mha["name"], mtla["name"]] == ["MHA", "MTLA s=2"]
+    assert mha["tokens"] == mtla["tokens"] == sum(bench_paper.test_set(2)[1])
+    assert mtla["kv_cache_peak_mib"] * 5 < mha["kv_cache_peak_mib"]
+    row = next(line for line in (tmp_path / "results.md").read_text().splitlines() if line.startswith("| MTLA s=2 |"))
+    assert "| 4.29x |" in row and "| 6.58x |" in row  # the paper's speed-up and memory reduction
+    assert (tmp_path / "results.png").stat().st_size > 10_000
+    bench_paper.main(["--replot", "--out-dir", str(tmp_path)])
+    assert (tmp_path / "results.md").read_text().count("| MTLA s=2 |") == 1
+
+
+def test_paper_benchmark_refuses_a_missing_gpu_in_one_line(capsys):
+    import torch
+
+    from espnet_mtla.bin import bench_paper
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    with pytest.raises(SystemExit):
+        bench_paper.main(["--device", "cuda"])
+    assert "--device cuda: no CUDA device here; use --device cpu" in capsys.readouterr().err

@@ -118,6 +118,20 @@ def test_an_utterance_that_ends_early_leaves_the_others_unchanged():
     assert sorted(counter.rows[1:], reverse=True) == counter.rows[1:]
 
 
+def test_max_length_per_utterance_equals_fixed_lengths_one_at_a_time():
+    """``max_length`` (N,) gives each utterance what ``maxlenratio = -n`` gives it alone."""
+    decoder = search_decoder("mtla")
+    xs, enc, lens = inputs([9, 12, 7])
+    limits = [3, 6, 4]
+    with torch.no_grad():
+        batched = our_search(decoder, 0.0)(enc, lens, max_length=torch.tensor(limits))
+        alone = [our_search(decoder, 0.0)(x[None], torch.tensor([len(x)]), -n)[0] for x, n in zip(xs, limits)]
+    assert_same(nbest_lists(alone), nbest_lists(batched))
+    assert [max(len(h.yseq) for h in hyps) for hyps in batched] == [n + 2 for n in limits]
+    with pytest.raises(ValueError, match=r"max_length must be \(3,\) integers >= 1, one per utterance"):
+        our_search(decoder, 0.0)(enc, lens, max_length=torch.tensor([3, 0, 4]))
+
+
 @pytest.fixture
 def host_reads(monkeypatch):
     """Counts the values read back from tensors to Python."""

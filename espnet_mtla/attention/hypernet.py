@@ -39,6 +39,8 @@ class ChunkMergeHyperNetwork(nn.Module):
 
     def forward(self, latent: torch.Tensor, chunk_index: torch.Tensor) -> torch.Tensor:
         """latent: (B, T, d_c); chunk_index: (B, T) integer -> weights (B, T, 1), latent's dtype."""
-        chunk = self.chunk_proj(sinusoid(chunk_index, self.latent_dim).to(latent.dtype))
-        logits = (chunk * self.latent_proj(latent)).sum(-1, keepdim=True)
-        return torch.sigmoid(logits)
+        return self.weights(latent, self.chunk_proj(sinusoid(chunk_index, self.latent_dim).to(latent.dtype)))
+
+    def weights(self, latent: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
+        """latent (..., d_c), chunk embeddings W_c e(j) (..., d_c / ratio) -> weights (..., 1)."""
+        return torch.sigmoid((chunk * self.latent_proj(latent)).sum(-1, keepdim=True))

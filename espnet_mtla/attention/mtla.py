@@ -27,3 +27,7 @@ class MultiHeadTemporalLatentAttention(MultiHeadLatentAttention):
 
     def merge_weights(self, latent: torch.Tensor, chunk_index: torch.Tensor) -> torch.Tensor:
         return self.hypernet(latent, chunk_index)
+
+    def merge_weights_step(self, latent, chunk_index, num_chunks: int, absorbed) -> torch.Tensor:
+        table = absorbed.chunk_embeddings(self.hypernet, num_chunks, latent.dtype)
+        return self.hypernet.weights(latent, table[chunk_index])

@@ -30,11 +30,15 @@ class RotaryEmbedding(torch.nn.Module):
         return self.base ** (-torch.arange(0, self.dim, 2, dtype=torch.float32) / self.dim)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, H, dim) or (B, T, dim); positions: (B, T) integer. Returns x's shape/dtype."""
+        """x: (B, T, H, dim) or (B, T, dim); positions: (B, T) integer. Returns x's shape/dtype.
+
+        The halves (x1, x2) rotate as the complex number x1 + i x2 times e^(i angle): the same
+        x1 cos - x2 sin, x2 cos + x1 sin, in about half the tensor ops of writing it out.
+        """
         angles = positions.to(torch.float32).unsqueeze(-1) * self.inv_freq.float()  # (B, T, dim/2)
         if x.dim() == 4:
             angles = angles.unsqueeze(2)  # (B, T, 1, dim/2): same rotation for every head
-        cos, sin = angles.cos(), angles.sin()
+        rotation = torch.polar(torch.ones_like(angles), angles)
         x1, x2 = x.float().chunk(2, dim=-1)
-        rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-        return rotated.to(x.dtype)
+        rotated = torch.view_as_real(torch.view_as_complex(torch.stack([x1, x2], dim=-1)) * rotation)
+        return rotated.transpose(-1, -2).reshape(x.shape).to(x.dtype)  # (..., 2, dim/2) -> [real ; imag]

@@ -19,8 +19,6 @@ for ``--baseline_variants``. Each attention type runs in its own subprocess.
 """
 
 import argparse
-import json
-import math
 import os
 import time
 from pathlib import Path
@@ -29,10 +27,9 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from espnet_mtla.bin.bench_common import (machine, peak_allocated_mib, positive_int, run_in_subprocess,
+from espnet_mtla.bin.bench_common import (machine, peak_allocated_mib, positive_int, replot, run_in_subprocess,
                                           save_figure, save_report)  # noqa: E402
 from espnet_mtla.bin.bench_decode import VARIANTS, VOCAB  # noqa: E402
-from espnet_mtla.fileio import write_text_atomic  # noqa: E402
 
 DEFAULT_BUDGETS = [1, 7000, 36000]  # about 1, 8 and 32 utterances per batch for the default draw
 
@@ -45,6 +42,12 @@ class NoEosDecoder:
 
     def __getattr__(self, name):
         return getattr(self._decoder, name)
+
+    def __setattr__(self, name, value):  # e.g. the search's ``active_caches`` reach the decoder
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._decoder, name, value)
 
     def run_tokens(self, caches, ys, mask=None):
         logits = self._decoder.run_tokens(caches, ys, mask)
@@ -249,9 +252,7 @@ def main(argv=None):
     opts = parser.parse_args(argv)
     out = Path(opts.out_dir)
     if opts.replot:
-        report = json.loads((out / "results.json").read_text())
-        write_text_atomic(out / "results.md", markdown(report["results"], report["options"], report["machine"]))
-        plot(report["results"], report["options"], report["machine"], out / "results.png")
+        replot(parser, out, markdown, plot)
         return
     if opts.quick:
         opts.utts, opts.budgets, opts.steps, opts.beam, opts.variants = 4, [1, 4000], 3, 2, ["MHA", "MTLA s=2"]

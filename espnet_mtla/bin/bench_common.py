@@ -35,6 +35,48 @@ def peak_allocated_mib(fn) -> float:
     return (max(totals) - baseline) / 2**20
 
 
+# Ops that only re-describe a tensor (no kernel, no data written).
+VIEW_OPS = {"aten::slice", "aten::select", "aten::unsqueeze", "aten::squeeze", "aten::view", "aten::expand",
+            "aten::alias", "aten::transpose", "aten::permute", "aten::t", "aten::split", "aten::split_with_sizes",
+            "aten::chunk", "aten::narrow", "aten::as_strided", "aten::detach", "aten::view_as_real",
+            "aten::view_as_complex", "aten::unflatten", "aten::flatten"}
+# Ops that are views or no-ops unless they had to copy (then a child op did the work).
+MAYBE_COPY_OPS = {"aten::to", "aten::reshape", "aten::contiguous", "aten::type_as"}
+
+
+def kernels_launched(fn, device: str = "cpu") -> int:
+    """Kernels ``fn()`` launches: CUDA kernels on a GPU; on a CPU, the top-level tensor ops that
+    compute something (views and no-op casts excluded), each of which is one kernel there."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.profiler.profile(activities=activities) as prof:
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+    events = prof.events()
+    if device == "cuda":
+        return sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    return sum(1 for e in events if e.cpu_parent is None and e.name.startswith("aten::") and e.name not in VIEW_OPS
+               and not (e.name in MAYBE_COPY_OPS and not e.cpu_children))
+
+
+# MLA/MTLA sizes of the paper's experiments (kv_lora_rank 256, rope 32, 64-d heads).
+PAPER_MLA = {"kv_lora_rank": 256, "qk_nope_head_dim": 64, "qk_rope_head_dim": 32, "v_head_dim": 64}
+
+
+def decoder_variants(down_rates, gqa_name: str = "GQA (2 kv heads)") -> dict:
+    """name -> (attention_type, decoder_conf extras): MHA, MQA, GQA (2 kv heads), MLA and MTLA
+    at each of ``down_rates``, with the paper's sizes."""
+    variants = {"MHA": ("mha", {}), "MQA": ("mqa", {}), gqa_name: ("gqa", {"gqa_conf": {"num_kv_heads": 2}}),
+                "MLA": ("mla", {"mla_conf": PAPER_MLA})}
+    for s in down_rates:
+        variants[f"MTLA s={s}"] = ("mtla", {"mla_conf": PAPER_MLA, "mtla_conf": {"down_rate": s}})
+    return variants
+
+
 def machine() -> str:
     cpu = platform.processor() or "cpu"
     try:
@@ -84,6 +126,20 @@ def save_figure(fig, path) -> None:
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
+
+
+def replot(parser, out, markdown, plot) -> None:
+    """``--replot``: redo ``out``'s results.md and results.png from its results.json."""
+    from pathlib import Path
+
+    from espnet_mtla.fileio import write_text_atomic
+
+    out = Path(out)
+    if not (out / "results.json").is_file():
+        parser.error(f"--replot needs {out / 'results.json'}: run the benchmark with --out-dir {out} first")
+    report = json.loads((out / "results.json").read_text())
+    write_text_atomic(out / "results.md", markdown(report["results"], report["options"], report["machine"]))
+    plot(report["results"], report["options"], report["machine"], out / "results.png")
 
 
 def save_report(out, machine_name: str, options: dict, results: list, markdown, plot) -> str:

@@ -6,16 +6,19 @@ Model (random weights, fp32): 80-d fbank -> conv2d subsampling (x4) -> 12-layer 
 Transformer encoder -> projector (stack 2 frames) -> 9-layer 512-d decoder-only stack,
 8 heads, FFN 2048; MLA/MTLA with kv_lora_rank 256, qk_nope 64, qk_rope 32, v_head 64.
 Each utterance is ``--seconds`` of audio (10 s: 1000 fbank frames -> 250 encoder frames -> 125
-prefix positions), decoded with ESPnet's BatchBeamSearch, beam 10, for exactly ``--steps`` tokens
-(<eos> is masked, so every attention type does the same work).
+prefix positions), decoded one utterance at a time, beam 10, for exactly ``--steps`` tokens
+(<eos> is masked, so every attention type does the same work), by the search stage 8 runs
+(``espnet_mtla.search``; ``--search espnet``: ESPnet's BatchBeamSearch, the ``--batch_size 1``
+path).
 
 Reported per attention type (each in its own subprocess): encoder time, search time per
 utterance and per step, peak memory of the search above what was allocated before it
-(weights, encoder output: PyTorch allocator events), and KV-cache bytes at the end.
+(weights, encoder output: PyTorch allocator events), KV-cache bytes at the end, and the
+kernels one decoder layer launches per decode step, on the inference path (autograd off:
+MLA/MTLA on absorbed weights) and on the training code's path (autograd on).
 """
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -25,34 +28,29 @@ from pathlib import Path
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 import torch  # noqa: E402
 
-from espnet_mtla.bin.bench_common import (machine, peak_allocated_mib, positive_int, run_in_subprocess,
-                                          save_figure, save_report)  # noqa: E402
-from espnet_mtla.fileio import write_text_atomic  # noqa: E402
+from espnet_mtla.bin.bench_common import (decoder_variants, machine, peak_allocated_mib, positive_int,
+                                          replot, run_in_subprocess, save_figure, save_report)  # noqa: E402
 
 VOCAB = 5000
-MLA = {"kv_lora_rank": 256, "qk_nope_head_dim": 64, "qk_rope_head_dim": 32, "v_head_dim": 64}
-VARIANTS = {  # name -> (attention_type, extra decoder_conf)
-    "MHA": ("mha", {}),
-    "MQA": ("mqa", {}),
-    "GQA (2 kv heads)": ("gqa", {"gqa_conf": {"num_kv_heads": 2}}),
-    "MLA": ("mla", {"mla_conf": MLA}),
-    "MTLA s=2": ("mtla", {"mla_conf": MLA, "mtla_conf": {"down_rate": 2}}),
-    "MTLA s=4": ("mtla", {"mla_conf": MLA, "mtla_conf": {"down_rate": 4}}),
-}
+VARIANTS = decoder_variants((2, 4))  # name -> (attention_type, extra decoder_conf)
 
 
-def build_model(attention_type, extra):
-    from espnet2.asr.encoder.transformer_encoder import TransformerEncoder
+def layer_step_kernels(decoder, enc) -> dict:
+    """Kernels one decoder layer launches per decode step: inference path and training path."""
+    from espnet_mtla.bin.bench_common import kernels_launched
 
-    from espnet_mtla.decoder import DecoderOnlyDecoder
-
-    encoder = TransformerEncoder(80, output_size=512, attention_heads=8, linear_units=2048, num_blocks=12,
-                                 dropout_rate=0.0, positional_dropout_rate=0.0, attention_dropout_rate=0.0,
-                                 input_layer="conv2d")
-    decoder = DecoderOnlyDecoder(VOCAB, 512, attention_type=attention_type, model_dim=512, attention_heads=8,
-                                 linear_units=2048, num_blocks=9, dropout_rate=0.0, prefix_stack=2,
-                                 prefix_hidden=256, **extra)
-    return encoder.eval(), decoder.eval()
+    counts = {}
+    for name, grad in (("inference", False), ("training_path", True)):
+        with torch.set_grad_enabled(grad):
+            caches = decoder.new_caches(10, enc.shape[1] + 8, enc)
+            decoder.fill_prefix(caches, enc.expand(10, -1, -1), torch.full((10,), enc.shape[1]))
+            ys = torch.zeros(10, 1, dtype=torch.long)
+            layer, cache = decoder.layers[0], caches.layers[0]
+            h = decoder.embed_tokens(ys)
+            layer(h, None, cache)  # warm: absorbed weights built
+            counts[name] = kernels_launched(lambda: layer.attn(layer.attn_norm(h), None, cache=cache))
+            counts[name + "_layer"] = kernels_launched(lambda: layer(h, None, cache))
+    return counts
 
 
 class NoEos:
@@ -77,17 +75,35 @@ class NoEos:
         return scores, [None] * ys.shape[0]
 
 
+def make_search(decoder, opts):
+    """search(enc (T, D)) -> yseq length, by ``opts["search"]``: ours (stage 8) or ESPnet's."""
+    eos = VOCAB - 1
+    if opts["search"] == "espnet":
+        from espnet.nets.batch_beam_search import BatchBeamSearch
+        from espnet.nets.scorer_interface import BatchScorerInterface
+
+        no_eos = type("NoEosScorer", (NoEos, BatchScorerInterface), {})(eos)
+        search = BatchBeamSearch(scorers={"decoder": decoder, "no_eos": no_eos},
+                                 weights={"decoder": 1.0, "no_eos": 1.0}, beam_size=opts["beam"], vocab_size=VOCAB,
+                                 sos=eos, eos=eos, pre_beam_score_key="full")
+        return lambda enc: len(search(enc, maxlenratio=-opts["steps"])[0].yseq)
+    from espnet_mtla.bin.bench_batch_decode import NoEosDecoder
+    from espnet_mtla.search import MultiUtteranceBeamSearch
+
+    search = MultiUtteranceBeamSearch(NoEosDecoder(decoder, eos), eos, eos, opts["beam"], nbest=1)
+    return lambda enc: len(search(enc[None], torch.tensor([enc.shape[0]]), maxlenratio=-opts["steps"])[0][0].yseq)
+
+
 def run_config(name, opts, queue):
-    from espnet.nets.batch_beam_search import BatchBeamSearch
-    from espnet.nets.scorer_interface import BatchScorerInterface
+    from espnet_mtla.bin.bench_batch_decode import build_model
+
+    from espnet_mtla.attention import MultiHeadLatentAttention
 
     torch.manual_seed(0)
     torch.set_num_threads(opts["threads"])
-    encoder, decoder = build_model(*VARIANTS[name])
-    eos = VOCAB - 1
-    no_eos = type("NoEosScorer", (NoEos, BatchScorerInterface), {})(eos)
-    search = BatchBeamSearch(scorers={"decoder": decoder, "no_eos": no_eos}, weights={"decoder": 1.0, "no_eos": 1.0},
-                             beam_size=opts["beam"], vocab_size=VOCAB, sos=eos, eos=eos, pre_beam_score_key="full")
+    MultiHeadLatentAttention.absorbed_decode = not opts.get("training_path", False)
+    encoder, decoder, _ = build_model(*VARIANTS[name])
+    search = make_search(decoder, opts)
     gen = torch.Generator().manual_seed(1)
     frames = opts["seconds"] * 100  # 10 ms fbank hop
     feats = torch.randn(opts["utts"] + 1, 1, frames, 80, generator=gen)
@@ -97,13 +113,14 @@ def run_config(name, opts, queue):
             start = time.perf_counter()
             enc, _, _ = encoder(feats[i], torch.tensor([frames]))
             mid = time.perf_counter()
-            hyps = search(enc[0], maxlenratio=-opts["steps"])
+            length = search(enc[0])
             end = time.perf_counter()
-            assert len(hyps[0].yseq) == opts["steps"] + 2, "every search must run exactly --steps steps"
+            assert length == opts["steps"] + 2, "every search must run exactly --steps steps"
             if i:
                 encode_s.append(mid - start)
                 search_s.append(end - mid)
-        peak = peak_allocated_mib(lambda: search(enc[0], maxlenratio=-opts["steps"]))
+        peak = peak_allocated_mib(lambda: search(enc[0]))
+        kernels = layer_step_kernels(decoder, enc[:1])
     caches = decoder.active_caches
     queue.put({
         "name": name,
@@ -113,17 +130,28 @@ def run_config(name, opts, queue):
         "peak_mib": peak,
         "cache_bytes": caches.nbytes(),
         "weights_mib": sum(p.numel() * p.element_size() for p in decoder.parameters()) / 2**20,
+        "kernels": kernels,
     })
 
 
 def run_all(names, opts):
+    """Every type once per round, rounds interleaved (a shared machine's speed drifts over
+    minutes: interleaving spreads the drift over all types); times are medians over rounds."""
+    rounds = {name: [] for name in names}
+    for round_index in range(opts.get("rounds", 1)):
+        for name in names:
+            result = run_in_subprocess(run_config, name, opts)
+            rounds[name].append(result)
+            print(f"round {round_index + 1}: {name:18s} encode {result['encode_s']:.2f}s  search "
+                  f"{result['search_s']:.2f}s ({result['ms_per_step']:.1f} ms/step)  peak {result['peak_mib']:.1f} MiB  "
+                  f"cache {result['cache_bytes'] / 1e6:.2f} MB", flush=True)
     results = []
-    for name in names:
-        result = run_in_subprocess(run_config, name, opts)
+    for name, runs in rounds.items():
+        result = dict(runs[0])
+        for key in ("encode_s", "search_s", "ms_per_step"):
+            result[key] = statistics.median(r[key] for r in runs)
+        result["search_s_rounds"] = [r["search_s"] for r in runs]
         results.append(result)
-        print(f"{name:18s} encode {result['encode_s']:.2f}s  search {result['search_s']:.2f}s "
-              f"({result['ms_per_step']:.1f} ms/step)  peak {result['peak_mib']:.1f} MiB  "
-              f"cache {result['cache_bytes'] / 1e6:.2f} MB", flush=True)
     return results
 
 
@@ -131,11 +159,15 @@ def markdown(results, opts, machine_name) -> str:
     base = next(r for r in results if r["name"] == "MHA")
     lines = [
         f"Machine: {machine_name}. Beam {opts['beam']}, {opts['steps']} decoding steps, {opts['seconds']} s "
-        f"utterances ({opts['seconds'] * 25 // 2} prefix positions), median of {opts['utts']} utterances.",
+        f"utterances ({opts['seconds'] * 25 // 2} prefix positions), median of {opts['utts']} utterances "
+        f"x {opts.get('rounds', 1)} interleaved rounds; "
+        f"search: {SEARCHES[opts.get('search', 'espnet')]}"
+        f"{'; MLA/MTLA decode steps on the training path (no absorbed weights)' if opts.get('training_path') else ''}. Kernels: launched by one decoder layer "
+        "(attention / whole layer) per decode step, inference path (training code's path in brackets).",
         "",
         "| attention | search s/utt (x MHA) | speed-up vs MHA | ms/step | peak MiB above weights (x MHA) | "
-        "KV cache MB at end (x MHA) | cache reduction vs MHA | encoder s/utt |",
-        "|---|---|---|---|---|---|---|---|",
+        "KV cache MB at end (x MHA) | cache reduction vs MHA | encoder s/utt | kernels per layer step |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
@@ -143,9 +175,19 @@ def markdown(results, opts, machine_name) -> str:
             f"{base['search_s'] / r['search_s']:.2f}x | {r['ms_per_step']:.1f} | "
             f"{r['peak_mib']:.1f} ({r['peak_mib'] / base['peak_mib']:.2f}) | "
             f"{r['cache_bytes'] / 1e6:.2f} ({r['cache_bytes'] / base['cache_bytes']:.3f}) | "
-            f"{base['cache_bytes'] / r['cache_bytes']:.1f}x | {r['encode_s']:.3f} |"
+            f"{base['cache_bytes'] / r['cache_bytes']:.1f}x | {r['encode_s']:.3f} | {kernel_cell(r)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+SEARCHES = {"ours": "espnet_mtla.search (stage 8)", "espnet": "ESPnet BatchBeamSearch (--batch_size 1)"}
+
+
+def kernel_cell(result) -> str:
+    k = result.get("kernels")
+    if not k:
+        return "-"
+    return f"{k['inference']} / {k['inference_layer']} ({k['training_path']} / {k['training_path_layer']})"
 
 
 def plot(results, opts, machine_name, path: Path) -> None:
@@ -179,23 +221,29 @@ def main(argv=None):
     parser.add_argument("--beam", type=positive_int, default=10)
     parser.add_argument("--seconds", type=positive_int, default=10, help="audio length of each utterance")
     parser.add_argument("--utts", type=positive_int, default=3, help="timed utterances per attention type")
+    parser.add_argument("--rounds", type=positive_int, default=3,
+                        help="runs of every type, interleaved; times are medians over them")
+    parser.add_argument("--search", choices=list(SEARCHES), default="ours",
+                        help="ours: espnet_mtla.search, as stage 8; espnet: ESPnet's BatchBeamSearch")
+    parser.add_argument("--training-path", action="store_true",
+                        help="MLA/MTLA decode steps on the training code's path (no absorbed weights): the 'before'")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="default: every type")
     parser.add_argument("--threads", type=positive_int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--quick", action="store_true", help="10 steps, 1 utterance, MHA and MTLA s=2 only")
     parser.add_argument("--replot", action="store_true", help="redo the table and plot from --out-dir's results.json")
     opts = parser.parse_args(argv)
     out = Path(opts.out_dir)
     if opts.replot:
-        if not (out / "results.json").is_file():
-            parser.error(f"--replot needs {out / 'results.json'}: run the benchmark with --out-dir {out} first")
-        report = json.loads((out / "results.json").read_text())
-        write_text_atomic(out / "results.md", markdown(report["results"], report["options"], report["machine"]))
-        plot(report["results"], report["options"], report["machine"], out / "results.png")
+        replot(parser, out, markdown, plot)
         return
-    names = list(VARIANTS)
+    names = opts.variants or list(VARIANTS)
+    if "MHA" not in names:
+        parser.error("--variants must include MHA (every ratio is to MHA)")
     if opts.quick:
-        opts.steps, opts.utts, names = 10, 1, ["MHA", "MTLA s=2"]
+        opts.steps, opts.utts, opts.rounds, names = 10, 1, 1, ["MHA", "MTLA s=2"]
     conf = {"steps": opts.steps, "beam": opts.beam, "utts": opts.utts, "threads": opts.threads,
-            "seconds": opts.seconds}
+            "seconds": opts.seconds, "search": opts.search, "rounds": opts.rounds,
+            "training_path": opts.training_path}
     torch.set_num_threads(opts.threads)
     machine_name = machine()
     results = run_all(names, conf)

@@ -83,12 +83,20 @@ class MultiUtteranceBeamSearch:
 
     @torch.no_grad()
     def __call__(self, enc: torch.Tensor, enc_lens: torch.Tensor, maxlenratio: float = 0.0,
-                 minlenratio: float = 0.0, ctc_logp: Optional[torch.Tensor] = None) -> List[List[EndedHypothesis]]:
+                 minlenratio: float = 0.0, ctc_logp: Optional[torch.Tensor] = None,
+                 max_length: Optional[torch.Tensor] = None) -> List[List[EndedHypothesis]]:
         """enc: (N, T, D_enc), enc_lens: (N,), ctc_logp: (N, T, V) CTC log-posteriors (needed
-        when ``ctc_weight`` > 0) -> for each utterance its best ended hypotheses, best first."""
+        when ``ctc_weight`` > 0) -> for each utterance its best ended hypotheses, best first.
+
+        ``max_length`` (N,): each utterance's maximum number of output tokens, instead of
+        ``maxlenratio`` (benchmarks that replay a test set's target lengths use it)."""
         if self.ctc_weight > 0 and ctc_logp is None:
             raise ValueError("ctc_weight > 0 needs ctc_logp, the CTC log-posteriors of the encoder output")
-        nbest = self._search(enc, enc_lens, maxlenratio, minlenratio, ctc_logp)
+        if max_length is not None:
+            if max_length.shape != enc_lens.shape or int(max_length.min()) < 1:
+                raise ValueError(f"max_length must be ({enc_lens.shape[0]},) integers >= 1, one per utterance")
+            maxlenratio = -1.0  # a fixed maximum: no end detection
+        nbest = self._search(enc, enc_lens, maxlenratio, minlenratio, ctc_logp, max_length)
         for n, hyps in enumerate(nbest):
             if not hyps and minlenratio >= 0.1:  # as ESPnet: retry with a smaller minlenratio
                 log.warning("utterance %d: no ended hypothesis; decoding again with minlenratio %.1f", n,
@@ -98,11 +106,13 @@ class MultiUtteranceBeamSearch:
                                 None if ctc_logp is None else ctc_logp[n: n + 1, :length])[0]
         return nbest
 
-    def _search(self, enc, enc_lens, maxlenratio, minlenratio, ctc_logp) -> List[List[EndedHypothesis]]:
+    def _search(self, enc, enc_lens, maxlenratio, minlenratio, ctc_logp, max_length=None) -> List[List[EndedHypothesis]]:
         decoder, device, beam = self.decoder, enc.device, self.beam_size
         num_utts = enc.shape[0]
         enc_lens = enc_lens.to(device)
         maxlen, minlen = length_limits(enc_lens, maxlenratio, minlenratio)
+        if max_length is not None:
+            maxlen = max_length.to(device=device, dtype=maxlen.dtype)
         state = initial_state(num_utts, self.sos, maxlen, minlen, self.nbest, enc.dtype)
         capacity = -(-enc.shape[1] // decoder.projector.stack) + state.tokens.shape[1]
         caches = decoder.new_caches(num_utts, capacity, enc)

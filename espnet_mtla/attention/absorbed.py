@@ -1,0 +1,145 @@
+"""The MLA/MTLA decode step with inference-time weights: one matmul in, one matmul out.
+
+A decode step (one new token per row after a cache) computes, per layer and row,
+
+    [q_nope ; q_rope] = W_q x          k_rope, c = W_dkv x        c = RMSNorm(c) * w_hyper(c, j)
+    q_latent_h = W_uk,h^T q_nope,h     o_h = attend([q_latent_h ; rope(q_rope_h)], slots)
+    y = W_o [W_uv,h o_h]_h
+
+which, written as the training code writes it, is about a hundred small tensor ops (the
+profile in docs/benchmarks.md). ``AbsorbedWeights`` holds what inference can prepare once:
+
+- ``w_in``: the query and KV-down projections stacked into one matrix, rows reordered so that
+  the outputs come out as [query part (H, .) ; rope inputs (H + 1, d_r) ; latent (d_c)]: one
+  matmul, one RoPE call for the queries' and the key's rope parts together.
+- ``merged=True`` (the default on GPUs): the products W_uk,h^T W_q,h and W_o,h W_uv,h
+  precomputed, so queries land straight in the latent space and the attention output goes
+  straight to the model dimension. This
+  saves two batched matmuls per layer step but multiplies the projections' weights by about
+  2.3 (H * (d_c + d_r) = 2304 columns instead of H * d_nope = 512 at the paper's sizes), so on
+  CPUs, where a step reads its weights from memory, the factored form is faster
+  (``merged=False``: the per-head W_uk / W_uv as batched matmuls, weights read once).
+- ``chunk_table``: MTLA's hyper-network chunk embeddings W_c e(j) for j < len, grown by
+  doubling (a decode step looks up one row instead of computing a sinusoid and a linear).
+
+The weights are rebuilt when any parameter they were made from changed: the key is each
+source parameter's storage, version counter (bumped by every in-place update: optimizer steps,
+``load_state_dict``), dtype and device, so ``.to()``, loading and training are all picked up.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from espnet_mtla.attention.hypernet import sinusoid
+
+
+def parameters_key(params) -> Tuple:
+    """What identifies the current values of ``params``: storage, version, dtype, device."""
+    return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+
+
+def _weight_bias(linear: nn.Linear, dtype) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    bias = None if linear.bias is None else linear.bias.to(dtype)
+    return linear.weight.to(dtype), bias
+
+
+def _cat_bias(parts, rows, like):
+    """Stack optional biases of stacked weights (zeros where a part has none); None if all are."""
+    if all(b is None for b in parts):
+        return None
+    return torch.cat([like.new_zeros(n) if b is None else b for b, n in zip(parts, rows)])
+
+
+class AbsorbedWeights:
+    """Inference-time weights of one ``MultiHeadLatentAttention`` layer (see module docstring).
+
+    Shapes (H heads, d_n/d_r/d_v head dims, d_c latent, D model dim, Q = q_lora_rank or D):
+        w_in (N_in, D): [q rows | (q_lora: q_a rows) ; k_rope rows ; latent rows]
+        w_qb (H * (d_q + d_r), Q) with q_lora, else folded into w_in; d_q = d_c merged, d_n factored
+        w_uk (H, d_n, d_c)  factored only;  w_uv_t (H, d_c, d_v) factored only
+        w_out (D, H * d_c) merged, else ``out_proj``'s (D, H * d_v)
+    """
+
+    def __init__(self, layer, merged: bool):
+        self.merged = merged
+        self.key = parameters_key(layer.parameters())
+        self.chunk_table = None
+        with torch.no_grad():
+            self._build(layer)
+
+    def _build(self, layer) -> None:
+        heads, d_n, d_r, d_c = layer.num_heads, layer.qk_nope_head_dim, layer.qk_rope_head_dim, layer.kv_lora_rank
+        dtype = layer.kv_down.weight.dtype
+        acc = torch.promote_types(dtype, torch.float32)  # the merged products: float32 or better
+        q_linear = layer.q_proj[2] if isinstance(layer.q_proj, nn.Sequential) else layer.q_proj
+        w_q, b_q = _weight_bias(q_linear, dtype)
+        w_q = w_q.view(heads, d_n + d_r, -1)
+        b_q = None if b_q is None else b_q.view(heads, d_n + d_r)
+        w_uk, w_uv = layer._up_weights()  # (H, d_n, d_c), (H, d_v, d_c)
+        if self.merged:
+            # q_latent_h = W_uk,h^T (W_qn,h x + b_qn,h)
+            w_query = torch.einsum("hnc,hnd->hcd", w_uk.to(acc), w_q[:, :d_n].to(acc)).to(dtype)  # (H, d_c, Q)
+            b_query = None if b_q is None else torch.einsum("hnc,hn->hc", w_uk.to(acc), b_q[:, :d_n].to(acc)).to(dtype)
+        else:
+            w_query, b_query = w_q[:, :d_n], None if b_q is None else b_q[:, :d_n]
+            self.w_uk = w_uk.contiguous()
+            self.w_uv_t = w_uv.transpose(1, 2).contiguous()
+        w_query = w_query.reshape(-1, w_q.shape[-1])
+        w_qrope = w_q[:, d_n:].reshape(-1, w_q.shape[-1])  # (H * d_r, Q)
+        b_query = None if b_query is None else b_query.reshape(-1)
+        b_qrope = None if b_q is None else b_q[:, d_n:].reshape(-1)
+        w_kv, b_kv = _weight_bias(layer.kv_down, dtype)  # rows: [latent (d_c) ; k_rope (d_r)]
+        w_latent, w_krope = w_kv.split([d_c, d_r])
+        b_latent, b_krope = (None, None) if b_kv is None else b_kv.split([d_c, d_r])
+
+        self.q_lora = isinstance(layer.q_proj, nn.Sequential)
+        if self.q_lora:
+            w_qa, b_qa = _weight_bias(layer.q_proj[0], dtype)
+            self.q_norm = layer.q_proj[1]
+            parts = [(w_qa, b_qa), (w_krope, b_krope), (w_latent, b_latent)]
+            self.w_qb = torch.cat([w_query, w_qrope]).contiguous()
+            self.b_qb = _cat_bias([b_query, b_qrope], [w_query.shape[0], w_qrope.shape[0]], self.w_qb)
+            self.split_in = [w_qa.shape[0], d_r, d_c]
+        else:
+            parts = [(w_query, b_query), (w_qrope, b_qrope), (w_krope, b_krope), (w_latent, b_latent)]
+            self.split_in = [w_query.shape[0], (heads + 1) * d_r, d_c]
+        self.w_in = torch.cat([w for w, _ in parts]).contiguous()
+        self.b_in = _cat_bias([b for _, b in parts], [w.shape[0] for w, _ in parts], self.w_in)
+
+        w_o, b_o = _weight_bias(layer.out_proj, dtype)
+        self.b_out = b_o
+        if self.merged:
+            # y = sum_h W_o,h W_uv,h o_h
+            w_o = torch.einsum("dhv,hvc->dhc", w_o.view(-1, heads, w_uv.shape[1]).to(acc), w_uv.to(acc)).to(dtype)
+            self.w_out = w_o.reshape(w_o.shape[0], -1).contiguous()
+        else:
+            self.w_out = w_o
+
+    def chunk_embeddings(self, hypernet, num_chunks: int, dtype) -> torch.Tensor:
+        """(>= num_chunks, d_c / ratio): the hyper-network's W_c e(j) + b for chunks j."""
+        table = self.chunk_table
+        if table is None or table.shape[0] < num_chunks or table.dtype != dtype:
+            size = max(num_chunks, 64 if table is None else 2 * table.shape[0])
+            index = torch.arange(size, device=hypernet.chunk_proj.weight.device)
+            with torch.no_grad():
+                table = hypernet.chunk_proj(sinusoid(index, hypernet.latent_dim).to(dtype))
+            self.chunk_table = table
+        return table
+
+
+def absorbed_weights(layer, merged: Optional[bool] = None) -> AbsorbedWeights:
+    """``layer``'s current inference weights, rebuilt if its parameters changed.
+
+    ``merged`` None: the layer's ``absorb_merged`` if set, else True on GPUs, False on CPUs.
+    """
+    if merged is None:
+        merged = layer.absorb_merged
+    if merged is None:
+        merged = layer.kv_down.weight.is_cuda
+    cached = layer.__dict__.get("_absorbed")
+    if cached is None or cached.merged != merged or cached.key != parameters_key(layer.parameters()):
+        cached = AbsorbedWeights(layer, merged)
+        layer.__dict__["_absorbed"] = cached
+    return cached
