@@ -232,7 +232,7 @@ class MultiHeadLatentAttention(CachedAttention):
     def _decode_token(self, x, positions, lengths, start, cache):
         """The inference decode step on ``absorbed_weights``: x (B, 1, D) -> (B, 1, D).
 
-        Computes what ``_merge_step`` + ``_attend_cached`` compute, in ~25 ops instead of ~100.
+        Computes what ``_merge_step`` + ``_attend_cached`` compute, in about 35 kernels instead of 60.
         """
         w = absorbed_weights(self)
         batch, heads, d_c, d_r, s = x.shape[0], self.num_heads, self.kv_lora_rank, self.qk_rope_head_dim, self.down_rate

@@ -33,6 +33,8 @@ from espnet_mtla.bin.bench_common import (decoder_variants, machine, peak_alloca
 
 VOCAB = 5000
 VARIANTS = decoder_variants((2, 4))  # name -> (attention_type, extra decoder_conf)
+# "MTLA s=2 (training path)": the type with its decode steps on the training code's path
+TRAINING_PATH = " (training path)"
 
 
 def layer_step_kernels(decoder, enc) -> dict:
@@ -101,8 +103,9 @@ def run_config(name, opts, queue):
 
     torch.manual_seed(0)
     torch.set_num_threads(opts["threads"])
-    MultiHeadLatentAttention.absorbed_decode = not opts.get("training_path", False)
-    encoder, decoder, _ = build_model(*VARIANTS[name])
+    base = name.removesuffix(TRAINING_PATH)
+    MultiHeadLatentAttention.absorbed_decode = not (opts.get("training_path", False) or base != name)
+    encoder, decoder, _ = build_model(*VARIANTS[base])
     search = make_search(decoder, opts)
     gen = torch.Generator().manual_seed(1)
     frames = opts["seconds"] * 100  # 10 ms fbank hop
@@ -190,6 +193,16 @@ def kernel_cell(result) -> str:
     return f"{k['inference']} / {k['inference_layer']} ({k['training_path']} / {k['training_path_layer']})"
 
 
+def bar_color(name: str) -> str:
+    """MHA family grey, MLA blue, MTLA red; the training-path runs of MLA/MTLA lighter."""
+    light = name.endswith(TRAINING_PATH)
+    if name.startswith("MTLA"):
+        return "#e8aab8" if light else "#cc6677"
+    if name.startswith("MLA"):
+        return "#99bbdd" if light else "#4477aa"
+    return "#888888"
+
+
 def plot(results, opts, machine_name, path: Path) -> None:
     import matplotlib
 
@@ -204,7 +217,7 @@ def plot(results, opts, machine_name, path: Path) -> None:
     ]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, (title, values) in zip(axes, panels):
-        bars = ax.bar(range(len(names)), values, color=["#888888"] * 3 + ["#4477aa"] + ["#cc6677"] * (len(names) - 4))
+        bars = ax.bar(range(len(names)), values, color=[bar_color(n) for n in names])
         ax.bar_label(bars, fmt="%.1f", fontsize=8)
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         ax.set_title(title, fontsize=10)
@@ -227,6 +240,8 @@ def main(argv=None):
                         help="ours: espnet_mtla.search, as stage 8; espnet: ESPnet's BatchBeamSearch")
     parser.add_argument("--training-path", action="store_true",
                         help="MLA/MTLA decode steps on the training code's path (no absorbed weights): the 'before'")
+    parser.add_argument("--compare-training-path", nargs="*", default=[], choices=[n for n in VARIANTS if "LA" in n],
+                        help="also run these MLA/MTLA types on the training code's path, side by side")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="default: every type")
     parser.add_argument("--threads", type=positive_int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--quick", action="store_true", help="10 steps, 1 utterance, MHA and MTLA s=2 only")
@@ -241,6 +256,7 @@ def main(argv=None):
         parser.error("--variants must include MHA (every ratio is to MHA)")
     if opts.quick:
         opts.steps, opts.utts, opts.rounds, names = 10, 1, 1, ["MHA", "MTLA s=2"]
+    names += [n + TRAINING_PATH for n in opts.compare_training_path]
     conf = {"steps": opts.steps, "beam": opts.beam, "utts": opts.utts, "threads": opts.threads,
             "seconds": opts.seconds, "search": opts.search, "rounds": opts.rounds,
             "training_path": opts.training_path}
