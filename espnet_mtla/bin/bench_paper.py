@@ -246,7 +246,9 @@ def main(argv=None):
         results.append(result)
         print(f"{name:9s} {result['seconds']:8.1f} s  avg {result['average_mib']:8.0f} MiB  "
               f"peak {result['peak_mib']:8.0f} MiB  KV cache peak {result['kv_cache_peak_mib']:8.1f} MiB", flush=True)
-    print(save_report(out, machine(), conf, results, markdown, plot))
+        # the report so far after every type: a run cut off by a time limit keeps what finished
+        table = save_report(out, machine(), conf, results, markdown, plot)
+    print(table)
 
 
 if __name__ == "__main__":
