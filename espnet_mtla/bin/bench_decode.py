@@ -38,20 +38,21 @@ TRAINING_PATH = " (training path)"
 
 
 def layer_step_kernels(decoder, enc) -> dict:
-    """Kernels one decoder layer launches per decode step: inference path and training path."""
+    """Kernels one decoder layer launches per decode step (10 rows after ``enc`` (1, T, D) as the
+    prefix), on the inference path and on the training code's path; CUDA kernels on a GPU."""
     from espnet_mtla.bin.bench_common import kernels_launched
 
-    counts = {}
+    counts, device = {}, enc.device
     for name, grad in (("inference", False), ("training_path", True)):
         with torch.set_grad_enabled(grad):
             caches = decoder.new_caches(10, enc.shape[1] + 8, enc)
-            decoder.fill_prefix(caches, enc.expand(10, -1, -1), torch.full((10,), enc.shape[1]))
-            ys = torch.zeros(10, 1, dtype=torch.long)
+            decoder.fill_prefix(caches, enc.expand(10, -1, -1), torch.full((10,), enc.shape[1], device=device))
+            ys = torch.zeros(10, 1, dtype=torch.long, device=device)
             layer, cache = decoder.layers[0], caches.layers[0]
             h = decoder.embed_tokens(ys)
             layer(h, None, cache)  # warm: absorbed weights built
-            counts[name] = kernels_launched(lambda: layer.attn(layer.attn_norm(h), None, cache=cache))
-            counts[name + "_layer"] = kernels_launched(lambda: layer(h, None, cache))
+            counts[name] = kernels_launched(lambda: layer.attn(layer.attn_norm(h), None, cache=cache), device.type)
+            counts[name + "_layer"] = kernels_launched(lambda: layer(h, None, cache), device.type)
     return counts
 
 

@@ -41,6 +41,7 @@ import torch  # noqa: E402
 
 from espnet_mtla.bin.bench_common import (decoder_variants, machine, positive_int, replot, run_in_subprocess,
                                           save_report)  # noqa: E402
+from espnet_mtla.bin.bench_decode import kernel_cell, layer_step_kernels  # noqa: E402
 
 VOCAB = 8000
 TST_COMMON_SEGMENTS = 2641
@@ -153,10 +154,13 @@ def run_config(name, opts, queue):
                 elapsed += time.perf_counter() - start
                 peak_cache = max(peak_cache, decoder.active_caches.peak_nbytes)
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else max(memory.samples)
+        x = feats[0][None]
+        enc, _, _ = encoder(x, torch.tensor([x.shape[1]], device=device))
+        kernels = layer_step_kernels(decoder, enc)
     queue.put({
         "name": name, "seconds": elapsed, "average_mib": memory.average, "peak_mib": peak,
         "kv_cache_peak_mib": peak_cache / 2**20, "batches": len(batches), "utterances": len(frames),
-        "tokens": sum(tokens), "weights_mib": sum(p.numel() * p.element_size() for p in decoder.parameters()) / 2**20,
+        "tokens": sum(tokens), "kernels": kernels, "weights_mib": sum(p.numel() * p.element_size() for p in decoder.parameters()) / 2**20,
     })
 
 
@@ -166,11 +170,12 @@ def markdown(results, opts, machine_name) -> str:
     lines = [
         f"Machine: {machine_name}; {opts['device']}, {opts['dtype']}. {base['utterances']} utterances of the "
         f"tst-COMMON-shaped draw ({base['tokens']} output tokens), beam {opts['beam']}, batches of <= "
-        f"{opts['batch_frames']} input frames ({base['batches']} batches).",
+        f"{opts['batch_frames']} input frames ({base['batches']} batches). Kernels: launched by one decoder layer "
+        "(attention / whole layer) per decode step, inference path (training code's path in brackets).",
         "",
         f"| attention | time s | speed-up vs MHA | paper speed-up | {memory} | memory reduction vs MHA | "
-        "paper reduction | peak MiB | KV cache peak MiB (x MHA) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "paper reduction | peak MiB | KV cache peak MiB (x MHA) | kernels per layer step |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     paper_time, paper_mem = PAPER["MHA"]
     for r in results:
@@ -178,7 +183,8 @@ def markdown(results, opts, machine_name) -> str:
         lines.append(
             f"| {r['name']} | {r['seconds']:.1f} | {base['seconds'] / r['seconds']:.2f}x | {paper_time / t:.2f}x | "
             f"{r['average_mib']:.0f} | {base['average_mib'] / r['average_mib']:.2f}x | {paper_mem / m:.2f}x | "
-            f"{r['peak_mib']:.0f} | {r['kv_cache_peak_mib']:.1f} ({r['kv_cache_peak_mib'] / base['kv_cache_peak_mib']:.3f}) |"
+            f"{r['peak_mib']:.0f} | {r['kv_cache_peak_mib']:.1f} ({r['kv_cache_peak_mib'] / base['kv_cache_peak_mib']:.3f}) | "
+            f"{kernel_cell(r)} |"
         )
     return "\n".join(lines) + "\n"
 
