@@ -72,24 +72,31 @@ class TorchEncoder(nn.Module):
         return self.layers(h), out_lens, None
 
 
-def build_model(attention_type, extra):
-    """(encoder, decoder-only stack, CTC output layer), random weights, eval mode."""
-    try:  # ESPnet's encoder, and the stack as its ESPnet adapter (for the per-utterance baseline)
-        from espnet2.asr.encoder.transformer_encoder import TransformerEncoder
+def build_model(attention_type, extra, vocab: int = VOCAB, torch_only: bool = False):
+    """(encoder, decoder-only stack, CTC output layer) of the paper's sizes, random weights, eval
+    mode: ESPnet's encoder and the stack as its ESPnet adapter (for the per-utterance baseline)
+    where ESPnet is installed and ``torch_only`` is not set, else the torch-only stand-ins."""
+    from espnet_mtla.decoder.stack import DecoderOnlyStack
 
-        from espnet_mtla.decoder.decoder_only import DecoderOnlyDecoder as DecoderOnlyStack
+    encoder, stack_class = None, DecoderOnlyStack
+    if not torch_only:
+        try:
+            from espnet2.asr.encoder.transformer_encoder import TransformerEncoder
 
-        encoder = TransformerEncoder(80, output_size=512, attention_heads=8, linear_units=2048, num_blocks=12,
-                                     dropout_rate=0.0, positional_dropout_rate=0.0, attention_dropout_rate=0.0,
-                                     input_layer="conv2d")
-    except ImportError:
-        from espnet_mtla.decoder.stack import DecoderOnlyStack
-
+            from espnet_mtla.decoder.decoder_only import DecoderOnlyDecoder
+        except ImportError:
+            pass
+        else:
+            stack_class = DecoderOnlyDecoder
+            encoder = TransformerEncoder(80, output_size=512, attention_heads=8, linear_units=2048, num_blocks=12,
+                                         dropout_rate=0.0, positional_dropout_rate=0.0, attention_dropout_rate=0.0,
+                                         input_layer="conv2d")
+    if encoder is None:
         encoder = TorchEncoder()
-    decoder = DecoderOnlyStack(VOCAB, 512, attention_type=attention_type, model_dim=512, attention_heads=8,
-                               linear_units=2048, num_blocks=9, dropout_rate=0.0, prefix_stack=2, prefix_hidden=256,
-                               **extra)
-    return encoder.eval(), decoder.eval(), nn.Linear(512, VOCAB).eval()
+    decoder = stack_class(vocab, 512, attention_type=attention_type, model_dim=512, attention_heads=8,
+                          linear_units=2048, num_blocks=9, dropout_rate=0.0, prefix_stack=2, prefix_hidden=256,
+                          **extra)
+    return encoder.eval(), decoder.eval(), nn.Linear(512, vocab).eval()
 
 
 def utterance_frames(count: int, seed: int = 1):
@@ -100,23 +107,17 @@ def utterance_frames(count: int, seed: int = 1):
 
 def espnet_per_utterance(decoder, ctc_layer, encoded, opts, ctc_weight):
     """Seconds of ESPnet's BatchBeamSearch, one utterance at a time (stage 8's former path)."""
-    from espnet.nets.batch_beam_search import BatchBeamSearch
-    from espnet.nets.scorer_interface import BatchScorerInterface
     from espnet.nets.scorers.ctc import CTCPrefixScorer
     from espnet2.asr.ctc import CTC
 
-    from espnet_mtla.bin.bench_decode import NoEos
+    from espnet_mtla.bin.bench_decode import espnet_search
 
-    eos = VOCAB - 1
-    no_eos = type("NoEosScorer", (NoEos, BatchScorerInterface), {})(eos)
-    scorers = {"decoder": decoder, "no_eos": no_eos}
-    weights = {"decoder": 1.0 - ctc_weight, "no_eos": 1.0}
+    ctc_scorer = None
     if ctc_weight > 0:
         ctc = CTC(VOCAB, 512).eval()
         ctc.ctc_lo = ctc_layer
-        scorers["ctc"], weights["ctc"] = CTCPrefixScorer(ctc, eos), ctc_weight
-    search = BatchBeamSearch(scorers=scorers, weights=weights, beam_size=opts["beam"], vocab_size=VOCAB, sos=eos,
-                             eos=eos, pre_beam_score_key="full")
+        ctc_scorer = CTCPrefixScorer(ctc, VOCAB - 1)
+    search = espnet_search(decoder, opts["beam"], ctc_scorer, ctc_weight)
     start = time.perf_counter()
     for enc in encoded:
         hyps = search(enc, maxlenratio=-opts["steps"])

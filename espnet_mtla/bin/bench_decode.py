@@ -28,8 +28,9 @@ from pathlib import Path
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 import torch  # noqa: E402
 
-from espnet_mtla.bin.bench_common import (decoder_variants, machine, peak_allocated_mib, positive_int,
-                                          replot, run_in_subprocess, save_figure, save_report)  # noqa: E402
+from espnet_mtla.bin.bench_common import (decoder_variants, kernels_launched, machine, peak_allocated_mib,
+                                          positive_int, replot, run_in_subprocess, save_figure,
+                                          save_report)  # noqa: E402
 
 VOCAB = 5000
 VARIANTS = decoder_variants((2, 4))  # name -> (attention_type, extra decoder_conf)
@@ -40,8 +41,6 @@ TRAINING_PATH = " (training path)"
 def layer_step_kernels(decoder, enc) -> dict:
     """Kernels one decoder layer launches per decode step (10 rows after ``enc`` (1, T, D) as the
     prefix), on the inference path and on the training code's path; CUDA kernels on a GPU."""
-    from espnet_mtla.bin.bench_common import kernels_launched
-
     counts, device = {}, enc.device
     for name, grad in (("inference", False), ("training_path", True)):
         with torch.set_grad_enabled(grad):
@@ -78,17 +77,27 @@ class NoEos:
         return scores, [None] * ys.shape[0]
 
 
+def espnet_search(decoder, beam: int, ctc_scorer=None, ctc_weight: float = 0.0):
+    """ESPnet's BatchBeamSearch over ``decoder`` (weight 1 - ctc_weight) with <eos> forbidden,
+    and ESPnet's CTC prefix scorer when one is given."""
+    from espnet.nets.batch_beam_search import BatchBeamSearch
+    from espnet.nets.scorer_interface import BatchScorerInterface
+
+    eos = VOCAB - 1
+    no_eos = type("NoEosScorer", (NoEos, BatchScorerInterface), {})(eos)
+    scorers = {"decoder": decoder, "no_eos": no_eos}
+    weights = {"decoder": 1.0 - ctc_weight, "no_eos": 1.0}
+    if ctc_scorer is not None:
+        scorers["ctc"], weights["ctc"] = ctc_scorer, ctc_weight
+    return BatchBeamSearch(scorers=scorers, weights=weights, beam_size=beam, vocab_size=VOCAB, sos=eos, eos=eos,
+                           pre_beam_score_key="full")
+
+
 def make_search(decoder, opts):
     """search(enc (T, D)) -> yseq length, by ``opts["search"]``: ours (stage 8) or ESPnet's."""
     eos = VOCAB - 1
     if opts["search"] == "espnet":
-        from espnet.nets.batch_beam_search import BatchBeamSearch
-        from espnet.nets.scorer_interface import BatchScorerInterface
-
-        no_eos = type("NoEosScorer", (NoEos, BatchScorerInterface), {})(eos)
-        search = BatchBeamSearch(scorers={"decoder": decoder, "no_eos": no_eos},
-                                 weights={"decoder": 1.0, "no_eos": 1.0}, beam_size=opts["beam"], vocab_size=VOCAB,
-                                 sos=eos, eos=eos, pre_beam_score_key="full")
+        search = espnet_search(decoder, opts["beam"])
         return lambda enc: len(search(enc, maxlenratio=-opts["steps"])[0].yseq)
     from espnet_mtla.bin.bench_batch_decode import NoEosDecoder
     from espnet_mtla.search import MultiUtteranceBeamSearch
@@ -98,9 +107,8 @@ def make_search(decoder, opts):
 
 
 def run_config(name, opts, queue):
-    from espnet_mtla.bin.bench_batch_decode import build_model
-
     from espnet_mtla.attention import MultiHeadLatentAttention
+    from espnet_mtla.bin.bench_batch_decode import build_model
 
     torch.manual_seed(0)
     torch.set_num_threads(opts["threads"])

@@ -100,26 +100,16 @@ class MemorySampler:
         return sum(self.samples) / len(self.samples)
 
 
-def build_model(attention_type, extra, device, dtype):
-    from espnet_mtla.bin.bench_batch_decode import TorchEncoder
-    from espnet_mtla.decoder.stack import DecoderOnlyStack
-
-    encoder = TorchEncoder()
-    decoder = DecoderOnlyStack(VOCAB, 512, attention_type=attention_type, model_dim=512, attention_heads=8,
-                               linear_units=2048, num_blocks=9, dropout_rate=0.0, prefix_stack=2, prefix_hidden=256,
-                               **extra)
-    return encoder.eval().to(device, dtype), decoder.eval().to(device, dtype)
-
-
 def run_config(name, opts, queue):
-    from espnet_mtla.bin.bench_batch_decode import NoEosDecoder
+    from espnet_mtla.bin.bench_batch_decode import NoEosDecoder, build_model
     from espnet_mtla.search import MultiUtteranceBeamSearch
     from espnet_mtla.search.batching import budget_batches
 
     torch.manual_seed(0)
     torch.set_num_threads(opts["threads"])
     device, dtype = torch.device(opts["device"]), getattr(torch, opts["dtype"])
-    encoder, decoder = build_model(*VARIANTS[name], device, dtype)
+    encoder, decoder, _ = build_model(*VARIANTS[name], vocab=VOCAB, torch_only=True)
+    encoder, decoder = encoder.to(device, dtype), decoder.to(device, dtype)
     eos = VOCAB - 1
     search = MultiUtteranceBeamSearch(NoEosDecoder(decoder, eos), eos, eos, opts["beam"], nbest=1)
     frames, tokens = test_set(opts["utts"])
@@ -134,8 +124,7 @@ def run_config(name, opts, queue):
     def infer(indices):
         x = torch.nn.utils.rnn.pad_sequence([feats[i] for i in indices], batch_first=True)
         enc, enc_lens, _ = encoder(x, torch.tensor([frames[i] for i in indices], device=device))
-        hyps = search(enc, enc_lens.clamp(min=1, max=enc.shape[1]), maxlenratio=-1,
-                      max_length=torch.tensor([tokens[i] for i in indices]))
+        hyps = search(enc, enc_lens.clamp(min=1, max=enc.shape[1]), max_length=torch.tensor([tokens[i] for i in indices]))
         emitted = [len(h[0].yseq) - 2 for h in hyps]
         assert emitted == [tokens[i] for i in indices], "every utterance decodes exactly its target length"
 
