@@ -113,3 +113,15 @@ def test_paper_benchmark_refuses_a_missing_gpu_in_one_line(capsys):
     with pytest.raises(SystemExit):
         bench_paper.main(["--device", "cuda"])
     assert "--device cuda: no CUDA device here; use --device cpu" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["bench_decode", "bench_paper"])
+def test_variants_without_mha_are_a_one_line_error(module, capsys, tmp_path):
+    import importlib
+
+    bench = importlib.import_module(f"espnet_mtla.bin.{module}")
+    with pytest.raises(SystemExit):
+        bench.main(["--variants", "MTLA s=2", "--out-dir", str(tmp_path / "out")]
+                   + (["--device", "cpu"] if module == "bench_paper" else []))
+    assert "--variants must include MHA (every ratio is to MHA)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing written
