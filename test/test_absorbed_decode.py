@@ -20,6 +20,7 @@ CASES = [
     ("mla-qlora-bias", "mla", dict(LATENT, q_lora_rank=12, bias=True)),
 ] + [(f"mtla-s{s}", "mtla", dict(LATENT, down_rate=s)) for s in (1, 2, 3, 4)] + [
     ("mtla-s2-qlora-bias", "mtla", dict(LATENT, down_rate=2, q_lora_rank=12, bias=True)),
+    ("mtla-s2-qlora-layernorm", "mtla", dict(LATENT, down_rate=2, q_lora_rank=12, bias=True, latent_norm="layer_norm")),
 ]
 FORMS = pytest.mark.parametrize("merged", [False, True], ids=["factored", "merged"])
 

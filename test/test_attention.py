@@ -24,7 +24,10 @@ CASES = [
     ("gqa", "gqa", {"num_kv_heads": 2}),
     ("mla", "mla", LATENT),
     ("mla-qlora", "mla", dict(LATENT, q_lora_rank=12)),
-] + [(f"mtla-s{s}", "mtla", dict(LATENT, down_rate=s)) for s in (1, 2, 3, 4)]
+] + [(f"mtla-s{s}", "mtla", dict(LATENT, down_rate=s)) for s in (1, 2, 3, 4)] + [
+    # the paper's LayerNorm on the latents (the q_lora latent's too)
+    ("mtla-s3-layernorm", "mtla", dict(LATENT, down_rate=3, q_lora_rank=12, latent_norm="layer_norm")),
+]
 
 
 def make(attention_type, conf, seed=0, backend="auto"):
@@ -296,6 +299,7 @@ def test_mtla_differs_from_mla_only_by_merging():
         ("mla", dict(LATENT, kv_lora_rnak=8), "kv_lora_rnak"),
         ("mha", {"down_rate": 2}, "down_rate"),
         ("mla", dict(LATENT, q_lora_rank=-1), "q_lora_rank"),
+        ("mtla", dict(LATENT, latent_norm="batch_norm"), "latent_norm"),
     ],
 )
 def test_bad_configurations_name_the_option(attention_type, conf, option):

@@ -18,6 +18,7 @@ from espnet_mtla.attention.cache import AttentionCache
 from espnet_mtla.attention.mha import MultiHeadAttention
 from espnet_mtla.attention.mla import MultiHeadLatentAttention
 from espnet_mtla.attention.mtla import MultiHeadTemporalLatentAttention
+from espnet_mtla.attention.reference_compat import MultiheadTemporalLatentAttention
 from espnet_mtla.attention.rope import RotaryEmbedding
 
 ATTENTION_TYPES = ("mha", "mqa", "gqa", "mla", "mtla")
@@ -92,6 +93,7 @@ __all__ = [
     "MultiHeadAttention",
     "MultiHeadLatentAttention",
     "MultiHeadTemporalLatentAttention",
+    "MultiheadTemporalLatentAttention",
     "RotaryEmbedding",
     "attention_options",
     "build_attention",

@@ -2,7 +2,7 @@
 
 A decode step (one new token per row after a cache) computes, per layer and row,
 
-    [q_nope ; q_rope] = W_q x          k_rope, c = W_dkv x        c = RMSNorm(c) * w_hyper(c, j)
+    [q_nope ; q_rope] = W_q x          k_rope, c = W_dkv x        c = Norm(c) * w_hyper(c, j)
     q_latent_h = W_uk,h^T q_nope,h     o_h = attend([q_latent_h ; rope(q_rope_h)], slots)
     y = W_o [W_uv,h o_h]_h
 

@@ -1,11 +1,14 @@
 """Multi-head latent attention (DeepSeek-V2/V3 MLA), written so that MTLA can subclass it.
 
 Keys and values of all heads are reconstructed from one low-rank latent per cache slot:
-    c_t  = RMSNorm(W_dkv x_t)                    (d_c = kv_lora_rank)       cached
+    c_t  = Norm(W_dkv x_t)                       (d_c = kv_lora_rank)       cached
     k^R_t = RoPE(W_kr x_t)                        (d_r = qk_rope_head_dim)   cached, shared by heads
     k_t,h = [W_uk,h c_t ; k^R_t],  v_t,h = W_uv,h c_t
 MLA caches one slot (c_t, k^R_t) per token. MTLA (``down_rate`` s > 1) merges s consecutive
 latents into one slot, weighted by a hyper-network; ``merge_weights`` is its hook.
+``latent_norm`` picks Norm (and the q_lora latent's norm): ``rms_norm`` (DeepSeek's MLA; the
+default, so every model saved before the option existed keeps its meaning) or ``layer_norm``
+(LayerNorm with bias, as the MTLA paper and its reference implementation).
 
 Two computations, equal up to float rounding:
 - parallel, nothing cached yet (training, first prompt): keys expanded per head and fed to
@@ -26,6 +29,7 @@ from torch import nn
 from espnet_mtla.attention.absorbed import absorbed_weights
 from espnet_mtla.attention.backends import attention_function, check_backend, resolve_backend
 from espnet_mtla.attention.base import CachedAttention, check_dropout, check_positive
+from espnet_mtla.attention.norms import NORM_TYPES, build_norm
 from espnet_mtla.attention.rope import RotaryEmbedding, check_rope_dim
 
 
@@ -45,8 +49,11 @@ class MultiHeadLatentAttention(CachedAttention):
         bias: bool = False,
         rope_base: float = 10000.0,
         attn_backend: str = "auto",
+        latent_norm: str = "rms_norm",
     ):
         super().__init__()
+        if latent_norm not in NORM_TYPES:
+            raise ValueError(f"latent_norm must be one of {', '.join(NORM_TYPES)}, got {latent_norm!r}")
         for name, value in [
             ("embed_dim", embed_dim),
             ("num_heads", num_heads),
@@ -65,6 +72,7 @@ class MultiHeadLatentAttention(CachedAttention):
         self.qk_rope_head_dim = qk_rope_head_dim
         self.v_head_dim = v_head_dim
         self.dropout = dropout
+        self.latent_norm = latent_norm
         self.attn_backend = check_backend(attn_backend)
         qk_head_dim = qk_nope_head_dim + qk_rope_head_dim
         self.scale = qk_head_dim**-0.5
@@ -72,13 +80,13 @@ class MultiHeadLatentAttention(CachedAttention):
         if q_lora_rank > 0:
             self.q_proj = nn.Sequential(
                 nn.Linear(embed_dim, q_lora_rank, bias=bias),
-                nn.RMSNorm(q_lora_rank, eps=1e-6),
+                build_norm(latent_norm, q_lora_rank),
                 nn.Linear(q_lora_rank, num_heads * qk_head_dim, bias=False),
             )
         else:
             self.q_proj = nn.Linear(embed_dim, num_heads * qk_head_dim, bias=bias)
         self.kv_down = nn.Linear(embed_dim, kv_lora_rank + qk_rope_head_dim, bias=bias)
-        self.kv_norm = nn.RMSNorm(kv_lora_rank, eps=1e-6)
+        self.kv_norm = build_norm(latent_norm, kv_lora_rank)
         # No bias: the absorbed form folds W_uk into the queries, which a bias would break.
         self.kv_up = nn.Linear(kv_lora_rank, num_heads * (qk_nope_head_dim + v_head_dim), bias=False)
         self.out_proj = nn.Linear(num_heads * v_head_dim, embed_dim, bias=bias)

@@ -15,18 +15,17 @@ Writes ``results.json``, ``results.md`` and ``results.png`` to ``--out-dir``.
 """
 
 import argparse
-import importlib.util
 import json
 import math
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # silence the profiler backend's GPU probing on CPU machines
 import torch  # noqa: E402
 
+from espnet_mtla.bin import reference_package  # noqa: E402
 from espnet_mtla.bin.bench_common import machine, peak_allocated_mib, positive_int, run_in_subprocess, save_figure  # noqa: E402
 from espnet_mtla.fileio import write_atomic  # noqa: E402
 
@@ -41,7 +40,7 @@ VARIANTS = {
     "MTLA s=4": ("mtla", dict(LATENT, down_rate=4)),
 }
 REFERENCE = {"reference MTLA s=2 (mtla 0.3.2)": 2}
-REFERENCE_DIR = Path(".venv-bench/mtla")
+REFERENCE_DIR = reference_package.DEFAULT_DIR
 
 
 def measure(fn, repeats: int):
@@ -57,19 +56,7 @@ def measure(fn, repeats: int):
 
 # -- layers -------------------------------------------------------------------------------
 def load_reference():
-    path = REFERENCE_DIR / "mtla" / "MTLA.py"
-    if not path.exists():
-        raise SystemExit(f"reference not installed: {path} missing; run 'make bench' (pip install --no-deps --target {REFERENCE_DIR} mtla==0.3.2)")
-    spec = importlib.util.spec_from_file_location("reference_mtla", path)
-    module = importlib.util.module_from_spec(spec)
-    stdout = sys.stdout
-    sys.stdout = open(os.devnull, "w")  # it prints a flash-attn warning on import
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.stdout.close()
-        sys.stdout = stdout
-    return module
+    return reference_package.load_layer_module(REFERENCE_DIR)
 
 
 class ReferenceLayer:

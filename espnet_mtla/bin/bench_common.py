@@ -64,7 +64,8 @@ def kernels_launched(fn, device: str = "cpu") -> int:
 
 
 # MLA/MTLA sizes of the paper's experiments (kv_lora_rank 256, rope 32, 64-d heads).
-PAPER_MLA = {"kv_lora_rank": 256, "qk_nope_head_dim": 64, "qk_rope_head_dim": 32, "v_head_dim": 64}
+PAPER_MLA = {"kv_lora_rank": 256, "qk_nope_head_dim": 64, "qk_rope_head_dim": 32, "v_head_dim": 64,
+             "latent_norm": "layer_norm"}
 
 
 def decoder_variants(down_rates, gqa_name: str = "GQA (2 kv heads)") -> dict:

@@ -6,18 +6,17 @@ import torch
 from torch import nn
 
 from espnet_mtla.attention import AttentionCache
+from espnet_mtla.attention.norms import NORM_TYPES
+from espnet_mtla.attention.norms import build_norm as _build_norm
 from espnet_mtla.errors import ConfigError
 
 FFN_ACTIVATIONS = ("relu", "gelu", "swiglu")
-NORM_TYPES = ("layer_norm", "rms_norm")
 
 
 def build_norm(norm_type: str, dim: int) -> nn.Module:
-    if norm_type == "layer_norm":
-        return nn.LayerNorm(dim)
-    if norm_type == "rms_norm":
-        return nn.RMSNorm(dim, eps=1e-6)
-    raise ConfigError(f"decoder_conf: unknown norm_type {norm_type!r}; choose one of {', '.join(NORM_TYPES)}")
+    if norm_type not in NORM_TYPES:
+        raise ConfigError(f"decoder_conf: unknown norm_type {norm_type!r}; choose one of {', '.join(NORM_TYPES)}")
+    return _build_norm(norm_type, dim)
 
 
 class FeedForward(nn.Module):

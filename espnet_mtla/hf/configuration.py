@@ -6,6 +6,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
 from espnet_mtla.attention.backends import check_backend
+from espnet_mtla.attention.norms import NORM_TYPES
 
 ATTENTION_TYPES = ("mha", "mqa", "gqa", "mla", "mtla")
 
@@ -18,7 +19,8 @@ class LlamaMTLAConfig(LlamaConfig):
     ``num_key_value_heads``). The MLA/MTLA fields default from the Llama head size, so any
     ``head_dim`` works: ``qk_nope_head_dim`` = ``v_head_dim`` = ``head_dim``,
     ``qk_rope_head_dim`` = ``head_dim // 2`` (even), ``kv_lora_rank`` = 4 x ``head_dim``,
-    ``q_lora_rank`` None (full-rank queries); ``down_rate``: tokens merged per MTLA cache slot.
+    ``q_lora_rank`` None (full-rank queries); ``down_rate``: tokens merged per MTLA cache slot;
+    ``latent_norm``: ``rms_norm`` (default) | ``layer_norm`` (the paper's), the MLA/MTLA latents' norm.
     ``attn_backend``: ``auto`` | ``eager`` | ``sdpa`` | ``triton``, how attention is computed
     (``espnet_mtla.attention.backends``); it never changes the outputs.
     """
@@ -32,6 +34,7 @@ class LlamaMTLAConfig(LlamaConfig):
     qk_rope_head_dim: Optional[int] = None
     v_head_dim: Optional[int] = None
     down_rate: int = 2
+    latent_norm: str = "rms_norm"
     attn_backend: str = "auto"
 
     def __post_init__(self, **kwargs):
@@ -39,6 +42,8 @@ class LlamaMTLAConfig(LlamaConfig):
         if self.attention_type not in ATTENTION_TYPES:
             raise ValueError(f"attention_type {self.attention_type!r}: choose one of {', '.join(ATTENTION_TYPES)}")
         check_backend(self.attn_backend)
+        if self.latent_norm not in NORM_TYPES:
+            raise ValueError(f"latent_norm {self.latent_norm!r}: choose one of {', '.join(NORM_TYPES)}")
         self.qk_nope_head_dim = self.qk_nope_head_dim or self.head_dim
         self.v_head_dim = self.v_head_dim or self.head_dim
         self.qk_rope_head_dim = self.qk_rope_head_dim or max(2, self.head_dim // 2 // 2 * 2)
@@ -64,7 +69,7 @@ class LlamaMTLAConfig(LlamaConfig):
             return options
         options = {**common, "kv_lora_rank": self.kv_lora_rank, "q_lora_rank": self.q_lora_rank or 0,
                    "qk_nope_head_dim": self.qk_nope_head_dim, "qk_rope_head_dim": self.qk_rope_head_dim,
-                   "v_head_dim": self.v_head_dim}
+                   "v_head_dim": self.v_head_dim, "latent_norm": self.latent_norm}
         if self.attention_type == "mtla":
             options["down_rate"] = self.down_rate
         return options

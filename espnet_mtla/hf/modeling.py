@@ -64,6 +64,8 @@ class LlamaMTLAPreTrainedModel(PreTrainedModel):
                 module.bias.zero_()
         elif isinstance(module, (nn.RMSNorm, nn.LayerNorm)) and module.weight is not None:
             module.weight.fill_(1.0)
+            if getattr(module, "bias", None) is not None:
+                module.bias.zero_()
         elif isinstance(module, RotaryEmbedding):  # a non-persistent buffer: from_pretrained leaves it empty
             module.inv_freq.copy_(module.frequencies())
 
