@@ -62,19 +62,15 @@ def reference_layer_config(state: Mapping[str, torch.Tensor], num_heads: int, do
         return state[key]
 
     d_c = need("kv_norm.weight").shape[0]
-    kv_a = need("wkv_a.weight")
-    d_r = kv_a.shape[0] - d_c
-    d_v = need("wo.weight").shape[1] // num_heads
-    up_rows = need("wkv_b.weight").shape[0]
-    if up_rows % num_heads or need("wo.weight").shape[1] % num_heads:
-        raise ReferenceFormatError(f"{source}: wkv_b/wo rows are not a multiple of num_heads={num_heads}")
-    d_n = up_rows // num_heads - d_v
+    kv_a, up_rows, out_cols = need("wkv_a.weight"), need("wkv_b.weight").shape[0], need("wo.weight").shape[1]
     q_lora = "wq_a.weight" in state
     q_rows = need("wq_b.weight" if q_lora else "wq.weight").shape[0]
-    if d_n <= 0 or d_r <= 0 or q_rows != num_heads * (d_n + d_r):
+    d_r, d_v = kv_a.shape[0] - d_c, out_cols // num_heads
+    d_n = up_rows // num_heads - d_v
+    if up_rows % num_heads or out_cols % num_heads or d_n <= 0 or d_r <= 0 or q_rows != num_heads * (d_n + d_r):
         raise ReferenceFormatError(
-            f"{source}: shapes do not fit num_heads={num_heads} (query rows {q_rows}, latent {d_c}, rope {d_r}, "
-            f"value head {d_v}); pass the number of heads the model was trained with")
+            f"{source}: shapes do not fit num_heads={num_heads} (wq rows {q_rows}, wkv_b rows {up_rows}, "
+            f"wo columns {out_cols}, latent {d_c}); pass the number of heads the model was trained with")
     config = {"attention_type": "mtla" if "hypernet_down.fc_c.weight" in state else "mla",
               "embed_dim": kv_a.shape[1], "num_heads": num_heads, "bias": "wkv_a.bias" in state,
               "q_lora_rank": need("wq_a.weight").shape[0] if q_lora else 0, "kv_lora_rank": d_c,
