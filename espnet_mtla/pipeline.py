@@ -103,7 +103,9 @@ def get_parser() -> argparse.ArgumentParser:
         help="fills {attention} in --train_config, e.g. conf/train_{attention}.yaml")
     add("--train_config", required=False, help="may contain {attention}")
     add("--inference_config", default=None)
-    add("--inference_model", default="valid.acc.best.pth")
+    add("--inference_model", default="valid.acc.ave.pth",
+        help="model file under the experiment dir; default: ESPnet's average of the keep_nbest_models best "
+             "epochs by valid.acc (as ESPnet's recipes and the paper decode); e.g. valid.acc.best.pth: the best one")
     add("--tag", default=None, help="experiment name; default: the train config's stem")
     add("--train_args", default="", help="extra options for <task>_train")
     add("--inference_args", default="", help="extra options for <task>_inference")
@@ -244,7 +246,7 @@ class Pipeline:
                              f"checkpoint; recipes take it from SSL_CHECKPOINT in db.sh)")
         if number == 7 and self.a.pretrained_asr and not Path(self.a.pretrained_asr).is_file():
             raise StageError(f"--pretrained_asr {self.a.pretrained_asr}: no such file (an ASR model file, e.g. "
-                             "exp/asr_train_mtla/valid.acc.best.pth of an ASR recipe on the same audio)")
+                             "exp/asr_train_mtla/valid.acc.ave.pth of an ASR recipe on the same audio)")
         model = self.exp / self.a.inference_model
         if number in (8, 11) and not model.exists():
             raise StageError(f"{model} not found: train first (stage 7), or set --inference_model")
@@ -512,7 +514,8 @@ class Pipeline:
                 self.merge_job_files(logdir / "output.JOB" / "1best_recog" / file, jobs, out / file, sort=True)
             reports = [json.loads((logdir / f"output.{j + 1}" / "1best_recog" / "efficiency.json").read_text())
                        for j in range(jobs)]
-            write_text_atomic(out / "efficiency.json", json.dumps(merge_efficiency(reports), indent=2) + "\n")
+            summary = {"model": describe_model(model), **merge_efficiency(reports)}
+            write_text_atomic(out / "efficiency.json", json.dumps(summary, indent=2) + "\n")
 
     def decode_dir(self, test_set: str) -> Path:
         tag = Path(self.a.inference_config).stem if self.a.inference_config else "decode"
@@ -541,7 +544,9 @@ class Pipeline:
             for line in text.splitlines():
                 if line.startswith("| ") and not line.startswith("| experiment") and "---" not in line:
                     cells = [c.strip() for c in line.strip().strip("|").split("|")]
-                    if len(cells) != 8:  # a row of an older table layout: redone when its experiment is
+                    if len(cells) == 8:  # written before the model column: which model it decoded is unknown
+                        line = "| " + " | ".join(cells[:2] + ["-"] + cells[2:]) + " |"
+                    elif len(cells) != 9:  # a row of an older table layout: redone when its experiment is
                         log.info("%s: dropped a row in an older layout: %s", path, line)
                         continue
                     rows[tuple(cells[:2])] = line
@@ -553,11 +558,11 @@ class Pipeline:
             cache = eff.get("cache_bytes_peak")
             cache_text = f"{cache / 1e6:.3f}" if cache is not None else "-"
             rows[(self.exp.name, name)] = (
-                f"| {self.exp.name} | {name} | {quality} | {eff['total_decode_time_s']:.2f} | "
+                f"| {self.exp.name} | {name} | {eff.get('model', '-')} | {quality} | {eff['total_decode_time_s']:.2f} | "
                 f"{eff.get('utterances_per_s')} | {eff['tokens_per_s']} | {eff['peak_memory_bytes'] / 2**20:.1f} | "
                 f"{cache_text} |")
-        header = ("| experiment | test set | quality | decode time (s) | utterances/s | tokens/s | peak memory (MiB) | "
-                  "KV cache peak (MB) |\n|---|---|---|---|---|---|---|---|\n")
+        header = ("| experiment | test set | model | quality | decode time (s) | utterances/s | tokens/s | "
+                  "peak memory (MiB) | KV cache peak (MB) |\n|---|---|---|---|---|---|---|---|---|\n")
         body = "".join(rows[k] + "\n" for k in sorted(rows))
         write_text_atomic(path, f"# Results\n\nWritten by stage 10 of the pipeline (one row per experiment and "
                                 f"test set; decode time is the sum over utterances).\n\n{header}{body}{notes}")
@@ -582,6 +587,16 @@ class Pipeline:
 
     STAGES = {1: stage1_data, 2: stage2_speed_perturb, 3: stage3_format, 4: stage4_filter, 5: stage5_tokenizer,
               6: stage6_stats, 7: stage7_train, 8: stage8_decode, 9: stage9_score, 10: stage10_report, 11: stage11_pack}
+
+
+def describe_model(model: Path) -> str:
+    """What a model file is, for RESULTS.md: ESPnet's names are links, e.g. valid.acc.ave.pth ->
+    valid.acc.ave_3best.pth (the average of the 3 best epochs), valid.acc.best.pth -> 7epoch.pth."""
+    names = [model.name]
+    while model.is_symlink() and len(names) < 8:
+        model = model.parent / os.readlink(model)
+        names.append(model.name)
+    return " -> ".join(name[: -len(".pth")] if name.endswith(".pth") else name for name in names)
 
 
 def merge_efficiency(reports: List[dict]) -> dict:

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -45,11 +46,50 @@ def scores_and_row(recipe: Path, exp: str, test_set: str):
     return decode, scores, row, token_ids
 
 
+def asr_model_file(st_config: Path, out: Path) -> dict:
+    """An ASR model (random weights) whose encoder has the ST config's shape, saved as ``out``."""
+    import torch
+    import yaml
+
+    from espnet_setup import TOKENS, parse
+    import espnet_mtla.tasks as registry
+
+    config = yaml.safe_load(st_config.read_text())
+    config.update(model="decoder_only", model_conf={"ctc_weight": 0.3}, token_list=TOKENS, token_type="char",
+                  normalize="utterance_mvn")
+    (out.parent / "asr.yaml").write_text(yaml.safe_dump(config))
+    torch.manual_seed(7)
+    state = registry.TASKS["asr"].build_model(parse("asr", out.parent / "asr.yaml")).state_dict()
+    torch.save(state, out)
+    return state
+
+
 def test_mustc_st1(tmp_path):
     written = write_mustc(tmp_path / "MUSTC")
     recipe = tiny_recipe(tmp_path, "mustc", "st1", "st_mini.yaml")
+    asr = asr_model_file(recipe / "tiny" / "train_mtla.yaml", tmp_path / "asr.pth")
+    # The paper's ST encoder starts from an ASR model's; frozen here, so the trained model must still hold it.
+    tiny = TINY[:4] + ["--train_args", "--max_epoch 1 --batch_size 4 --freeze_param encoder"] + TINY[6:]
     run(recipe, {"MUSTC": str(tmp_path / "MUSTC")}, "--train_config", "tiny/train_{attention}.yaml",
-        "--nbpe", "60", "--src_nbpe", "60", *TINY)
+        "--nbpe", "60", "--src_nbpe", "60", "--pretrained_asr", str(tmp_path / "asr.pth"), *tiny)
+    import torch
+
+    st = torch.load(recipe / "exp" / "st_train_mtla" / "valid.acc.ave.pth")
+    encoder = sorted(k for k in asr if k.startswith("encoder."))
+    assert encoder and all(torch.equal(st[k], asr[k]) for k in encoder)
+    assert "--init_param" in (recipe / "exp" / "st_train_mtla" / "train.log").read_text()
+
+    # An ASR model of another shape: one line naming the key, before any epoch.
+    asr["encoder.after_norm.weight"] = torch.zeros(64)
+    torch.save(asr, tmp_path / "other.pth")
+    result = subprocess.run(["./run.sh", "--stage", "7", "--stop_stage", "7", "--tag", "other", "--nbpe", "60",
+                             "--src_nbpe", "60", "--train_config", "tiny/train_{attention}.yaml",
+                             "--pretrained_asr", str(tmp_path / "other.pth"), *TINY], cwd=recipe,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True)
+    assert result.returncode != 0
+    assert (f"error: --init_param {tmp_path / 'other.pth'}: does not fit the model: shape mismatch: "
+            "encoder.after_norm.weight (64,) in the file, (128,) in the model") in result.stdout + result.stderr
+    assert not list((recipe / "exp" / "other").glob("*epoch.pth"))
     for split, segments in written.items():
         assert sorted(table(recipe / "data" / split / "segments")) == sorted(s["utt_id"] for s in segments)
     decode, scores, row, ids = scores_and_row(recipe, "st_train_mtla", "tst-COMMON")

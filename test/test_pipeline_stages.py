@@ -59,7 +59,7 @@ def test_decoding_before_training_is_a_one_line_error(tmp_path, monkeypatch, cap
                  "--attention", "mha", "--expdir", str(tmp_path / "exp")])
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err == (f"error: stage 8 (decode): {tmp_path / 'exp' / 'asr_train_mha' / 'valid.acc.best.pth'} not found: "
+    assert err == (f"error: stage 8 (decode): {tmp_path / 'exp' / 'asr_train_mha' / 'valid.acc.ave.pth'} not found: "
                    "train first (stage 7), or set --inference_model")
     assert not (tmp_path / "exp" / "asr_train_mha").exists()  # nothing half-made
 
@@ -101,5 +101,5 @@ def test_missing_symbols_file_and_ssl_checkpoint_are_one_line_errors(tmp_path, m
                  "--stage", "7", "--stop_stage", "7", "--pretrained_asr", "asr.pth"]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: stage 7 (train): --pretrained_asr asr.pth: no such file (an ASR model file, e.g. "
-        "exp/asr_train_mtla/valid.acc.best.pth of an ASR recipe on the same audio)")
+        "exp/asr_train_mtla/valid.acc.ave.pth of an ASR recipe on the same audio)")
     assert not list((tmp_path / "exp").rglob("stages/*"))  # refused before anything was recorded

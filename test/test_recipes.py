@@ -77,7 +77,7 @@ def assert_listens(recipe: Path, task: str) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     result = subprocess.run(
         [sys.executable, "-m", f"espnet_mtla.bin.{task}_inference", "--config", "conf/decode.yaml",
-         f"--{task}_train_config", str(exp / "config.yaml"), f"--{task}_model_file", str(exp / "valid.acc.best.pth"),
+         f"--{task}_train_config", str(exp / "config.yaml"), f"--{task}_model_file", str(exp / "valid.acc.ave.pth"),
          "--data_path_and_name_and_type", f"{swapped},speech,sound", "--output_dir", str(recipe / "swapped"),
          "--beam_size", "1"], cwd=recipe, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -85,6 +85,20 @@ def assert_listens(recipe: Path, task: str) -> None:
     other = {k: found.get(k, "") for k in keys}
     assert other == {k: hyps[keys[(i + 1) % len(keys)]] for i, k in enumerate(keys)}  # the answer follows the audio
     assert any(other[k] != hyps[k] for k in keys)
+
+
+def assert_decoded_the_average(exp: Path, n: int) -> None:
+    """Stage 8's default model is ESPnet's average of the n best epochs by valid.acc: check its weights."""
+    import torch
+
+    assert os.readlink(exp / "valid.acc.ave.pth") == f"valid.acc.ave_{n}best.pth"
+    stats = torch.load(exp / "checkpoint.pth", weights_only=False)["reporter"]["stats"]
+    best = sorted(((e, stats[e]["valid"]["acc"]) for e in stats), key=lambda x: -x[1])[:n]
+    epochs = [torch.load(exp / f"{e}epoch.pth") for e, _ in best]
+    average = torch.load(exp / "valid.acc.ave.pth")
+    for name, value in average.items():
+        if value.is_floating_point():
+            assert torch.allclose(value, sum(e[name] for e in epochs) / n, atol=1e-6), name
 
 
 def test_mini_synth_asr_every_stage(tmp_path):
@@ -97,7 +111,9 @@ def test_mini_synth_asr_every_stage(tmp_path):
         (recipe / "data" / "token_list" / "char" / "tokens.txt").exists()
     exp = recipe / "exp" / "asr_train_mtla"
     assert (exp / "latest.pth").resolve().exists() and (exp / "valid.acc.best.pth").exists()
+    assert_decoded_the_average(exp, 3)  # keep_nbest_models: 3
     decode = next((exp).glob("decode_*/test"))
+    assert decode.parent.name == "decode_valid.acc.ave"
     hyps = table_or_empty(decode / "text")
     refs = table(recipe / "dump" / "flac" / "test" / "text")
     token_keys = [line.split()[0] for line in (decode / "token").read_text().splitlines()]
@@ -110,7 +126,7 @@ def test_mini_synth_asr_every_stage(tmp_path):
     assert eff["num_utterances"] == len(refs) and eff["jobs"] == 2 and eff["cache_bytes_peak"] > 0
     results = (recipe / "RESULTS.md").read_text()
     row = next(line for line in results.splitlines() if line.startswith("| asr_train_mtla | test |"))
-    assert f"wer {scores['wer']}" in row
+    assert f"wer {scores['wer']}" in row and "| valid.acc.ave -> valid.acc.ave_3best |" in row
 
     # Stage 11's zip decodes from anywhere (paths inside are rewritten on unpacking).
     packed = exp / "asr_train_mtla.zip"

@@ -135,7 +135,7 @@ def make_decode_setup(root: Path, durations, tags=("tiny",)):
     for tag in tags:
         exp = root / "exp" / f"asr_{tag}"
         exp.mkdir(parents=True)
-        torch.save(model.state_dict(), exp / "valid.acc.best.pth")
+        torch.save(model.state_dict(), exp / "valid.acc.ave.pth")
         write_yaml(exp / "config.yaml", vars(args))
 
 
@@ -143,7 +143,7 @@ DECODE = ["--stage", "8", "--stop_stage", "8", "--inference_args", "--beam_size 
 
 
 def decoded(root: Path, tag: str):
-    out = root / "exp" / f"asr_{tag}" / "decode_valid.acc.best" / "test"
+    out = root / "exp" / f"asr_{tag}" / "decode_valid.acc.ave" / "test"
     return out, {name: (out / name).read_text() for name in ("text", "token", "score")}
 
 
@@ -155,7 +155,7 @@ def test_decoding_killed_midway_redoes_only_unfinished_jobs(tmp_path):
     _, reference = decoded(tmp_path, "reference")
 
     cmd = pipeline_cmd("--tag", "tiny", "--inference_nj", "2", *DECODE)
-    out = tmp_path / "exp" / "asr_tiny" / "decode_valid.acc.best" / "test"
+    out = tmp_path / "exp" / "asr_tiny" / "decode_valid.acc.ave" / "test"
     logdir = out / "logdir"
     kill_when(cmd, tmp_path, lambda: (logdir / "output.1").exists())
     assert (logdir / "output.1" / "1best_recog" / "efficiency.json").exists()

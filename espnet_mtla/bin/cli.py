@@ -70,6 +70,7 @@ def check_input_files(args, config: Optional[dict] = None) -> None:
 def run_training(task: str, cmd: Optional[List[str]] = None) -> None:
     import espnet_mtla.tasks  # noqa: F401  (registers)
     from espnet_mtla.errors import ConfigError
+    from espnet_mtla.init_param import checked_init_param
     from espnet_mtla.training_files import atomic_torch_save, repair_before_resume
 
     from espnet_mtla.safe_load import UnsafeModelFileError, safe_loading
@@ -81,7 +82,7 @@ def run_training(task: str, cmd: Optional[List[str]] = None) -> None:
     check_input_files(args)
     try:
         # Resuming, --init_param and averaging all load files: none may run code from them.
-        with safe_loading(trust), atomic_torch_save():
+        with safe_loading(trust), atomic_torch_save(), checked_init_param():
             if args.resume and args.output_dir and not args.collect_stats:
                 repair_before_resume(Path(args.output_dir), args.best_model_criterion)
             module.main(cmd)
