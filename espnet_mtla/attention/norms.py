@@ -5,15 +5,17 @@ The paper and the reference MTLA normalise the KV latent (and the q_lora latent)
 layer norms use the same two choices.
 """
 
+from typing import Optional
+
 from torch import nn
 
 NORM_TYPES = ("layer_norm", "rms_norm")
 
 
-def build_norm(norm_type: str, dim: int, option: str = "norm_type") -> nn.Module:
-    """``layer_norm``: nn.LayerNorm(dim) (eps 1e-5); ``rms_norm``: nn.RMSNorm(dim, eps=1e-6)."""
+def build_norm(norm_type: str, dim: int, option: str = "norm_type", eps: Optional[float] = None) -> nn.Module:
+    """``layer_norm``: nn.LayerNorm(dim) (eps 1e-5); ``rms_norm``: nn.RMSNorm(dim, eps=1e-6); ``eps`` overrides."""
     if norm_type == "layer_norm":
-        return nn.LayerNorm(dim)
+        return nn.LayerNorm(dim, eps=1e-5 if eps is None else eps)
     if norm_type == "rms_norm":
-        return nn.RMSNorm(dim, eps=1e-6)
+        return nn.RMSNorm(dim, eps=1e-6 if eps is None else eps)
     raise ValueError(f"unknown {option} {norm_type!r}; choose one of {', '.join(NORM_TYPES)}")

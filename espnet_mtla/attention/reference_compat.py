@@ -81,11 +81,13 @@ def reference_layer_config(state: Mapping[str, torch.Tensor], num_heads: int, do
     return config
 
 
-def convert_reference_layer(state: Mapping[str, torch.Tensor], config: Mapping,
-                            source: str = "state dict") -> Tuple[Dict[str, torch.Tensor], list]:
+def convert_reference_layer(state: Mapping[str, torch.Tensor], config: Mapping, source: str = "state dict",
+                            interleaved_rope: bool = True) -> Tuple[Dict[str, torch.Tensor], list]:
     """A reference layer's state dict -> (our layer's state dict, notes on what was dropped).
 
-    ``config``: ``reference_layer_config``'s result (or the same keys).
+    ``config``: ``reference_layer_config``'s result (or the same keys). ``interleaved_rope``:
+    the layer rotated (2i, 2i+1) pairs (``MTLA.py``, the fairseq models); False for the HF
+    port, which rotates halves with Llama's ``apply_rotary_pos_emb`` as we do.
     """
     heads, d_n, d_r = config["num_heads"], config["qk_nope_head_dim"], config["qk_rope_head_dim"]
     d_c = config["kv_lora_rank"]
@@ -101,10 +103,10 @@ def convert_reference_layer(state: Mapping[str, torch.Tensor], config: Mapping,
         out[our_key] = transform(tensor) if transform else tensor.clone()
 
     def per_head_query(t):
-        return _permute_rope(t, heads, d_n, d_r)
+        return _permute_rope(t, heads, d_n, d_r) if interleaved_rope else t.clone()
 
     def kv_down(t):
-        return _permute_rope(t, 1, d_c, d_r)
+        return _permute_rope(t, 1, d_c, d_r) if interleaved_rope else t.clone()
 
     if config["q_lora_rank"]:
         take("wq_a.weight", "q_proj.0.weight")

@@ -13,10 +13,10 @@ from espnet_mtla.errors import ConfigError
 FFN_ACTIVATIONS = ("relu", "gelu", "swiglu")
 
 
-def build_norm(norm_type: str, dim: int) -> nn.Module:
+def build_norm(norm_type: str, dim: int, eps: Optional[float] = None) -> nn.Module:
     if norm_type not in NORM_TYPES:
         raise ConfigError(f"decoder_conf: unknown norm_type {norm_type!r}; choose one of {', '.join(NORM_TYPES)}")
-    return _build_norm(norm_type, dim)
+    return _build_norm(norm_type, dim, eps=eps)
 
 
 class FeedForward(nn.Module):
@@ -51,11 +51,12 @@ class DecoderLayer(nn.Module):
     earlier tokens) plus the new tokens causally.
     """
 
-    def __init__(self, attention: nn.Module, dim: int, linear_units: int, activation: str, dropout: float, norm_type: str):
+    def __init__(self, attention: nn.Module, dim: int, linear_units: int, activation: str, dropout: float, norm_type: str,
+                 norm_eps: Optional[float] = None):
         super().__init__()
-        self.attn_norm = build_norm(norm_type, dim)
+        self.attn_norm = build_norm(norm_type, dim, norm_eps)
         self.attn = attention
-        self.ffn_norm = build_norm(norm_type, dim)
+        self.ffn_norm = build_norm(norm_type, dim, norm_eps)
         self.ffn = FeedForward(dim, linear_units, activation, dropout)
         self.dropout = nn.Dropout(dropout)
 

@@ -77,7 +77,7 @@ class LlamaMTLAModel(LlamaMTLAPreTrainedModel):
         self.layers = nn.ModuleList(
             DecoderLayer(build_attention(config.attention_type, config.hidden_size, config.num_attention_heads,
                                          **config.attention_options()),
-                         config.hidden_size, config.intermediate_size, "swiglu", 0.0, "rms_norm")
+                         config.hidden_size, config.intermediate_size, "swiglu", 0.0, "rms_norm", config.rms_norm_eps)
             for _ in range(config.num_hidden_layers))
         self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_init()
