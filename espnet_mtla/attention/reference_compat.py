@@ -42,7 +42,7 @@ def rope_rows(dim: int) -> torch.Tensor:
     return torch.cat([torch.arange(0, dim, 2), torch.arange(1, dim, 2)])
 
 
-def _permute_rope(tensor: torch.Tensor, groups: int, nope: int, rope: int) -> torch.Tensor:
+def permute_rope_rows(tensor: torch.Tensor, groups: int, nope: int, rope: int) -> torch.Tensor:
     """Rows grouped as ``groups`` x [nope rows ; rope rows]: permute each group's rope rows."""
     shaped = tensor.reshape(groups, nope + rope, *tensor.shape[1:])
     order = torch.cat([torch.arange(nope), nope + rope_rows(rope)]).to(tensor.device)
@@ -103,10 +103,10 @@ def convert_reference_layer(state: Mapping[str, torch.Tensor], config: Mapping, 
         out[our_key] = transform(tensor) if transform else tensor.clone()
 
     def per_head_query(t):
-        return _permute_rope(t, heads, d_n, d_r) if interleaved_rope else t.clone()
+        return permute_rope_rows(t, heads, d_n, d_r) if interleaved_rope else t.clone()
 
     def kv_down(t):
-        return _permute_rope(t, 1, d_c, d_r) if interleaved_rope else t.clone()
+        return permute_rope_rows(t, 1, d_c, d_r) if interleaved_rope else t.clone()
 
     if config["q_lora_rank"]:
         take("wq_a.weight", "q_proj.0.weight")

@@ -9,14 +9,12 @@ layer: a ``MultiheadTemporalLatentAttention`` (or fairseq ``MultiheadLatentAtten
 dict, or a larger one whose layer sits under ``--prefix``; writes ``{"config": ..., "state_dict":
 ...}`` where ``build_attention(**config).load_state_dict(state_dict)`` rebuilds it.
 hf: a ``LlamaMTLAForCausalLM`` directory -> ours, loadable with ``from_pretrained(OUT_DIR)``.
-fairseq: see ``espnet_mtla.data.fairseq_checkpoint`` (decoder stack -> ``DecoderOnlyDecoder``).
+fairseq: see ``espnet_mtla.decoder.fairseq_checkpoint`` (decoder stack -> ``DecoderOnlyDecoder``).
 Input files are read without unpickling code (espnet_mtla.safe_load); outputs appear whole or
 not at all. A file that is not what it claims gives one line naming it and the first bad key.
 """
 
 import argparse
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import torch
 from espnet_mtla import safe_load
 from espnet_mtla.attention.reference_compat import ReferenceFormatError, convert_reference_layer, reference_layer_config
 from espnet_mtla.errors import one_line_errors
-from espnet_mtla.fileio import write_atomic
+from espnet_mtla.fileio import write_atomic, write_directory_atomic
 
 
 def import_layer(source: Path, out: Path, num_heads: int, down_rate: int = 2, prefix: str = "") -> dict:
@@ -49,22 +47,7 @@ def import_hf(source: Path, out: Path) -> None:
     from espnet_mtla.hf.reference import convert_reference_checkpoint, copy_tokenizer_files
 
     model = convert_reference_checkpoint(source)
-    write_directory(out, lambda tmp: (model.save_pretrained(tmp), copy_tokenizer_files(source, tmp)))
-
-
-def write_directory(out: Path, write) -> None:
-    """``write(tmp_dir)``, then rename it to ``out`` (replacing an earlier output): never half a directory."""
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_directory_atomic(out, lambda tmp: (model.save_pretrained(tmp), copy_tokenizer_files(source, tmp)))
 
 
 def main(argv=None) -> int:
@@ -95,7 +78,7 @@ def main(argv=None) -> int:
             import_hf(args.source, args.out)
             print(f"wrote {args.out}: LlamaMTLAForCausalLM.from_pretrained({str(args.out)!r}) loads it")
         else:
-            from espnet_mtla.data.fairseq_checkpoint import import_fairseq
+            from espnet_mtla.decoder.fairseq_checkpoint import import_fairseq
 
             import_fairseq(args.source, args.out)
 

@@ -44,30 +44,43 @@ class FeedForward(nn.Module):
         return self.w2(self.dropout(hidden))
 
 
-class DecoderLayer(nn.Module):
-    """Pre-norm layer: h + attn(norm(h)), then h + ffn(norm(h)).
+NORM_LAYOUTS = ("pre_norm", "mtla_fairseq")
 
+
+class DecoderLayer(nn.Module):
+    """A decoder layer: attention over the layer's cache plus the new tokens, then a FFN.
+
+    ``norm_layout`` ``pre_norm`` (default): h + attn(norm(h)), then h + ffn(norm(h)); a prefix
+    is normalised before it is written. ``mtla_fairseq``: the layers of the MTLA paper's fairseq
+    models, for models imported from the reference toolkit: h = N1(h + attn(N1(h))) (the same
+    norm twice), then h = N2(h + ffn(h)); the prefix is written as the projector gives it.
     The attention sees the layer's cache (whatever earlier calls wrote into it: the prefix,
     earlier tokens) plus the new tokens causally.
     """
 
     def __init__(self, attention: nn.Module, dim: int, linear_units: int, activation: str, dropout: float, norm_type: str,
-                 norm_eps: Optional[float] = None):
+                 norm_eps: Optional[float] = None, norm_layout: str = "pre_norm"):
         super().__init__()
+        if norm_layout not in NORM_LAYOUTS:
+            raise ConfigError(f"decoder_conf: unknown norm_layout {norm_layout!r}; choose one of {', '.join(NORM_LAYOUTS)}")
         self.attn_norm = build_norm(norm_type, dim, norm_eps)
         self.attn = attention
         self.ffn_norm = build_norm(norm_type, dim, norm_eps)
         self.ffn = FeedForward(dim, linear_units, activation, dropout)
         self.dropout = nn.Dropout(dropout)
+        self.norm_layout = norm_layout
 
     def forward(self, h: torch.Tensor, mask: Optional[torch.Tensor], cache: AttentionCache) -> torch.Tensor:
         """h: (B, T, D) new tokens, mask: (B, T) real tokens or None -> (B, T, D)."""
+        if self.norm_layout == "mtla_fairseq":
+            h = self.attn_norm(h + self.dropout(self.attn(self.attn_norm(h), mask, cache=cache)))
+            return self.ffn_norm(h + self.dropout(self.ffn(h)))
         h = h + self.dropout(self.attn(self.attn_norm(h), mask, cache=cache))
         return h + self.dropout(self.ffn(self.ffn_norm(h)))
 
     def prefill(self, cache: AttentionCache, prefix: torch.Tensor, mask: Optional[torch.Tensor]) -> None:
         """Write a keys/values-only prefix (B, P, D) into ``cache``."""
-        self.attn.prefill(cache, self.attn_norm(prefix), mask)
+        self.attn.prefill(cache, prefix if self.norm_layout == "mtla_fairseq" else self.attn_norm(prefix), mask)
 
 
 class PrefixProjector(nn.Module):

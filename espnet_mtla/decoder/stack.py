@@ -71,6 +71,8 @@ class DecoderOnlyStack(nn.Module):
             ``mha_conf``, ``gqa_conf``, ``mla_conf``, ``mtla_conf`` (see attention_config.py).
         model_dim, attention_heads, linear_units, num_blocks: layer sizes.
         ffn_activation: relu | gelu | swiglu.  norm_type: layer_norm | rms_norm.
+        norm_layout: pre_norm (default) | mtla_fairseq (the reference toolkit's layers, for
+            imported models; see layers.DecoderLayer).
         dropout_rate: residual, FFN and embedding dropout.
         tie_embeddings: share the token embedding with the output layer.
         prefix_stack, prefix_hidden: the projector stacks ``prefix_stack`` encoder frames and
@@ -89,6 +91,7 @@ class DecoderOnlyStack(nn.Module):
         num_blocks: int = 9,
         ffn_activation: str = "relu",
         norm_type: str = "layer_norm",
+        norm_layout: str = "pre_norm",
         dropout_rate: float = 0.1,
         tie_embeddings: bool = True,
         prefix_stack: int = 1,
@@ -120,7 +123,7 @@ class DecoderOnlyStack(nn.Module):
         self.layers = nn.ModuleList(
             DecoderLayer(
                 build_layer_attention(attention_type, model_dim, attention_heads, sections),
-                model_dim, linear_units, ffn_activation, dropout_rate, norm_type,
+                model_dim, linear_units, ffn_activation, dropout_rate, norm_type, norm_layout=norm_layout,
             )
             for _ in range(num_blocks)
         )
