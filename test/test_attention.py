@@ -326,3 +326,14 @@ def test_mask_and_cache_mismatches_are_clear_errors():
     with pytest.raises(ValueError, match="x has 3 rows but the cache holds 2; reorder the cache"):
         attn(x, cache=cache)
     assert cache.lengths.tolist() == [0, 0] and cache.max_length == 0  # untouched
+
+
+def test_latent_norm_choice_and_the_default_that_old_checkpoints_rely_on():
+    old = make("mtla", dict(LATENT, down_rate=2, q_lora_rank=12))  # written before latent_norm existed
+    assert isinstance(old.kv_norm, torch.nn.RMSNorm) and isinstance(old.q_proj[1], torch.nn.RMSNorm)
+    assert "kv_norm.bias" not in old.state_dict()
+    paper = make("mtla", dict(LATENT, down_rate=2, q_lora_rank=12, latent_norm="layer_norm"))
+    assert isinstance(paper.kv_norm, torch.nn.LayerNorm) and isinstance(paper.q_proj[1], torch.nn.LayerNorm)
+    assert paper.kv_norm.eps == 1e-5 and "kv_norm.bias" in paper.state_dict()
+    with pytest.raises(ValueError, match="latent_norm must be one of layer_norm, rms_norm, got 'batch_norm'"):
+        make("mla", dict(LATENT, latent_norm="batch_norm"))

@@ -117,3 +117,11 @@ def test_attn_backend_reaches_every_layer_and_keeps_generations():
     assert torch.equal(generations["eager"], generations["sdpa"])
     with pytest.raises(ValueError, match="^attn_backend must be one of auto, eager, sdpa, triton, got 'flash'$"):
         hf.LlamaMTLAConfig(attn_backend="flash")
+
+
+def test_latent_norm_reaches_the_layers_and_is_checked():
+    model = tiny_model("mtla", latent_norm="layer_norm")
+    assert all(isinstance(layer.attn.kv_norm, torch.nn.LayerNorm) for layer in model.model.layers)
+    assert isinstance(tiny_model("mla").model.layers[0].attn.kv_norm, torch.nn.RMSNorm)  # the default
+    with pytest.raises(ValueError, match="latent_norm 'batch_norm': choose one of layer_norm, rms_norm"):
+        hf.LlamaMTLAConfig(latent_norm="batch_norm")
