@@ -145,3 +145,8 @@ def test_fairseq_errors_are_one_line(reference, tmp_path, capsys):  # noqa: F811
     assert import_reference(["fairseq", str(tmp_path / "other.pt"), str(tmp_path / "out")]) == 1
     assert "arch 'transformer' is not one of the reference's decoder-only speech models" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
+    namespace = argparse.Namespace(arch=ARCH["mtla"], decoder_attention_heads=H)
+    torch.save({"model": {"decoder.layer_norm.weight": torch.ones(D)}, "cfg": {"model": namespace}}, tmp_path / "bare.pt")
+    assert import_reference(["fairseq", str(tmp_path / "bare.pt"), str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.strip() == (f"error: {tmp_path / 'bare.pt'}: not a reference decoder-only model: "
+                                               "missing key 'decoder.embed_tokens.weight'")

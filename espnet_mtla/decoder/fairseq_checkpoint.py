@@ -28,15 +28,15 @@ from typing import Dict, List, Tuple
 import torch
 
 from espnet_mtla import safe_load
-from espnet_mtla.fileio import write_directory_atomic
 from espnet_mtla.attention.reference_compat import (
     ReferenceFormatError,
-    permute_rope_rows,
     convert_reference_layer,
+    permute_rope_rows,
     reference_layer_config,
 )
+from espnet_mtla.fileio import write_directory_atomic
 
-# arch -> (our attention type, kv heads for the MHA family: fixed in the reference's layers)
+# arch -> our attention type (the reference's GQA layers have 2 kv heads, fixed in its code)
 ARCHS = {
     "s2t_decoder_only_MTLA_cross_xm": "mtla",
     "s2t_decoder_only_MLA_cross_xm": "mla",
@@ -44,7 +44,6 @@ ARCHS = {
     "s2t_decoder_only_GQAroformer_cross_xm": "gqa",
     "s2t_decoder_only_MQAroformer_cross_xm": "mqa",
 }
-KV_HEADS = {"gqa": 2, "mqa": 1}
 
 
 def read_checkpoint(path: Path) -> Tuple[dict, Dict[str, torch.Tensor]]:
@@ -74,20 +73,29 @@ def decoder_conf(args: dict, state: Dict[str, torch.Tensor], source: str) -> dic
         raise ReferenceFormatError(f"{source}: no_scale_embedding is on: our stack scales embeddings by sqrt(D)")
     if "decoder.layer_norm.weight" not in state:
         raise ReferenceFormatError(f"{source}: no final decoder LayerNorm (decoder.layer_norm): our stack has one")
+
+    def need(key):
+        if key not in state:
+            raise ReferenceFormatError(f"{source}: not a reference decoder-only model: missing key {key!r}")
+        return state[key]
+
+    if "decoder_attention_heads" not in args:
+        raise ReferenceFormatError(f"{source}: its model arguments lack decoder_attention_heads")
     attention_type = ARCHS[arch]
-    heads, dim = args["decoder_attention_heads"], state["decoder.embed_tokens.weight"].shape[1]
+    heads, dim = args["decoder_attention_heads"], need("decoder.embed_tokens.weight").shape[1]
+    linear_units = need("decoder.layers.0.fc1.weight").shape[0]
     layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("decoder.layers."))
-    stack = args.get("encoder_projector_ds_rate", 1)
     conf = {
         "attention_type": attention_type, "model_dim": dim, "attention_heads": heads,
-        "linear_units": state["decoder.layers.0.fc1.weight"].shape[0], "num_blocks": layers,
+        "linear_units": linear_units, "num_blocks": layers,
         "ffn_activation": "relu", "norm_type": "layer_norm", "norm_layout": "mtla_fairseq", "dropout_rate": 0.0,
-        "tie_embeddings": bool(args.get("share_decoder_input_output_embed", False)), "prefix_stack": stack,
-        "prefix_hidden": state["decoder.projector.linear1.weight"].shape[0], "prefix_mode": "kv_only",
+        "tie_embeddings": bool(args.get("share_decoder_input_output_embed", False)),
+        "prefix_stack": args.get("encoder_projector_ds_rate", 1),
+        "prefix_hidden": need("decoder.projector.linear1.weight").shape[0], "prefix_mode": "kv_only",
         "attention_conf": {"dropout": 0.0, "bias": attention_type in ("mha", "mqa", "gqa"), "rope_base": 10000.0},
     }
-    if attention_type in KV_HEADS:
-        conf["gqa_conf"] = {"num_kv_heads": KV_HEADS[attention_type]} if attention_type == "gqa" else {}
+    if attention_type == "gqa":
+        conf["gqa_conf"] = {"num_kv_heads": 2}
     if attention_type in ("mla", "mtla"):
         attn = _prefixed(state, "decoder.layers.0.self_attn.")
         layer = reference_layer_config(attn, heads, args.get("decoder_down_rate", 2), f"{source} (decoder.layers.0)")
