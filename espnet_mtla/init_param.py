@@ -11,7 +11,7 @@ we log them), and tensors left at their initialisation are logged by name. The r
 
 import contextlib
 import logging
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Tuple
 
 import torch
 
@@ -26,15 +26,20 @@ def _named(keys: List[str], limit: int = 3) -> str:
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
+def parse_init_param(init_param: str) -> Tuple[str, str, str, str]:
+    """``<file>:<src_key>:<dst_key>:<excludes>`` (trailing parts optional, as ESPnet reads it)."""
+    path, src_key, dst_key, excludes = (init_param.split(":", 3) + ["", "", ""])[:4]
+    return path, src_key, dst_key, excludes
+
+
 def source_tensors(init_param: str) -> Dict[str, torch.Tensor]:
     """The tensors ``init_param`` would copy, keyed as in the destination module (ESPnet's parsing)."""
-    parts = init_param.split(":", 4)
-    path, src_key, excludes = parts[0], parts[1] if len(parts) > 1 else "", parts[3] if len(parts) > 3 else None
+    path, src_key, _, excludes = parse_init_param(init_param)
     state = safe_load.load(path, map_location="cpu")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.get("module", state).values()):
         raise ConfigError(f"--init_param {path}: not a model file (a state dict of tensors)")
     state = state.get("module", state)
-    for prefix in (excludes or "").split(",") if excludes else []:
+    for prefix in excludes.split(",") if excludes else []:
         state = {k: v for k, v in state.items() if not k.startswith(prefix)}
     if src_key:
         state = {k[len(src_key) + 1:]: v for k, v in state.items() if k.startswith(src_key + ".")}
@@ -45,8 +50,7 @@ def source_tensors(init_param: str) -> Dict[str, torch.Tensor]:
 
 def check_init_param(init_param: str, model: torch.nn.Module, ignore_init_mismatch: bool) -> None:
     """Raise ConfigError (or log, with ``ignore_init_mismatch``) what of ``init_param`` does not fit ``model``."""
-    parts = init_param.split(":", 4)
-    path, dst_key = parts[0], parts[2] if len(parts) > 2 else ""
+    path, _, dst_key, _ = parse_init_param(init_param)
     dst = model
     for name in filter(None, dst_key.split(".")):
         dst = getattr(dst, name, None)

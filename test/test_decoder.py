@@ -145,6 +145,8 @@ def test_stale_state_is_refused():
         ({"attention_conf": {"dropout": 1.5}}, r"dropout must be in \[0, 1\)"),
         ({"prefix_mode": "both"}, "unknown prefix_mode 'both'"),
         ({"ffn_activation": "tanh"}, "unknown ffn_activation 'tanh'"),
+        ({"norm_layout": "post_norm"}, "decoder_conf: unknown norm_layout 'post_norm'; choose one of pre_norm, mtla_fairseq"),
+        ({"mla_conf": {"latent_norm": "batch_norm"}}, "latent_norm must be one of layer_norm, rms_norm"),
     ],
 )
 def test_config_errors_name_the_key(overrides, message):

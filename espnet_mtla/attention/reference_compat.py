@@ -37,6 +37,11 @@ class ReferenceFormatError(ValueError):
     """A file or state dict is not what it claims to be; the message names it and the first bad key."""
 
 
+def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+    """The entries of ``state`` under ``prefix``, keyed without it (a layer out of a whole model)."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
 def rope_rows(dim: int) -> torch.Tensor:
     """Row order taking the reference's interleaved rope pairs to our halves: ours = ref[rope_rows(d)]."""
     return torch.cat([torch.arange(0, dim, 2), torch.arange(1, dim, 2)])
@@ -188,7 +193,9 @@ class MultiheadTemporalLatentAttention(nn.Module):
         """``load_state_dict`` of a reference state dict: convert its keys to ``layer.*`` in place."""
         if prefix + "wkv_a.weight" not in state_dict:
             return
-        own = {k[len(prefix):]: state_dict.pop(k) for k in list(state_dict) if k.startswith(prefix)}
+        own = strip_prefix(state_dict, prefix)
+        for key in own:
+            del state_dict[prefix + key]
         config = reference_layer_config(own, self.num_heads, self.down_rate)
         converted, _ = convert_reference_layer(own, config)
         state_dict.update({f"{prefix}layer.{k}": v for k, v in converted.items()})

@@ -21,7 +21,12 @@ from pathlib import Path
 import torch
 
 from espnet_mtla import safe_load
-from espnet_mtla.attention.reference_compat import ReferenceFormatError, convert_reference_layer, reference_layer_config
+from espnet_mtla.attention.reference_compat import (
+    ReferenceFormatError,
+    convert_reference_layer,
+    reference_layer_config,
+    strip_prefix,
+)
 from espnet_mtla.errors import one_line_errors
 from espnet_mtla.fileio import write_atomic, write_directory_atomic
 
@@ -32,7 +37,7 @@ def import_layer(source: Path, out: Path, num_heads: int, down_rate: int = 2, pr
         raise ReferenceFormatError(f"{source}: not a state dict")
     state = state.get("model", state)  # a training checkpoint holds the state dict under "model"
     if prefix:
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        state = strip_prefix(state, prefix)
         if not state:
             raise ReferenceFormatError(f"{source}: no key starts with --prefix {prefix!r}")
     config = reference_layer_config(state, num_heads, down_rate, str(source))

@@ -33,6 +33,7 @@ from espnet_mtla.attention.reference_compat import (
     convert_reference_layer,
     permute_rope_rows,
     reference_layer_config,
+    strip_prefix,
 )
 from espnet_mtla.fileio import write_directory_atomic
 
@@ -97,7 +98,7 @@ def decoder_conf(args: dict, state: Dict[str, torch.Tensor], source: str) -> dic
     if attention_type == "gqa":
         conf["gqa_conf"] = {"num_kv_heads": 2}
     if attention_type in ("mla", "mtla"):
-        attn = _prefixed(state, "decoder.layers.0.self_attn.")
+        attn = strip_prefix(state, "decoder.layers.0.self_attn.")
         layer = reference_layer_config(attn, heads, args.get("decoder_down_rate", 2), f"{source} (decoder.layers.0)")
         conf["mla_conf"] = {k: layer[k] for k in ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
                                                   "qk_rope_head_dim", "v_head_dim", "latent_norm")}
@@ -107,10 +108,6 @@ def decoder_conf(args: dict, state: Dict[str, torch.Tensor], source: str) -> dic
                                            "decodes wrongly with s = 1 (use MLA)")
             conf["mtla_conf"] = {"down_rate": layer["down_rate"], "hypernet_rank_ratio": layer["hypernet_rank_ratio"]}
     return conf
-
-
-def _prefixed(state: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def convert_decoder(state: Dict[str, torch.Tensor], conf: dict, source: str) -> Tuple[Dict[str, torch.Tensor], List[str]]:
@@ -141,7 +138,7 @@ def convert_decoder(state: Dict[str, torch.Tensor], conf: dict, source: str) -> 
             take(f"{ref}final_layer_norm.{part}", f"{ours}ffn_norm.{part}")
             take(f"{ref}fc1.{part}", f"{ours}ffn.w1.{part}")
             take(f"{ref}fc2.{part}", f"{ours}ffn.w2.{part}")
-        attn = _prefixed(state, ref + "self_attn.")
+        attn = strip_prefix(state, ref + "self_attn.")
         if attention_type in ("mla", "mtla"):
             layer = reference_layer_config(attn, heads, conf.get("mtla_conf", {}).get("down_rate", 2), f"{source} ({ref})")
             converted, layer_notes = convert_reference_layer(attn, layer, f"{source} ({ref})")

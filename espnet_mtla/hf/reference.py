@@ -19,7 +19,12 @@ from typing import Dict, Tuple
 import torch
 
 from espnet_mtla import safe_load
-from espnet_mtla.attention.reference_compat import ReferenceFormatError, convert_reference_layer, reference_layer_config
+from espnet_mtla.attention.reference_compat import (
+    ReferenceFormatError,
+    convert_reference_layer,
+    reference_layer_config,
+    strip_prefix,
+)
 from espnet_mtla.hf.configuration import LlamaMTLAConfig
 from espnet_mtla.hf.modeling import LlamaMTLAForCausalLM
 
@@ -100,7 +105,7 @@ def convert_weights(weights: Dict[str, torch.Tensor], config: LlamaMTLAConfig,
         take("lm_head.weight", "lm_head.weight")
     for i in range(config.num_hidden_layers):
         ref, ours = f"model.layers.{i}.", f"model.layers.{i}."
-        attn = {k[len(ref + "self_attn."):]: v for k, v in weights.items() if k.startswith(ref + "self_attn.")}
+        attn = strip_prefix(weights, ref + "self_attn.")
         layer_config = reference_layer_config(attn, config.num_attention_heads, config.down_rate,
                                               f"{source} (layer {i})")
         converted, _ = convert_reference_layer(attn, layer_config, f"{source} (layer {i})", interleaved_rope=False)
