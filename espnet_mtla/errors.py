@@ -8,6 +8,10 @@ class ConfigError(ValueError):
     """A configuration value or key is wrong; the message names it and says what to do."""
 
 
+class BatchDecodingError(ValueError):
+    """Batched decoding (``--batch_frames``/``--batch_size N``) cannot decode with these options."""
+
+
 def check_known_keys(section: str, given: Iterable[str], valid: Iterable[str]) -> None:
     """Raise ConfigError naming the first key of ``given`` that is not in ``valid``."""
     valid = sorted(valid)

@@ -26,36 +26,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from espnet_mtla import datadir
+from espnet_mtla.attention.registry import attention_types
 from espnet_mtla.fileio import write_text_atomic
+from espnet_mtla.metrics.scoring import METRICS, check_metrics
 from espnet_mtla.stage_record import StageRecord, make_key, table_files
+from espnet_mtla.task_specs import TASKS, get_task
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_JOBS = [sys.executable, str(ROOT / "utils" / "run_jobs.py")]
-TASKS = ("asr", "st", "slu", "mt")
-
-
-def _wer(refs, hyps, out):
-    from espnet_mtla.metrics import scoring
-
-    return {"wer": scoring.sclite_error_rate(refs, hyps, out / "score_wer")["err"],
-            "cer": scoring.sclite_error_rate(refs, hyps, out / "score_cer", unit="char")["err"]}
-
-
-def _scorer(name: str, folder: str):
-    def score(refs, hyps, out):
-        from espnet_mtla.metrics import scoring
-
-        return getattr(scoring, name)(refs, hyps, out / folder)
-    return score
-
-
-# Stage 9's scorers: (refs, hyps, decode dir) -> scores.json's dict.
-METRICS = {"wer": _wer, "bleu": _scorer("bleu", "score_bleu"), "intent": _scorer("intent_scores", "score_intent"),
-           "rouge": _scorer("rouge", "score_rouge")}
-DEFAULT_METRIC = {"asr": "wer", "st": "bleu", "slu": "intent", "mt": "rouge"}
 log = logging.getLogger("pipeline")
 
 
@@ -64,10 +46,22 @@ class StageError(RuntimeError):
 
 
 # -- options ----------------------------------------------------------------------------
+def metric_names(value: str) -> Union[str, List[str]]:
+    """``--metrics``: "auto", or metric names separated by spaces or commas."""
+    if value == "auto":
+        return value
+    names = value.replace(",", " ").split()
+    try:
+        check_metrics(names)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return names
+
+
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = p.add_argument
-    add("--task", choices=TASKS, required=True)
+    add("--task", choices=tuple(TASKS), required=True)
     add("--stage", type=int, default=1)
     add("--stop_stage", type=int, default=11)
     add("--nj", type=int, default=2, help="parallel jobs for formatting and statistics")
@@ -99,7 +93,7 @@ def get_parser() -> argparse.ArgumentParser:
              "have the ST config's shape")
     add("--ssl_checkpoint", default="",
         help="an S3PRL upstream's local checkpoint: sets frontend_conf.path_or_url of an s3prl frontend config")
-    add("--attention", default="mtla", choices=("mha", "mqa", "gqa", "mla", "mtla"),
+    add("--attention", default="mtla", choices=attention_types(),
         help="fills {attention} in --train_config, e.g. conf/train_{attention}.yaml")
     add("--train_config", required=False, help="may contain {attention}")
     add("--inference_config", default=None)
@@ -111,8 +105,9 @@ def get_parser() -> argparse.ArgumentParser:
     add("--inference_args", default="", help="extra options for <task>_inference")
     add("--dumpdir", default="dump")
     add("--expdir", default="exp")
-    add("--metric", default="auto", choices=("auto",) + tuple(METRICS),
-        help="stage 9's scorer; auto: the task's (asr wer, st bleu, slu intent, mt rouge)")
+    add("--metrics", default="auto", type=metric_names,
+        help=f"stage 9's scorers, space- or comma-separated, from: {', '.join(METRICS)}; auto: the task's ("
+             + "; ".join(f"{t.name} {' '.join(t.metrics)}" for t in TASKS.values()) + ")")
     add("--results", default="RESULTS.md")
     add("--force", default="false", choices=("true", "false"),
         help="redo stages recorded as finished with the same options and inputs, and continue a training "
@@ -124,10 +119,11 @@ class Pipeline:
     def __init__(self, args: argparse.Namespace):
         if args.train_config:
             args.train_config = args.train_config.replace("{attention}", args.attention)
-        self.a = args
+        self.args = args
         self.task = args.task
-        self.speech = args.task != "mt"
-        self.metric = DEFAULT_METRIC[args.task] if args.metric == "auto" else args.metric
+        self.spec = get_task(args.task)
+        self.speech = self.spec.speech
+        self.metrics = list(self.spec.metrics) if args.metrics == "auto" else args.metrics
         self.feats = args.feats_type if self.speech else "text"
         self.zipped = self.feats == "fbank" and args.feats_storage == "zip"
         self.dump = Path(args.dumpdir) / (args.audio_format if self.feats == "raw" else
@@ -176,26 +172,22 @@ class Pipeline:
 
     def text_names(self) -> Dict[str, str]:
         """ESPnet data name -> file in a data dir."""
-        if self.task == "st":
-            return {"text": f"text.{self.a.tgt_lang}", "src_text": f"text.{self.a.src_lang}"}
-        if self.task == "mt":
-            return {"text": "text", "src_text": f"text.{self.a.src_lang}"}
-        return {"text": "text"}
+        return self.spec.text_names(self.args.src_lang, self.args.tgt_lang)
 
     def token_dir(self, side: str) -> Path:
         if side == "src":
-            return Path("data") / "token_list" / f"src_{self.a.src_token_type}{self.a.src_nbpe if self.a.src_token_type == 'bpe' else ''}"
-        return Path("data") / "token_list" / f"{self.a.token_type}{self.a.nbpe if self.a.token_type == 'bpe' else ''}"
+            return Path("data") / "token_list" / f"src_{self.args.src_token_type}{self.args.src_nbpe if self.args.src_token_type == 'bpe' else ''}"
+        return Path("data") / "token_list" / f"{self.args.token_type}{self.args.nbpe if self.args.token_type == 'bpe' else ''}"
 
     def token_args(self) -> List[str]:
         tgt = self.token_dir("tgt")
-        out = ["--token_type", self.a.token_type, "--token_list", tgt / "tokens.txt"]
-        if self.a.token_type == "bpe":
+        out = ["--token_type", self.args.token_type, "--token_list", tgt / "tokens.txt"]
+        if self.args.token_type == "bpe":
             out += ["--bpemodel", tgt / "bpe.model"]
-        if self.task in ("st", "mt"):
+        if self.spec.source_text:
             src = self.token_dir("src")
-            out += ["--src_token_type", self.a.src_token_type, "--src_token_list", src / "tokens.txt"]
-            if self.a.src_token_type == "bpe":
+            out += ["--src_token_type", self.args.src_token_type, "--src_token_list", src / "tokens.txt"]
+            if self.args.src_token_type == "bpe":
                 out += ["--src_bpemodel", src / "bpe.model"]
         return out
 
@@ -204,7 +196,7 @@ class Pipeline:
         inputs = []
         if self.speech:
             scp, kind = ("feats.scp", "zip_npy" if self.zipped else "kaldi_ark") if self.feats == "fbank" else (
-                ("wav.scp", "kaldi_ark") if self.a.audio_format.endswith(".ark") else ("wav.scp", "sound"))
+                ("wav.scp", "kaldi_ark") if self.args.audio_format.endswith(".ark") else ("wav.scp", "sound"))
             inputs.append(("speech", scp, kind))
         inputs += [(name, file, "text") for name, file in self.text_names().items()]
         return [arg for name, file, kind in inputs if only in (None, name)
@@ -213,13 +205,13 @@ class Pipeline:
     def train_command(self, *options) -> List:
         """``<task>_train`` with the recipe's config, tokens, features and train/valid data."""
         cmd = [sys.executable, "-m", f"espnet_mtla.bin.{self.task}_train"]
-        if self.a.train_config:
-            cmd += ["--config", self.a.train_config]
+        if self.args.train_config:
+            cmd += ["--config", self.args.train_config]
         cmd += ["--use_preprocessor", "true", *options] + self.token_args() + self.feature_args()
-        if self.a.ssl_checkpoint:
-            cmd += ["--frontend_conf", f"frontend_conf.path_or_url={Path(self.a.ssl_checkpoint).resolve()}"]
+        if self.args.ssl_checkpoint:
+            cmd += ["--frontend_conf", f"frontend_conf.path_or_url={Path(self.args.ssl_checkpoint).resolve()}"]
         cmd += self.data_args("--train_data_path_and_name_and_type", self.dump / self.train_set)
-        return cmd + self.data_args("--valid_data_path_and_name_and_type", self.dump / self.a.valid_set)
+        return cmd + self.data_args("--valid_data_path_and_name_and_type", self.dump / self.args.valid_set)
 
     def feature_args(self) -> List[str]:
         return ["--input_size", "80"] if self.feats == "fbank" else []
@@ -228,114 +220,148 @@ class Pipeline:
         """A top-level value of the training config (ESPnet's default when the config omits it)."""
         import yaml
 
-        with open(self.a.train_config, encoding="utf-8") as f:
+        with open(self.args.train_config, encoding="utf-8") as f:
             return (yaml.safe_load(f) or {}).get(key, default)
 
-    def check_ready(self, number: int) -> None:
-        """Raise StageError when a stage cannot start (before it records or creates anything)."""
-        script = Path("local/data.sh")
-        if number == 1 and not script.exists():
-            raise StageError(f"{script.resolve()} not found: run from a recipe dir (egs2/<corpus>/<task>1)")
-        if number == 7 and not self.a.train_config:
-            raise StageError("--train_config is required for training")
-        symbols = self.a.user_defined_symbols_file
-        if number == 5 and symbols and not Path(symbols).is_file():
-            raise StageError(f"--user_defined_symbols_file {symbols}: no such file (the recipe's stage 1 writes it)")
-        if number in (6, 7) and self.a.ssl_checkpoint and not Path(self.a.ssl_checkpoint).is_file():
-            raise StageError(f"--ssl_checkpoint {self.a.ssl_checkpoint}: no such file (a local HuBERT/WavLM "
-                             f"checkpoint; recipes take it from SSL_CHECKPOINT in db.sh)")
-        if number == 7 and self.a.pretrained_asr and not Path(self.a.pretrained_asr).is_file():
-            raise StageError(f"--pretrained_asr {self.a.pretrained_asr}: no such file (an ASR model file, e.g. "
-                             "exp/asr_train_mtla/valid.acc.ave.pth of an ASR recipe on the same audio)")
-        model = self.exp / self.a.inference_model
-        if number in (8, 11) and not model.exists():
-            raise StageError(f"{model} not found: train first (stage 7), or set --inference_model")
-
-    # -- stage records (espnet_mtla.stage_record) ---------------------------------------------
-    def record(self, number: int) -> StageRecord:
-        """Data stages (1-6) record under <expdir>/stages, training and packing under the
-        experiment, decoding and scoring under the decode dir (one per inference config)."""
-        name = Pipeline.STAGES[number].__name__.split("_", 1)[1]
-        if number <= 6:
-            where = Path(self.a.expdir)
-        elif number in (7, 11):
-            where = self.exp
-        else:
-            where = self.decode_dir("-").parent
-        return StageRecord(where / "stages", number, name)
-
     def token_files(self) -> List[Path]:
-        sides = ("tgt", "src") if self.task in ("st", "mt") else ("tgt",)
+        sides = ("tgt", "src") if self.spec.source_text else ("tgt",)
         return [self.token_dir(side) / f for side in sides for f in ("tokens.txt", "bpe.model")]
 
-    def stage_spec(self, number: int) -> Tuple[Dict[str, object], List[Path], List[Path]]:
-        """(options, input files, output files) of a stage: what its record's key covers, and
-        what must still exist for a finished stage to be skipped."""
-        a, data = self.a, Path("data")
+    def record(self, stage: "Stage") -> StageRecord:
+        """Where ``stage`` records that it finished (see ``Stage.records_under``)."""
+        where = {"expdir": Path(self.args.expdir), "exp": self.exp, "decode": self.decode_dir("-").parent}
+        return StageRecord(where[stage.records_under] / "stages", stage.number, stage.name)
+
+    # -- what a stage needs before it starts: each raises StageError (nothing created yet) --------
+    def ready_data(self) -> None:
+        script = Path("local/data.sh")
+        if not script.exists():
+            raise StageError(f"{script.resolve()} not found: run from a recipe dir (egs2/<corpus>/<task>1)")
+
+    def ready_tokenizer(self) -> None:
+        symbols = self.args.user_defined_symbols_file
+        if symbols and not Path(symbols).is_file():
+            raise StageError(f"--user_defined_symbols_file {symbols}: no such file (the recipe's stage 1 writes it)")
+
+    def ready_stats(self) -> None:
+        if self.args.ssl_checkpoint and not Path(self.args.ssl_checkpoint).is_file():
+            raise StageError(f"--ssl_checkpoint {self.args.ssl_checkpoint}: no such file (a local HuBERT/WavLM "
+                             f"checkpoint; recipes take it from SSL_CHECKPOINT in db.sh)")
+
+    def ready_train(self) -> None:
+        if not self.args.train_config:
+            raise StageError("--train_config is required for training")
+        self.ready_stats()
+        if self.args.pretrained_asr and not Path(self.args.pretrained_asr).is_file():
+            raise StageError(f"--pretrained_asr {self.args.pretrained_asr}: no such file (an ASR model file, e.g. "
+                             "exp/asr_train_mtla/valid.acc.ave.pth of an ASR recipe on the same audio)")
+
+    def ready_model(self) -> None:
+        model = self.exp / self.args.inference_model
+        if not model.exists():
+            raise StageError(f"{model} not found: train first (stage 7), or set --inference_model")
+
+    def refuse_mixed_training(self, changed: List[str]) -> None:
+        """Stage 7 with other options or inputs than the run its checkpoint holds."""
+        if (self.exp / "checkpoint.pth").exists() and self.args.force != "true":
+            raise StageError(f"{self.exp} holds a training run with other options or inputs (changed: "
+                             f"{describe_changes(changed)}); resuming it would mix the two: move it away, name a new "
+                             f"experiment with --tag, or continue it anyway with --force true")
+
+    # -- what each stage's record covers: (options, input files, output files) ---------------
+    # The options and inputs make its key; the outputs must still exist for a finished stage
+    # to be skipped.
+    def _tables(self, dirs: List[Path]) -> List[Path]:
+        return [f for d in dirs for f in table_files(d)]
+
+    def _train_valid(self) -> List[Path]:
+        return [self.dump / self.train_set, self.dump / self.args.valid_set]
+
+    def _decode_dirs(self) -> List[Path]:
+        return [self.decode_dir(name) for name in self.test_sets]
+
+    def spec_data(self) -> "StageSpec":
+        a = self.args
         sets = [a.train_set, a.valid_set] + self.test_sets
-        train_valid = [self.dump / self.train_set, self.dump / a.valid_set]
+        return ({"local_data_opts": a.local_data_opts, "sets": sets}, [Path("local/data.sh")],
+                [Path("data") / name / "utt2spk" for name in sets])
+
+    def spec_speed_perturb(self) -> "StageSpec":
+        a = self.args
+        return ({"speed_perturb_factors": a.speed_perturb_factors}, self._tables([Path("data") / a.train_set]),
+                [Path("data") / self.train_set / "utt2spk"])
+
+    def spec_format(self) -> "StageSpec":
+        a = self.args
+        train_valid = self._train_valid()
         dump_sets = train_valid + [self.dump / name for name in self.test_sets]
-        tables = lambda dirs: [f for d in dirs for f in table_files(d)]  # noqa: E731
         scp = "feats.scp" if self.feats == "fbank" else ("wav.scp" if self.speech else "utt2spk")
+        return ({"audio_format": a.audio_format, "feats_type": a.feats_type, "feats_storage": a.feats_storage,
+                 "fs": a.fs},
+                self._tables([Path("data") / name for name in [self.train_set, a.valid_set] + self.test_sets]),
+                [self.dump / ("org" if d in train_valid else "") / d.name / scp for d in dump_sets])
+
+    def spec_filter(self) -> "StageSpec":
+        a = self.args
+        train_valid = self._train_valid()
+        return ({"min_wav_duration": a.min_wav_duration, "max_wav_duration": a.max_wav_duration},
+                self._tables([self.dump / "org" / d.name for d in train_valid]), [d / "utt2spk" for d in train_valid])
+
+    def spec_tokenizer(self) -> "StageSpec":
+        a = self.args
+        options = {k: getattr(a, k) for k in ("token_type", "nbpe", "src_token_type", "src_nbpe", "src_lang",
+                                              "tgt_lang", "user_defined_symbols", "user_defined_symbols_file")}
+        symbols = [Path(a.user_defined_symbols_file)] if a.user_defined_symbols_file else []
+        return options, self._tables([self.dump / self.train_set]) + symbols, [self.token_dir("tgt") / "tokens.txt"]
+
+    def spec_stats(self) -> "StageSpec":
+        a = self.args
+        return ({"train_config": a.train_config, "ssl_checkpoint": a.ssl_checkpoint},
+                [Path(a.train_config or "-")] + self._tables(self._train_valid()) + self.token_files(),
+                [self.stats_dir / "train" / "text_shape"])
+
+    def spec_train(self) -> "StageSpec":
+        a = self.args
         stats = [f for tag in ("train", "valid") for f in sorted((self.stats_dir / tag).glob("*"))]
-        model = self.exp / a.inference_model
-        decode = [self.decode_dir(name) for name in self.test_sets]
-        if number == 1:
-            return ({"local_data_opts": a.local_data_opts, "sets": sets}, [Path("local/data.sh")],
-                    [data / name / "utt2spk" for name in sets])
-        if number == 2:
-            return ({"speed_perturb_factors": a.speed_perturb_factors}, tables([data / a.train_set]),
-                    [data / self.train_set / "utt2spk"])
-        if number == 3:
-            return ({"audio_format": a.audio_format, "feats_type": a.feats_type, "feats_storage": a.feats_storage,
-                     "fs": a.fs},
-                    tables([data / name for name in [self.train_set, a.valid_set] + self.test_sets]),
-                    [self.dump / ("org" if d in train_valid else "") / d.name / scp for d in dump_sets])
-        if number == 4:
-            return ({"min_wav_duration": a.min_wav_duration, "max_wav_duration": a.max_wav_duration},
-                    tables([self.dump / "org" / d.name for d in train_valid]), [d / "utt2spk" for d in train_valid])
-        if number == 5:
-            options = {k: getattr(a, k) for k in ("token_type", "nbpe", "src_token_type", "src_nbpe", "src_lang",
-                                                  "tgt_lang", "user_defined_symbols", "user_defined_symbols_file")}
-            symbols = [Path(a.user_defined_symbols_file)] if a.user_defined_symbols_file else []
-            return options, tables([self.dump / self.train_set]) + symbols, [self.token_dir("tgt") / "tokens.txt"]
-        if number == 6:
-            return ({"train_config": a.train_config, "ssl_checkpoint": a.ssl_checkpoint},
-                    [Path(a.train_config or "-")] + tables(train_valid) +
-                    self.token_files(), [self.stats_dir / "train" / "text_shape"])
-        if number == 7:
-            return ({"train_config": a.train_config, "train_args": a.train_args, "ngpu": a.ngpu,
-                     "ssl_checkpoint": a.ssl_checkpoint, "pretrained_asr": a.pretrained_asr},
-                    [Path(a.train_config or "-")] + ([Path(a.pretrained_asr)] if a.pretrained_asr else []) +
-                    tables(train_valid) + self.token_files() + stats,
-                    [self.exp / "config.yaml", self.exp / "checkpoint.pth"])
-        if number == 8:
-            options = {k: getattr(a, k) for k in ("inference_config", "inference_model", "inference_args",
-                                                  "inference_nj", "ngpu")}
-            return ({**options, "test_sets": self.test_sets},
-                    [Path(a.inference_config or "-"), self.exp / "config.yaml", model] + self.token_files() +
-                    tables([self.dump / name for name in self.test_sets]), [d / "efficiency.json" for d in decode])
-        if number == 9:
-            return ({"test_sets": self.test_sets, "metric": self.metric}, [d / "text" for d in decode], [d / "scores.json" for d in decode])
-        if number == 11:
-            return {"inference_config": a.inference_config}, [model, self.exp / "config.yaml"] + self.token_files(), [
-                self.exp / f"{self.exp.name}.zip"]
-        raise ValueError(f"stage {number} keeps no record")
+        return ({"train_config": a.train_config, "train_args": a.train_args, "ngpu": a.ngpu,
+                 "ssl_checkpoint": a.ssl_checkpoint, "pretrained_asr": a.pretrained_asr},
+                [Path(a.train_config or "-")] + ([Path(a.pretrained_asr)] if a.pretrained_asr else []) +
+                self._tables(self._train_valid()) + self.token_files() + stats,
+                [self.exp / "config.yaml", self.exp / "checkpoint.pth"])
+
+    def spec_decode(self) -> "StageSpec":
+        a = self.args
+        options = {k: getattr(a, k) for k in ("inference_config", "inference_model", "inference_args",
+                                              "inference_nj", "ngpu")}
+        return ({**options, "test_sets": self.test_sets},
+                [Path(a.inference_config or "-"), self.exp / "config.yaml", self.exp / a.inference_model] +
+                self.token_files() + self._tables([self.dump / name for name in self.test_sets]),
+                [d / "efficiency.json" for d in self._decode_dirs()])
+
+    def spec_score(self) -> "StageSpec":
+        decode = self._decode_dirs()
+        return ({"test_sets": self.test_sets, "metrics": self.metrics}, [d / "text" for d in decode],
+                [d / "scores.json" for d in decode])
+
+    def spec_pack(self) -> "StageSpec":
+        return ({"inference_config": self.args.inference_config},
+                [self.exp / self.args.inference_model, self.exp / "config.yaml"] + self.token_files(),
+                [self.exp / f"{self.exp.name}.zip"])
 
     # -- stages -------------------------------------------------------------------------------
     def stage1_data(self) -> None:
-        self.run(["bash", "local/data.sh"] + shlex.split(self.a.local_data_opts), Path(self.a.expdir) / "log" / "data_prep.log")
-        for name in [self.a.train_set, self.a.valid_set] + self.test_sets:
+        self.run(["bash", "local/data.sh"] + shlex.split(self.args.local_data_opts), Path(self.args.expdir) / "log" / "data_prep.log")
+        for name in [self.args.train_set, self.args.valid_set] + self.test_sets:
             problems = datadir.validate(Path("data") / name, needs_audio=self.speech)
             if problems:
                 raise StageError(problems.report(Path("data") / name))
 
     def stage2_speed_perturb(self) -> None:
-        factors = self.a.speed_perturb_factors.split()
+        factors = self.args.speed_perturb_factors.split()
         if not factors:
             log.info("no --speed_perturb_factors: skipped")
             return
-        src, dst = Path("data") / self.a.train_set, Path("data") / self.train_set
+        src, dst = Path("data") / self.args.train_set, Path("data") / self.train_set
         dst.mkdir(parents=True, exist_ok=True)
         if (src / "segments").exists():
             raise StageError("speed perturbation of segmented data: format the set first (not supported)")
@@ -356,10 +382,10 @@ class Pipeline:
         datadir.fix(dst)
 
     def stage3_format(self) -> None:
-        sets = [self.train_set, self.a.valid_set] + self.test_sets
+        sets = [self.train_set, self.args.valid_set] + self.test_sets
         for name in sets:
             src = Path("data") / name
-            dst = self.dump / ("org" if name in (self.train_set, self.a.valid_set) else "") / name
+            dst = self.dump / ("org" if name in (self.train_set, self.args.valid_set) else "") / name
             dst.mkdir(parents=True, exist_ok=True)
             for file in src.iterdir():
                 if file.is_file() and file.name not in ("wav.scp", "segments", "feats.scp"):
@@ -367,10 +393,10 @@ class Pipeline:
             if not self.speech:
                 continue
             logdir = dst / "logs"
-            jobs = self.split_keys(src, self.a.nj, logdir / "keys.JOB")
+            jobs = self.split_keys(src, self.args.nj, logdir / "keys.JOB")
             self.run([sys.executable, "-m", "espnet_mtla.data.format_audio", src, dst, "--audio_format",
-                      self.a.audio_format, "--feats_type", self.feats, "--feats_storage", self.a.feats_storage,
-                      "--fs", self.a.fs,
+                      self.args.audio_format, "--feats_type", self.feats, "--feats_storage", self.args.feats_storage,
+                      "--fs", self.args.fs,
                       "--keys", logdir / "keys.JOB", "--job", "JOB"], logdir / "format.JOB.log", jobs)
             scp = "feats.scp" if self.feats == "fbank" else "wav.scp"
             shape = "feats_shape" if self.feats == "fbank" else "utt2num_samples"
@@ -387,7 +413,7 @@ class Pipeline:
                 raise StageError(problems.report(dst))
 
     def stage4_filter(self) -> None:
-        for name in (self.train_set, self.a.valid_set):
+        for name in (self.train_set, self.args.valid_set):
             src, dst = self.dump / "org" / name, self.dump / name
             scratch = datadir.Problems()
             keep = list(datadir.read_table(src / "utt2spk", scratch))
@@ -396,15 +422,15 @@ class Pipeline:
                 if self.feats == "fbank":
                     lengths = {k: int(v.split(",")[0]) / 100 for k, v in datadir.read_table(src / "feats_shape", scratch).items()}
                 else:
-                    lengths = {k: int(v) / self.a.fs for k, v in datadir.read_table(src / "utt2num_samples", scratch).items()}
-                keep = [k for k in keep if self.a.min_wav_duration <= lengths[k] <= self.a.max_wav_duration]
+                    lengths = {k: int(v) / self.args.fs for k, v in datadir.read_table(src / "utt2num_samples", scratch).items()}
+                keep = [k for k in keep if self.args.min_wav_duration <= lengths[k] <= self.args.max_wav_duration]
             texts = [datadir.read_table(src / f, scratch, True) for f in self.text_names().values()]
             keep = [k for k in keep if all(t.get(k, "").strip() for t in texts)]
             if dst.exists():
                 shutil.rmtree(dst)
             datadir.subset(src, dst, keep)
             log.info("%s: kept %d utterances, dropped %d (duration outside [%s, %s] s or empty text)",
-                     name, len(keep), total - len(keep), self.a.min_wav_duration, self.a.max_wav_duration)
+                     name, len(keep), total - len(keep), self.args.min_wav_duration, self.args.max_wav_duration)
 
     def _train_tokenizer(self, side: str, token_type: str, nbpe: int, text_file: str) -> None:
         out = self.token_dir(side)
@@ -434,25 +460,25 @@ class Pipeline:
         log.info("%s tokens (%s): %d -> %s", side, token_type, len(tokens) + 3, out / "tokens.txt")
 
     def user_defined_symbols(self) -> List[str]:
-        symbols = self.a.user_defined_symbols.split()
-        if self.a.user_defined_symbols_file:
-            symbols += Path(self.a.user_defined_symbols_file).read_text(encoding="utf-8").split()
+        symbols = self.args.user_defined_symbols.split()
+        if self.args.user_defined_symbols_file:
+            symbols += Path(self.args.user_defined_symbols_file).read_text(encoding="utf-8").split()
         return symbols
 
     def stage5_tokenizer(self) -> None:
         names = self.text_names()
-        self._train_tokenizer("tgt", self.a.token_type, self.a.nbpe, names["text"])
+        self._train_tokenizer("tgt", self.args.token_type, self.args.nbpe, names["text"])
         if "src_text" in names:
-            self._train_tokenizer("src", self.a.src_token_type, self.a.src_nbpe, names["src_text"])
+            self._train_tokenizer("src", self.args.src_token_type, self.args.src_nbpe, names["src_text"])
 
     def stage6_stats(self) -> None:
         logdir = self.stats_dir / "logdir"
         logdir.mkdir(parents=True, exist_ok=True)
         # Both sets need the same number of jobs: each job reads one train and one valid split.
         sizes = [len(datadir.read_table(self.dump / name / "utt2spk", datadir.Problems()))
-                 for name in (self.train_set, self.a.valid_set)]
-        jobs = max(1, min([self.a.nj] + sizes))
-        for name, tag in ((self.train_set, "train"), (self.a.valid_set, "valid")):
+                 for name in (self.train_set, self.args.valid_set)]
+        jobs = max(1, min([self.args.nj] + sizes))
+        for name, tag in ((self.train_set, "train"), (self.args.valid_set, "valid")):
             self.split_keys(self.dump / name, jobs, logdir / f"{tag}.JOB.scp", "{key} {key}")
         # The statistics are what global_mvn will normalise with (the mt task has no normalize).
         normalize = ["--normalize", "none"] if self.speech else []
@@ -469,23 +495,20 @@ class Pipeline:
 
     def stage7_train(self) -> None:
         self.exp.mkdir(parents=True, exist_ok=True)
-        cmd = self.train_command("--ngpu", self.a.ngpu, "--output_dir", self.exp, "--resume", "true")
+        cmd = self.train_command("--ngpu", self.args.ngpu, "--output_dir", self.exp, "--resume", "true")
         for tag in ("train", "valid"):
             for shape in sorted((self.stats_dir / tag).glob("*_shape*")):
                 cmd += [f"--{tag}_shape_file", shape]
         stats = self.stats_dir / "train" / "feats_stats.npz"
         if self.speech and stats.exists() and self.config_value("normalize", "global_mvn") == "global_mvn":
             cmd += ["--normalize_conf", f"stats_file={stats}"]
-        if self.a.pretrained_asr:  # ESPnet copies the encoder.* tensors before the first epoch
-            cmd += ["--init_param", f"{Path(self.a.pretrained_asr).resolve()}:encoder:encoder"]
-        cmd += shlex.split(self.a.train_args)
+        if self.args.pretrained_asr:  # ESPnet copies the encoder.* tensors before the first epoch
+            cmd += ["--init_param", f"{Path(self.args.pretrained_asr).resolve()}:encoder:encoder"]
+        cmd += shlex.split(self.args.train_args)
         self.run(cmd, self.exp / "train.log")
 
-    def _inference_key(self) -> str:
-        return "speech" if self.speech else "src_text"
-
     def stage8_decode(self) -> None:
-        model = self.exp / self.a.inference_model
+        model = self.exp / self.args.inference_model
         config = self.exp / "config.yaml"
         for name in self.test_sets:
             data = self.dump / name
@@ -493,7 +516,7 @@ class Pipeline:
             logdir = out / "logdir"
             if logdir.exists() and not self.resuming:  # outputs of other options: never merge them
                 shutil.rmtree(logdir)
-            jobs = self.split_keys(data, self.a.inference_nj, logdir / "keys.JOB.scp", "{key} {key}")
+            jobs = self.split_keys(data, self.args.inference_nj, logdir / "keys.JOB.scp", "{key} {key}")
             # A job's output dir appears (renamed from <dir>.partial) only when the job finished.
             finished = [j for j in range(1, jobs + 1) if (logdir / f"output.{j}" / "1best_recog" / "efficiency.json").exists()]
             pending = [j for j in range(1, jobs + 1) if j not in finished]
@@ -501,13 +524,13 @@ class Pipeline:
                 log.info("%s: job(s) %s finished before the interruption; decoding job(s) %s", name,
                          ",".join(map(str, finished)), ",".join(map(str, pending)) or "none")
             t = self.task
-            cmd = [sys.executable, "-m", f"espnet_mtla.bin.{t}_inference", "--ngpu", self.a.ngpu,
+            cmd = [sys.executable, "-m", f"espnet_mtla.bin.{t}_inference", "--ngpu", self.args.ngpu,
                    f"--{t}_train_config", config, f"--{t}_model_file", model, "--key_file", logdir / "keys.JOB.scp",
                    "--output_dir", logdir / "output.JOB"]
-            if self.a.inference_config:
-                cmd += ["--config", self.a.inference_config]
-            cmd += self.data_args("--data_path_and_name_and_type", data, only=self._inference_key())
-            cmd += shlex.split(self.a.inference_args)
+            if self.args.inference_config:
+                cmd += ["--config", self.args.inference_config]
+            cmd += self.data_args("--data_path_and_name_and_type", data, only=self.spec.input_name)
+            cmd += shlex.split(self.args.inference_args)
             if pending:
                 self.run(cmd, logdir / "decode.JOB.log", pending)
             for file in ("text", "token", "token_int", "score"):
@@ -518,64 +541,54 @@ class Pipeline:
             write_text_atomic(out / "efficiency.json", json.dumps(summary, indent=2) + "\n")
 
     def decode_dir(self, test_set: str) -> Path:
-        tag = Path(self.a.inference_config).stem if self.a.inference_config else "decode"
-        return self.exp / f"{tag}_{Path(self.a.inference_model).stem}" / test_set
+        tag = Path(self.args.inference_config).stem if self.args.inference_config else "decode"
+        return self.exp / f"{tag}_{Path(self.args.inference_model).stem}" / test_set
 
     def stage9_score(self) -> None:
+        from espnet_mtla.metrics.scoring import score
+
         for name in self.test_sets:
             out = self.decode_dir(name)
             ref_file = self.dump / name / self.text_names()["text"]
             refs = dict(datadir.read_table(ref_file, datadir.Problems()))
             hyps = dict(datadir.read_table(out / "text", datadir.Problems(), allow_empty_value=True))
             hyps = {k: hyps.get(k, "") for k in refs}
-            scores = METRICS[self.metric](refs, hyps, out)
+            scores = score(self.metrics, refs, hyps, out)
             write_text_atomic(out / "scores.json", json.dumps(scores, indent=2) + "\n")
             log.info("%s %s: %s", self.exp.name, name, scores)
 
     def stage10_report(self) -> None:
-        rows = {}
-        path = Path(self.a.results)
+        """Merge this experiment's rows into results.json (next to --results), then render RESULTS.md."""
+        path = Path(self.args.results)
+        results_file = path.with_suffix(".json")
+        rows = json.loads(results_file.read_text(encoding="utf-8"))["rows"] if results_file.exists() else []
         notes = ""  # sections a person added below the table ("## ..."): kept as they are
         if path.exists():
-            text = path.read_text()
-            if "\n## " in text:
-                text, notes = text.split("\n## ", 1)
-                notes = "\n## " + notes
-            for line in text.splitlines():
-                if line.startswith("| ") and not line.startswith("| experiment") and "---" not in line:
-                    cells = [c.strip() for c in line.strip().strip("|").split("|")]
-                    if len(cells) == 8:  # written before the model column: which model it decoded is unknown
-                        line = "| " + " | ".join(cells[:2] + ["-"] + cells[2:]) + " |"
-                    elif len(cells) != 9:  # a row of an older table layout: redone when its experiment is
-                        log.info("%s: dropped a row in an older layout: %s", path, line)
-                        continue
-                    rows[tuple(cells[:2])] = line
+            text = path.read_text(encoding="utf-8")
+            notes = "\n## " + text.split("\n## ", 1)[1] if "\n## " in text else ""
+            if not results_file.exists() and "| experiment |" in text:
+                log.warning("%s has a table but no %s (written before it existed): its rows are replaced by this "
+                            "run's; re-run stage 10 of the other experiments to list them again", path, results_file)
         for name in self.test_sets:
             out = self.decode_dir(name)
-            scores = json.loads((out / "scores.json").read_text())
             eff = json.loads((out / "efficiency.json").read_text())
-            quality = ", ".join(f"{k} {v}" for k, v in scores.items())
-            cache = eff.get("cache_bytes_peak")
-            cache_text = f"{cache / 1e6:.3f}" if cache is not None else "-"
-            rows[(self.exp.name, name)] = (
-                f"| {self.exp.name} | {name} | {eff.get('model', '-')} | {quality} | {eff['total_decode_time_s']:.2f} | "
-                f"{eff.get('utterances_per_s')} | {eff['tokens_per_s']} | {eff['peak_memory_bytes'] / 2**20:.1f} | "
-                f"{cache_text} |")
-        header = ("| experiment | test set | model | quality | decode time (s) | utterances/s | tokens/s | "
-                  "peak memory (MiB) | KV cache peak (MB) |\n|---|---|---|---|---|---|---|---|---|\n")
-        body = "".join(rows[k] + "\n" for k in sorted(rows))
-        write_text_atomic(path, f"# Results\n\nWritten by stage 10 of the pipeline (one row per experiment and "
-                                f"test set; decode time is the sum over utterances).\n\n{header}{body}{notes}")
+            row = {"experiment": self.exp.name, "test_set": name, "model": eff.get("model", "-"),
+                   "scores": json.loads((out / "scores.json").read_text()),
+                   **{key: eff.get(key) for key in RESULT_FIELDS}}
+            rows = [r for r in rows if (r["experiment"], r["test_set"]) != (self.exp.name, name)] + [row]
+        rows.sort(key=lambda r: (r["experiment"], r["test_set"]))
+        write_text_atomic(results_file, json.dumps({"rows": rows}, indent=2) + "\n")
+        write_text_atomic(path, render_results(rows, results_file.name) + notes)
         print(path.read_text())
 
     def stage11_pack(self) -> None:
         from espnet_mtla.packed_model import pack, write_safetensors_copy
 
-        model = self.exp / self.a.inference_model
+        model = self.exp / self.args.inference_model
         extras = [p for p in (self.token_dir("tgt") / "bpe.model", self.token_dir("src") / "bpe.model",
                               self.stats_dir / "train" / "feats_stats.npz") if p.exists()]
-        if self.a.inference_config:
-            extras.append(Path(self.a.inference_config))
+        if self.args.inference_config:
+            extras.append(Path(self.args.inference_config))
         outpath = self.exp / f"{self.exp.name}.zip"
         t = self.task
         # A safetensors copy, which --packed_model loads in preference: it cannot hold code.
@@ -585,8 +598,27 @@ class Pipeline:
         log.info("packed: %s (decode with: python -m espnet_mtla.bin.%s_inference --packed_model %s ...)",
                  outpath, t, outpath)
 
-    STAGES = {1: stage1_data, 2: stage2_speed_perturb, 3: stage3_format, 4: stage4_filter, 5: stage5_tokenizer,
-              6: stage6_stats, 7: stage7_train, 8: stage8_decode, 9: stage9_score, 10: stage10_report, 11: stage11_pack}
+
+
+# (options, input files, output files) of a stage
+StageSpec = Tuple[Dict[str, object], List[Path], List[Path]]
+# efficiency.json fields a results.json row keeps
+RESULT_FIELDS = ("total_decode_time_s", "utterances_per_s", "tokens_per_s", "peak_memory_bytes", "cache_bytes_peak")
+
+
+def render_results(rows: List[dict], source: str = "RESULTS.json") -> str:
+    """RESULTS.md's table from the rows of ``source`` (its results.json)."""
+    lines = []
+    for r in rows:
+        quality = ", ".join(f"{k} {v}" for k, v in r["scores"].items())
+        cache = f"{r['cache_bytes_peak'] / 1e6:.3f}" if r.get("cache_bytes_peak") is not None else "-"
+        lines.append(f"| {r['experiment']} | {r['test_set']} | {r['model']} | {quality} | "
+                     f"{r['total_decode_time_s']:.2f} | {r['utterances_per_s']} | {r['tokens_per_s']} | "
+                     f"{r['peak_memory_bytes'] / 2**20:.1f} | {cache} |\n")
+    header = ("| experiment | test set | model | quality | decode time (s) | utterances/s | tokens/s | "
+              "peak memory (MiB) | KV cache peak (MB) |\n|---|---|---|---|---|---|---|---|---|\n")
+    return (f"# Results\n\nWritten by stage 10 of the pipeline from {source} (one row per experiment and "
+            f"test set; decode time is the sum over utterances).\n\n{header}{''.join(lines)}")
 
 
 def describe_model(model: Path) -> str:
@@ -611,47 +643,97 @@ def merge_efficiency(reports: List[dict]) -> dict:
     return {"jobs": len(reports), **merged}
 
 
-ALWAYS_RUN = (10,)  # the report merges rows into a shared RESULTS.md in a second: never skipped
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the pipeline, as data: ``run_stage`` treats every stage alike through these.
+
+    Args:
+        number, name: ``--stage N``; the name in logs and records.
+        run: the stage itself.
+        spec: (options, inputs, outputs) its record covers (see ``Pipeline.spec_*``); None: the
+            stage keeps no record and always runs.
+        records_under: where its record lives: ``expdir`` (data stages, shared by experiments),
+            ``exp`` (the experiment) or ``decode`` (the decode dir of the inference config/model).
+        ready: raises StageError when the stage cannot start.
+        after: the stages whose interruption stops this one; None: every earlier stage.
+        resumes: an interrupted run with the same options and inputs continues where it
+            stopped (``Pipeline.resuming`` is set while it runs).
+        usable_unfinished: later stages may use its outputs while it is unfinished (training:
+            model files are written atomically) with a warning, instead of stopping.
+        on_changed: called with the changed options/inputs before a stage that ran before is redone.
+    """
+
+    number: int
+    name: str
+    run: Callable[[Pipeline], None]
+    spec: Optional[Callable[[Pipeline], StageSpec]] = None
+    records_under: str = "expdir"
+    ready: Optional[Callable[[Pipeline], None]] = None
+    after: Optional[Tuple[int, ...]] = None
+    resumes: bool = False
+    usable_unfinished: bool = False
+    on_changed: Optional[Callable[[Pipeline, List[str]], None]] = None
 
 
-def run_stage(pipeline: Pipeline, number: int) -> None:
+P = Pipeline
+STAGES: Dict[int, Stage] = {stage.number: stage for stage in (
+    Stage(1, "data", P.stage1_data, P.spec_data, ready=P.ready_data),
+    Stage(2, "speed_perturb", P.stage2_speed_perturb, P.spec_speed_perturb),
+    Stage(3, "format", P.stage3_format, P.spec_format),
+    Stage(4, "filter", P.stage4_filter, P.spec_filter),
+    Stage(5, "tokenizer", P.stage5_tokenizer, P.spec_tokenizer, ready=P.ready_tokenizer),
+    Stage(6, "stats", P.stage6_stats, P.spec_stats, ready=P.ready_stats),
+    Stage(7, "train", P.stage7_train, P.spec_train, "exp", P.ready_train, resumes=True, usable_unfinished=True,
+          on_changed=P.refuse_mixed_training),
+    Stage(8, "decode", P.stage8_decode, P.spec_decode, "decode", P.ready_model, resumes=True),
+    Stage(9, "score", P.stage9_score, P.spec_score, "decode"),
+    # no record: it merges rows into a RESULTS.md that experiments share, in a second
+    Stage(10, "report", P.stage10_report),
+    Stage(11, "pack", P.stage11_pack, P.spec_pack, "exp", P.ready_model, after=tuple(range(1, 8))),
+)}
+
+
+def describe_changes(changed: List[str]) -> str:
+    return ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+
+
+def run_stage(pipeline: Pipeline, stage: Stage) -> None:
     """Run one stage unless its record says it finished with the same options and inputs."""
-    stage = Pipeline.STAGES[number]
-    for earlier in range(1, 8 if number == 11 else number):  # packing needs only the trained model
-        record = pipeline.record(earlier)
-        if earlier in ALWAYS_RUN or not record.interrupted:
+    for number in stage.after or range(1, stage.number):
+        earlier = STAGES[number]
+        record = pipeline.record(earlier) if earlier.spec else None
+        if record is None or not record.interrupted:
             continue
-        if earlier == 7:  # model files are written atomically: decoding a model still in training is safe
-            log.warning("stage 7 (train) has not finished (interrupted, or still running; %s): using the models "
-                        "it has saved so far", record.path)
+        if earlier.usable_unfinished:
+            log.warning("stage %d (%s) has not finished (interrupted, or still running; %s): using what it "
+                        "has written so far", earlier.number, earlier.name, record.path)
             continue
-        raise StageError(f"stage {earlier} ({record.name}) was interrupted ({record.path}); its outputs are "
-                         f"incomplete: re-run from it (--stage {earlier})")
-    pipeline.check_ready(number)
-    if number in ALWAYS_RUN:
-        stage(pipeline)
+        raise StageError(f"stage {earlier.number} ({earlier.name}) was interrupted ({record.path}); its outputs are "
+                         f"incomplete: re-run from it (--stage {earlier.number})")
+    if stage.ready:
+        stage.ready(pipeline)
+    if stage.spec is None:
+        stage.run(pipeline)
         return
-    record = pipeline.record(number)
-    options, inputs, outputs = pipeline.stage_spec(number)
+    record = pipeline.record(stage)
+    options, inputs, outputs = stage.spec(pipeline)
     key = make_key(options, inputs)
-    force = pipeline.a.force == "true"
+    force = pipeline.args.force == "true"
     if record.is_done(key, outputs) and not force:
         log.info("stage %d: finished earlier with the same options and inputs (%s): skipped (--force true "
-                 "redoes it)", number, record.path)
+                 "redoes it)", stage.number, record.path)
         return
     changed = record.changed_since(key)
-    shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
     if changed:
-        log.info("stage %d: options or inputs changed since its last run (%s): redone", number, shown)
-    pipeline.resuming = record.interrupted and not changed
-    if number == 7 and changed and (pipeline.exp / "checkpoint.pth").exists() and not force:
-        raise StageError(f"{pipeline.exp} holds a training run with other options or inputs (changed: {shown}); "
-                         f"resuming it would mix the two: move it away, name a new experiment with --tag, or "
-                         f"continue it anyway with --force true")
+        log.info("stage %d: options or inputs changed since its last run (%s): redone", stage.number,
+                 describe_changes(changed))
+        if stage.on_changed:
+            stage.on_changed(pipeline, changed)
+    pipeline.resuming = stage.resumes and record.interrupted and not changed
     if pipeline.resuming:
-        log.info("stage %d: resuming an interrupted run (%s)", number, record.path)
+        log.info("stage %d: resuming an interrupted run (%s)", stage.number, record.path)
     record.start(key)
-    stage(pipeline)
+    stage.run(pipeline)
     record.finish(key)
 
 
@@ -671,17 +753,16 @@ def main(argv=None) -> int:
     log.propagate = False
     log.info("%s", " ".join(shlex.quote(a) for a in (sys.argv if argv is None else ["pipeline"] + list(argv))))
     pipeline = Pipeline(args)
-    for number, stage in Pipeline.STAGES.items():
-        if args.stage <= number <= args.stop_stage:
-            name = stage.__name__.split("_", 1)[1]
-            log.info("stage %d: %s", number, name)
+    for stage in STAGES.values():
+        if args.stage <= stage.number <= args.stop_stage:
+            log.info("stage %d: %s", stage.number, stage.name)
             start = time.time()
             try:
-                run_stage(pipeline, number)
+                run_stage(pipeline, stage)
             except StageError as err:
-                print(f"error: stage {number} ({name}): {err}", file=sys.stderr)
+                print(f"error: stage {stage.number} ({stage.name}): {err}", file=sys.stderr)
                 return 1
-            log.info("stage %d done in %.0f s", number, time.time() - start)
+            log.info("stage %d done in %.0f s", stage.number, time.time() - start)
     return 0
 
 

@@ -6,12 +6,13 @@ import copy
 import yaml
 
 import espnet_mtla.tasks as registry
+from espnet_mtla.attention.registry import attention_types
 
 CHARS = list("abcdefgh")
 TOKENS = ["<blank>", "<unk>", "<space>"] + CHARS + ["<sos/eos>"]
 INTENTS = ["alarm_set", "play_music"]
 SLU_TOKENS = ["<blank>", "<unk>", "<space>"] + INTENTS + CHARS + ["<sos/eos>"]
-ATTENTION_TYPES = ["mha", "mqa", "gqa", "mla", "mtla"]
+ATTENTION_TYPES = attention_types()
 TASKS = ["asr", "st", "slu", "mt"]
 
 DECODER = dict(
@@ -56,7 +57,7 @@ def config(task: str, attention_type: str) -> dict:
 
 def parse(task: str, config_path) -> argparse.Namespace:
     """ESPnet's parser with the YAML as --config, as the train CLI sees it."""
-    return registry.TASKS[task].get_parser().parse_args(["--config", str(config_path), "--output_dir", "unused"])
+    return registry.ESPNET_TASKS[task].get_parser().parse_args(["--config", str(config_path), "--output_dir", "unused"])
 
 
 def write_yaml(path, data) -> None:

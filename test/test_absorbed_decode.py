@@ -182,7 +182,7 @@ def test_beam_search_hypotheses_equal_on_both_paths(attention_type, conf, merged
     results = {}
     for absorbed in (False, True):  # training path first: nothing absorbed before the second run
         monkeypatch.setattr(MultiHeadLatentAttention, "absorbed_decode", absorbed)
-        hyps = MultiUtteranceBeamSearch(stack, 16, 16, 4, nbest=3)(enc, lens, maxlenratio=-6)
+        hyps = MultiUtteranceBeamSearch(stack, 16, 16, 4, nbest=3)(enc, lens, maxlenratio=-6).hypotheses
         assert ("_absorbed" in stack.layers[0].attn.__dict__) == absorbed
         results[absorbed] = [[(h.yseq.tolist(), float(h.score)) for h in utt] for utt in hyps]
     for fast, slow in zip(results[True], results[False]):

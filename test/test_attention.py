@@ -10,6 +10,7 @@ from espnet_mtla.attention import (
     MultiHeadAttention,
     MultiHeadTemporalLatentAttention,
     attention_options,
+    attention_types,
     build_attention,
 )
 
@@ -28,6 +29,11 @@ CASES = [
     # the paper's LayerNorm on the latents (the q_lora latent's too)
     ("mtla-s3-layernorm", "mtla", dict(LATENT, down_rate=3, q_lora_rank=12, latent_norm="layer_norm")),
 ]
+
+
+def test_cases_cover_every_registered_type():
+    # A type registered without a case here would silently go untested.
+    assert {case[1] for case in CASES} == set(attention_types())
 
 
 def make(attention_type, conf, seed=0, backend="auto"):

@@ -59,7 +59,7 @@ def asr_model_file(st_config: Path, out: Path) -> dict:
                   normalize="utterance_mvn")
     (out.parent / "asr.yaml").write_text(yaml.safe_dump(config))
     torch.manual_seed(7)
-    state = registry.TASKS["asr"].build_model(parse("asr", out.parent / "asr.yaml")).state_dict()
+    state = registry.ESPNET_TASKS["asr"].build_model(parse("asr", out.parent / "asr.yaml")).state_dict()
     torch.save(state, out)
     return state
 

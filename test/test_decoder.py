@@ -8,9 +8,10 @@ from espnet.nets.scorers.length_bonus import LengthBonus
 
 from decoder_reference import RecomputingScorer
 from espnet_mtla.decoder import DecoderOnlyDecoder
+from espnet_mtla.attention.registry import attention_types
 from espnet_mtla.errors import ConfigError
 
-TYPES = ["mha", "mqa", "gqa", "mla", "mtla"]
+TYPES = attention_types()
 VOCAB, ENC_DIM, EOS = 13, 16, 12
 
 
@@ -119,8 +120,8 @@ def test_beam_one_is_greedy_and_scores_are_teacher_forced_log_probs(attention_ty
 def test_search_reports_cache_bytes():
     decoder = tiny_decoder("mtla", down_rate=2)
     x = torch.randn(10, ENC_DIM)
-    run_search(decoder, x, beam=3, maxlen=6)
-    caches = decoder.active_caches
+    best = run_search(decoder, x, beam=3, maxlen=6)[0]
+    caches = best.states["decoder"].caches  # the search's shared caches, read from its result
     # prefix of ceil(10 / 2) = 5 frames + sos + up to 6 tokens, 2 tokens per slot, (16 + 4) floats per slot.
     per_row = caches.layers[0].num_slots(caches.layers[0].lengths) * (16 + 4) * 4
     assert caches.nbytes() == 2 * int(per_row.sum())

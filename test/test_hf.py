@@ -9,9 +9,11 @@ import torch
 hf = pytest.importorskip("espnet_mtla.hf", reason="needs transformers (pip install -e .[hf]; make install does it)")
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig  # noqa: E402
 
+from espnet_mtla.attention.registry import attention_types  # noqa: E402
+
 DOWN_RATE = 3
 PROMPT_LENGTHS = [1, DOWN_RATE - 1, DOWN_RATE, DOWN_RATE + 1]
-TYPES = ["mha", "mqa", "gqa", "mla", "mtla"]
+TYPES = attention_types()
 PAD, EOS = 0, 2
 
 

@@ -103,3 +103,28 @@ def test_missing_symbols_file_and_ssl_checkpoint_are_one_line_errors(tmp_path, m
         "error: stage 7 (train): --pretrained_asr asr.pth: no such file (an ASR model file, e.g. "
         "exp/asr_train_mtla/valid.acc.ave.pth of an ASR recipe on the same audio)")
     assert not list((tmp_path / "exp").rglob("stages/*"))  # refused before anything was recorded
+
+
+def test_report_renders_results_md_from_results_json(tmp_path, monkeypatch):
+    """Stage 10 merges this experiment's rows into RESULTS.json and renders RESULTS.md from it;
+    other experiments' rows and a person's notes below the table stay."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    efficiency = {"model": "valid.acc.ave", "total_decode_time_s": 1.5, "utterances_per_s": 2.0, "tokens_per_s": 9.5,
+                  "peak_memory_bytes": 3 * 2**20, "cache_bytes_peak": 123456}
+    for attention, wer in (("mha", 5.0), ("mtla", 4.5)):
+        p = pipeline(tmp_path, "--train_config", f"conf/train_{attention}.yaml")
+        decode = p.decode_dir("test")
+        decode.mkdir(parents=True)
+        (decode / "efficiency.json").write_text(json.dumps(efficiency))
+        (decode / "scores.json").write_text(json.dumps({"wer": wer, "cer": 1.0}))
+        p.stage10_report()
+        if attention == "mha":
+            text = (tmp_path / "RESULTS.md").read_text()
+            (tmp_path / "RESULTS.md").write_text(text + "\n## Notes\n\nkept as written\n")
+    rows = json.loads((tmp_path / "RESULTS.json").read_text())["rows"]
+    assert [(r["experiment"], r["scores"]["wer"]) for r in rows] == [("asr_train_mha", 5.0), ("asr_train_mtla", 4.5)]
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "| asr_train_mtla | test | valid.acc.ave | wer 4.5, cer 1.0 | 1.50 | 2.0 | 9.5 | 3.0 | 0.123 |" in text
+    assert text.index("asr_train_mha") < text.index("asr_train_mtla") < text.index("## Notes\n\nkept as written")

@@ -31,7 +31,7 @@ def recipe_copy(tmp_path: Path, corpus: str, task_dir: str) -> Path:
     dst = tmp_path / task_dir
     dst.mkdir()
     for item in src.iterdir():
-        if item.name in ("data", "dump", "exp", "downloads", "RESULTS.md"):  # outputs of earlier runs
+        if item.name in ("data", "dump", "exp", "downloads", "RESULTS.md", "RESULTS.json"):  # outputs of earlier runs
             continue
         if item.is_symlink() or item.name == "local":  # local/ scripts find the corpus' shared ones by path
             (dst / item.name).symlink_to(item.resolve())
@@ -187,7 +187,15 @@ def test_mini_synth_mt_every_stage(tmp_path):
     exp = recipe / "exp" / "mt_train_mtla"
     decode = next(exp.glob("decode_*/test"))
     scores = json.loads((decode / "scores.json").read_text())
-    assert set(scores) == {"bleu", "chrf", "bleu_lc_nopunct"}  # --metric bleu, not the mt task's default ROUGE
+    assert list(scores) == ["bleu", "bleu_lc_nopunct", "chrf"]  # run.sh's --metrics, not the mt task's ROUGE
+    assert (decode / "score_bleu" / "result.txt").exists() and (decode / "score_chrf" / "result.txt").exists()
     row = next(line for line in (recipe / "RESULTS.md").read_text().splitlines() if line.startswith("| mt_train_mtla |"))
     assert f"bleu {scores['bleu']}" in row
+    (result,) = json.loads((recipe / "RESULTS.json").read_text())["rows"]  # what RESULTS.md is rendered from
+    assert (result["experiment"], result["test_set"], result["scores"]) == ("mt_train_mtla", "test", scores)
     assert (exp / "mt_train_mtla.zip").exists()
+    # another metric set re-scores (stage 9 redone: its options changed) and the row follows
+    run_recipe(recipe, "--stage", "9", "--stop_stage", "10", "--metrics", "bleu")
+    assert list(json.loads((decode / "scores.json").read_text())) == ["bleu", "bleu_lc_nopunct"]
+    (result,) = json.loads((recipe / "RESULTS.json").read_text())["rows"]
+    assert list(result["scores"]) == ["bleu", "bleu_lc_nopunct"]

@@ -131,7 +131,7 @@ def make_decode_setup(root: Path, durations, tags=("tiny",)):
     import espnet_mtla.tasks as registry
 
     torch.manual_seed(0)
-    model = registry.TASKS["asr"].build_model(args)
+    model = registry.ESPNET_TASKS["asr"].build_model(args)
     for tag in tags:
         exp = root / "exp" / f"asr_{tag}"
         exp.mkdir(parents=True)

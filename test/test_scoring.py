@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from espnet_mtla.bin.make_confs import RECIPES, render
+from espnet_mtla.attention.registry import attention_types
 from espnet_mtla.metrics import scoring
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,15 +28,28 @@ def test_sclite_wer_and_cer(tmp_path):
 
 def test_missing_hypotheses_are_an_error(tmp_path):
     with pytest.raises(ValueError, match="1 utterance\\(s\\) have no hypothesis, e.g. spk-2"):
-        scoring.bleu(REFS, {"spk-1": "the cat sat"})
+        scoring.bleu(REFS, {"spk-1": "the cat sat"}, tmp_path)
 
 
-def test_bleu_chrf():
+def test_bleu_chrf(tmp_path):
     long_refs = {"a-1": "the cat sat on the mat today", "a-2": "my brother buys a new book"}
-    perfect = scoring.bleu(long_refs, long_refs)
-    assert perfect == {"bleu": 100.0, "chrf": 100.0, "bleu_lc_nopunct": 100.0}
-    cased = scoring.bleu({"a-1": "Hello, World! The cat sat on the mat."}, {"a-1": "hello world the cat sat on the mat"})
+    perfect = scoring.score(["bleu", "chrf"], long_refs, long_refs, tmp_path)
+    assert perfect == {"bleu": 100.0, "bleu_lc_nopunct": 100.0, "chrf": 100.0}
+    assert "BLEU = 100.00" in (tmp_path / "score_bleu" / "result.txt").read_text()
+    assert "chrF2 = 100.00" in (tmp_path / "score_chrf" / "result.txt").read_text()
+    cased = scoring.bleu({"a-1": "Hello, World! The cat sat on the mat."}, {"a-1": "hello world the cat sat on the mat"},
+                         tmp_path)
     assert cased["bleu_lc_nopunct"] == 100.0 and cased["bleu"] < 100.0
+
+
+def test_every_scorer_has_one_signature(tmp_path):
+    """scorer(refs, hyps, out_dir) -> flat dict of numbers, its files in out_dir; unknown names: one line."""
+    import inspect
+
+    for name, scorer in scoring.METRICS.items():
+        assert list(inspect.signature(scorer).parameters) == ["refs", "hyps", "out_dir"], name
+    with pytest.raises(ValueError, match="unknown metric 'blue'; choose from wer, cer, bleu, chrf, intent, rouge"):
+        scoring.score(["blue"], REFS, REFS, tmp_path)
 
 
 @pytest.mark.skipif(not any(shutil.which(c) or Path(c).exists() for c in scoring.SCLITE_CANDIDATES),
@@ -47,8 +61,8 @@ def test_intent_scores(tmp_path):
     assert scores == {"intent_acc": 33.33, "scenario_acc": 66.67, "action_acc": 33.33, "transcript_wer": 0.0}
 
 
-def test_rouge():
-    scores = scoring.rouge({"a-1": "the cat sat on the mat"}, {"a-1": "the cat sat"})
+def test_rouge(tmp_path):
+    scores = scoring.rouge({"a-1": "the cat sat on the mat"}, {"a-1": "the cat sat"}, tmp_path)
     # unigram P = 3/3, R = 3/6 -> F1 = 2/3; bigrams 2/2 and 2/5 -> F1 = 4/7.
     assert scores == {"rouge1": 66.67, "rouge2": 57.14, "rougeL": 66.67}
 
@@ -57,7 +71,7 @@ def test_rouge():
 def test_recipe_confs_match_their_templates(conf_dir):
     conf = ROOT / conf_dir
     for template, decode, prefix in RECIPES[conf_dir]:
-        for attention_type in ("mha", "mqa", "gqa", "mla", "mtla"):
+        for attention_type in attention_types():
             rendered = render(ROOT / "conf_templates" / template, attention_type).replace(
                 (ROOT / "conf_templates").as_posix(), "conf_templates")
             assert (conf / f"{prefix}{attention_type}.yaml").read_text() == rendered, (

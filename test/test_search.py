@@ -85,7 +85,7 @@ def test_batched_search_equals_espnet_per_utterance(attention_type, ctc_weight, 
         reference = espnet_search(decoder, ctc, ctc_weight, penalty, normalize_length)
         expected = nbest_lists([reference(x, maxlenratio, minlenratio) for x in xs])
         got = nbest_lists(our_search(decoder, ctc_weight, penalty, normalize_length)(
-            enc, lens, maxlenratio, minlenratio, ctc_logp=ctc.log_softmax(enc)))
+            enc, lens, maxlenratio, minlenratio, ctc_logp=ctc.log_softmax(enc)).hypotheses)
     assert_same(expected, got)
     assert all(len(hyps) == NBEST for hyps in expected)
     assert len({str([y for y, _ in hyps]) for hyps in expected}) > 1  # utterances decode differently
@@ -110,12 +110,31 @@ def test_an_utterance_that_ends_early_leaves_the_others_unchanged():
     xs, enc, lens = inputs([3, 17, 12])  # end detection stops the 3-frame utterance after 3 steps at most
     counter = RowCounter(decoder)
     with torch.no_grad():
-        batched = our_search(counter, 0.3)(enc, lens, 0.0, 0.0, ctc_logp=ctc.log_softmax(enc))
+        batched = our_search(counter, 0.3)(enc, lens, 0.0, 0.0, ctc_logp=ctc.log_softmax(enc)).hypotheses
         alone = [our_search(decoder, 0.3)(x[None], torch.tensor([len(x)]), 0.0, 0.0,
-                                          ctc_logp=ctc.log_softmax(x[None]))[0] for x in xs]
+                                          ctc_logp=ctc.log_softmax(x[None])).hypotheses[0] for x in xs]
     assert_same(nbest_lists(alone), nbest_lists(batched))
     assert counter.rows[:2] == [3, 3 * BEAM] and counter.rows[-1] < 3 * BEAM  # rows left with their utterance
     assert sorted(counter.rows[1:], reverse=True) == counter.rows[1:]
+
+
+def test_search_returns_its_caches_peak_size():
+    """The result carries the caches' peak (no side channel on the decoder): the largest size
+    the caches had after any step, rows x slots x bytes per slot over every layer."""
+    decoder = search_decoder("mtla")
+    sizes = []
+
+    class Measuring(RowCounter):
+        def run_tokens(self, caches, ys, mask=None):
+            out = super().run_tokens(caches, ys, mask)
+            sizes.append(sum(c.batch_size * c.num_slots(c.max_length) * c.bytes_per_slot() for c in caches.layers))
+            return out
+
+    _, enc, lens = inputs([9, 12, 7])
+    with torch.no_grad():
+        result = our_search(Measuring(decoder), 0.0)(enc, lens, max_length=torch.tensor([3, 6, 4]))
+    assert result.cache_bytes_peak == max(sizes) > 0
+    assert not hasattr(decoder, "active_caches")
 
 
 def test_max_length_per_utterance_equals_fixed_lengths_one_at_a_time():
@@ -124,8 +143,9 @@ def test_max_length_per_utterance_equals_fixed_lengths_one_at_a_time():
     xs, enc, lens = inputs([9, 12, 7])
     limits = [3, 6, 4]
     with torch.no_grad():
-        batched = our_search(decoder, 0.0)(enc, lens, max_length=torch.tensor(limits))
-        alone = [our_search(decoder, 0.0)(x[None], torch.tensor([len(x)]), -n)[0] for x, n in zip(xs, limits)]
+        batched = our_search(decoder, 0.0)(enc, lens, max_length=torch.tensor(limits)).hypotheses
+        alone = [our_search(decoder, 0.0)(x[None], torch.tensor([len(x)]), -n).hypotheses[0]
+                 for x, n in zip(xs, limits)]
     assert_same(nbest_lists(alone), nbest_lists(batched))
     assert [max(len(h.yseq) for h in hyps) for hyps in batched] == [n + 2 for n in limits]
     with pytest.raises(ValueError, match=r"max_length must be \(3,\) integers >= 1, one per utterance"):
@@ -156,7 +176,7 @@ def test_host_reads_per_step_do_not_grow_with_the_hypotheses(host_reads, ctc_wei
         with torch.no_grad():
             ctc_logp = ctc.log_softmax(enc)
             host_reads.clear()
-            hyps = our_search(counter, ctc_weight, beam=beam)(enc, lens, -6, -4, ctc_logp=ctc_logp)
+            hyps = our_search(counter, ctc_weight, beam=beam)(enc, lens, -6, -4, ctc_logp=ctc_logp).hypotheses
         assert all(hyps) and len(counter.rows) >= 5
         # one read per step (which utterances are done), a few per batch (lengths, the results)
         assert len(host_reads) <= len(counter.rows) + 6, (beam, host_reads)

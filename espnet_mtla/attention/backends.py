@@ -131,3 +131,18 @@ def eager_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=No
 def attention_function(backend: str):
     """``sdpa`` or ``eager_sdpa`` for a resolved backend (``triton`` has no general form)."""
     return eager_sdpa if backend == "eager" else sdpa
+
+
+def set_attention_backend(model: torch.nn.Module, attn_backend: str) -> int:
+    """Switch every attention layer inside ``model`` to ``attn_backend``; returns how many.
+
+    The backend changes how attention is computed, never what: a model trained with one
+    decodes with any other (e.g. trained on CPUs with sdpa, decoded with triton on a GPU).
+    """
+    from espnet_mtla.attention.base import CachedAttention  # base imports this module
+
+    check_backend(attn_backend)
+    layers = [m for m in model.modules() if isinstance(m, CachedAttention)]
+    for layer in layers:
+        layer.attn_backend = attn_backend
+    return len(layers)

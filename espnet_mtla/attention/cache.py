@@ -15,7 +15,7 @@ Buffers have the time (slot) axis at dim -2: ``(B, *lead, capacity, dim)``.
 
 import copy
 import math
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 
@@ -146,3 +146,46 @@ class AttentionCache:
     def __repr__(self) -> str:
         dims = ", ".join(f"{n}={tuple(b.shape)}" for n, b in self.buffers.items())
         return f"{type(self).__name__}({dims}, tokens_per_slot={self.tokens_per_slot}, max_length={self.max_length})"
+
+
+class LayerCaches:
+    """The caches of a whole model: one ``AttentionCache`` per layer, one row per sequence.
+
+    Shared by the ESPnet decoder and its searches (``DecoderCaches``) and HF ``generate()``
+    (``CompressedKVCache``). ``version`` counts the decoding steps written (a beam-search
+    state from an older step no longer points at valid rows); ``peak_nbytes`` is the largest
+    size ``note_peak`` saw.
+    """
+
+    def __init__(self, layers: List[AttentionCache]):
+        self.layers = layers
+        self.version = 0
+        self.peak_nbytes = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.layers[0].batch_size
+
+    def nbytes(self) -> int:
+        """Bytes the cached tokens occupy, summed over layers and rows."""
+        return sum(cache.nbytes() for cache in self.layers)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep rows ``rows`` (B',) of every layer, e.g. the surviving beams."""
+        for cache in self.layers:
+            cache.reorder(rows)
+
+    def select(self, rows: torch.Tensor) -> "LayerCaches":
+        """A new, independent object of the same class holding copies of ``rows``."""
+        selected = copy.copy(self)
+        selected.layers = [cache.select(rows) for cache in self.layers]
+        selected.peak_nbytes = 0
+        return selected
+
+    def note_peak(self) -> None:
+        """Update ``peak_nbytes``, assuming rows hold equally many tokens (true within one beam
+        search), so that no device sync is needed."""
+        nbytes = sum(
+            cache.batch_size * cache.num_slots(cache.max_length) * cache.bytes_per_slot() for cache in self.layers
+        )
+        self.peak_nbytes = max(self.peak_nbytes, nbytes)

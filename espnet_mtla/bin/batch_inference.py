@@ -32,17 +32,12 @@ from typing import Dict, List
 
 import torch
 
-from espnet_mtla.bin.cli import INFERENCE_CLASSES
+from espnet_mtla.errors import BatchDecodingError
 from espnet_mtla.search import MultiUtteranceBeamSearch
 from espnet_mtla.search.batching import budget_batches, speech_frames
+from espnet_mtla.task_specs import get_task
 
-MODEL_ATTRIBUTE = {"asr": "asr", "st": "st", "slu": "asr", "mt": "mt"}  # <x>_model / <x>_train_args
-INPUT_NAME = {"asr": "speech", "st": "speech", "slu": "speech", "mt": "src_text"}
 SCORERS = ("decoder", "ctc", "length_bonus")  # what the multi-utterance search scores
-
-
-class BatchDecodingError(ValueError):
-    pass
 
 
 def check_supported(args) -> None:
@@ -56,9 +51,18 @@ def check_supported(args) -> None:
                                  f"for CTC-only decoding")
 
 
+def use_attention_backend(inference, task: str, attn_backend: str) -> None:
+    """``--attn_backend``: how the loaded model computes attention (never what it computes)."""
+    from espnet_mtla.attention import set_attention_backend
+
+    layers = set_attention_backend(getattr(inference, f"{get_task(task).model_attribute}_model"), attn_backend)
+    logging.info("attn_backend %s for %d attention layers", attn_backend, layers)
+    inference._attn_backend = attn_backend
+
+
 def build_inference_object(module, task: str, args):
     """ESPnet's inference object from the parsed options (only those its constructor takes)."""
-    cls = getattr(module, INFERENCE_CLASSES[task][0])
+    cls = getattr(module, get_task(task).inference_class)
     accepted = inspect.signature(cls.__init__).parameters
     kwargs = {k: v for k, v in vars(args).items() if k in accepted}
     kwargs.update(device="cuda" if args.ngpu >= 1 else "cpu", batch_size=1)
@@ -152,25 +156,24 @@ def decode(module, task: str, args, recorder, batch_encoder: bool = False, attn_
 
     check_supported(args)
     set_all_random_seed(args.seed)
+    spec = get_task(task)
     inference = build_inference_object(module, task, args)
-    name = MODEL_ATTRIBUTE[task]
+    name = spec.model_attribute
     model = getattr(inference, f"{name}_model")
     if not isinstance(model.decoder, DecoderOnlyDecoder):
         raise BatchDecodingError(f"batched decoding needs a decoder_only model; this one's decoder is "
                                  f"{type(model.decoder).__name__}: use --batch_size 1")
     if attn_backend:
-        from espnet_mtla.bin.cli import use_attention_backend
-
         use_attention_backend(inference, task, attn_backend)
     train_args = getattr(inference, f"{name}_train_args")
-    task_class = getattr(module, INFERENCE_CLASSES[task][1])
+    task_class = getattr(module, spec.espnet_task)
     dataset = ESPnetDataset(args.data_path_and_name_and_type, float_dtype=args.dtype,
                             preprocess=task_class.build_preprocess_fn(train_args, False))
     task_class.check_task_requirements(dataset, args.allow_variable_data_keys, train=False, inference=True)
     collate = task_class.build_collate_fn(train_args, False)
     search, ctc = build_search(inference, model, args.nbest)
     recorder.device = torch.device(inference.device)
-    key_in = INPUT_NAME[task]
+    key_in = spec.input_name
     keys = input_keys(args)
     batches = plan_batches(dataset, keys, key_in, args, train_args)
 
@@ -186,14 +189,13 @@ def decode(module, task: str, args, recorder, batch_encoder: bool = False, attn_
         batch = to_device({k: v for k, v in batch.items() if k in (key_in, f"{key_in}_lengths")}, inference.device)
         if key_in == "speech":
             batch[key_in] = batch[key_in].to(getattr(torch, inference.dtype))
-        nbest, elapsed, peak_bytes = recorder.timed(lambda: search_batch(batch[key_in], batch[f"{key_in}_lengths"]))
+        result, elapsed, peak_bytes = recorder.timed(lambda: search_batch(batch[key_in], batch[f"{key_in}_lengths"]))
         tokens: List[int] = []
-        for key, hyps in zip(uids, nbest):
+        for key, hyps in zip(uids, result.hypotheses):
             results[key] = [(hypothesis_tokens(h, inference.converter, inference.tokenizer), h.score)
                             for h in hyps[: args.nbest]]
             tokens.append(len(results[key][0][0][2]) if results[key] else 0)  # tokens of the best hypothesis
-        caches = model.decoder.active_caches
-        recorder.record_batch(uids, elapsed, tokens, peak_bytes, caches.peak_nbytes if caches else None)
+        recorder.record_batch(uids, elapsed, tokens, peak_bytes, result.cache_bytes_peak)
         logging.info("decoded %d utterances in %.3f s", len(uids), elapsed)
     with DatadirWriter(args.output_dir) as writer:  # in input order
         for key in keys:

@@ -94,16 +94,27 @@ def espnet_search(decoder, beam: int, ctc_scorer=None, ctc_weight: float = 0.0):
 
 
 def make_search(decoder, opts):
-    """search(enc (T, D)) -> yseq length, by ``opts["search"]``: ours (stage 8) or ESPnet's."""
+    """search(enc (T, D)) -> (yseq length, the caches' peak bytes), by ``opts["search"]``: ours
+    (stage 8) or ESPnet's."""
     eos = VOCAB - 1
     if opts["search"] == "espnet":
         search = espnet_search(decoder, opts["beam"])
-        return lambda enc: len(search(enc, maxlenratio=-opts["steps"])[0].yseq)
+
+        def espnet(enc):
+            best = search(enc, maxlenratio=-opts["steps"])[0]
+            return len(best.yseq), best.states["decoder"].caches.peak_nbytes  # the search's shared caches
+
+        return espnet
     from espnet_mtla.bin.bench_batch_decode import NoEosDecoder
     from espnet_mtla.search import MultiUtteranceBeamSearch
 
     search = MultiUtteranceBeamSearch(NoEosDecoder(decoder, eos), eos, eos, opts["beam"], nbest=1)
-    return lambda enc: len(search(enc[None], torch.tensor([enc.shape[0]]), maxlenratio=-opts["steps"])[0][0].yseq)
+
+    def ours(enc):
+        result = search(enc[None], torch.tensor([enc.shape[0]]), maxlenratio=-opts["steps"])
+        return len(result.hypotheses[0][0].yseq), result.cache_bytes_peak
+
+    return ours
 
 
 def run_config(name, opts, queue):
@@ -125,7 +136,7 @@ def run_config(name, opts, queue):
             start = time.perf_counter()
             enc, _, _ = encoder(feats[i], torch.tensor([frames]))
             mid = time.perf_counter()
-            length = search(enc[0])
+            length, cache_bytes = search(enc[0])
             end = time.perf_counter()
             assert length == opts["steps"] + 2, "every search must run exactly --steps steps"
             if i:
@@ -133,14 +144,13 @@ def run_config(name, opts, queue):
                 search_s.append(end - mid)
         peak = peak_allocated_mib(lambda: search(enc[0]))
         kernels = layer_step_kernels(decoder, enc[:1])
-    caches = decoder.active_caches
     queue.put({
         "name": name,
         "encode_s": statistics.median(encode_s),
         "search_s": statistics.median(search_s),
         "ms_per_step": statistics.median(search_s) / opts["steps"] * 1000,
         "peak_mib": peak,
-        "cache_bytes": caches.nbytes(),
+        "cache_bytes": cache_bytes,
         "weights_mib": sum(p.numel() * p.element_size() for p in decoder.parameters()) / 2**20,
         "kernels": kernels,
     })

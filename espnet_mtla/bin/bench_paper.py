@@ -124,9 +124,11 @@ def run_config(name, opts, queue):
     def infer(indices):
         x = torch.nn.utils.rnn.pad_sequence([feats[i] for i in indices], batch_first=True)
         enc, enc_lens, _ = encoder(x, torch.tensor([frames[i] for i in indices], device=device))
-        hyps = search(enc, enc_lens.clamp(min=1, max=enc.shape[1]), max_length=torch.tensor([tokens[i] for i in indices]))
-        emitted = [len(h[0].yseq) - 2 for h in hyps]
+        result = search(enc, enc_lens.clamp(min=1, max=enc.shape[1]),
+                        max_length=torch.tensor([tokens[i] for i in indices]))
+        emitted = [len(h[0].yseq) - 2 for h in result.hypotheses]
         assert emitted == [tokens[i] for i in indices], "every utterance decodes exactly its target length"
+        return result.cache_bytes_peak
 
     with torch.no_grad():
         infer(batches[-1][:1])  # warm-up (kernels, allocator)
@@ -138,10 +140,10 @@ def run_config(name, opts, queue):
         with MemorySampler(device) as memory:
             for indices in batches:
                 start = time.perf_counter()
-                infer(indices)
+                cache_bytes_peak = infer(indices)
                 sync()
                 elapsed += time.perf_counter() - start
-                peak_cache = max(peak_cache, decoder.active_caches.peak_nbytes)
+                peak_cache = max(peak_cache, cache_bytes_peak)
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else max(memory.samples)
         x = feats[0][None]
         enc, _, _ = encoder(x, torch.tensor([x.shape[1]], device=device))

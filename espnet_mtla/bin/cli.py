@@ -22,14 +22,7 @@ from typing import List, Optional
 
 from espnet_mtla.attention.backends import ATTN_BACKENDS
 from espnet_mtla.safe_load import TRUST_OPTION
-
-# ESPnet's inference entry points, per task: (inference object class, task class).
-INFERENCE_CLASSES = {
-    "asr": ("Speech2Text", "ASRTask"),
-    "st": ("Speech2Text", "STTask"),
-    "slu": ("Speech2Understand", "SLUTask"),
-    "mt": ("Text2Text", "MTTask"),
-}
+from espnet_mtla.task_specs import get_task
 
 
 def _fail(err: Exception) -> None:
@@ -75,7 +68,7 @@ def run_training(task: str, cmd: Optional[List[str]] = None) -> None:
 
     from espnet_mtla.safe_load import UnsafeModelFileError, safe_loading
 
-    module = importlib.import_module(f"espnet2.bin.{task}_train")
+    module = importlib.import_module(get_task(task).espnet_module("train"))
     cmd, trust = pop_option(list(sys.argv[1:] if cmd is None else cmd), TRUST_OPTION, "false", ("true", "false"))
     trust = trust == "true"
     args = module.get_parser().parse_args(cmd)
@@ -108,9 +101,11 @@ def _patched(obj, name: str, value):
 def recording_efficiency(module, task: str, recorder, attn_backend: Optional[str] = None):
     """Route the inference object's calls and the data iterator of ``module`` through ``recorder``;
     with ``attn_backend``, switch the model's attention layers to it before the first call."""
-    class_name, task_name = INFERENCE_CLASSES[task]
-    inference_class = getattr(module, class_name)
-    task_class = getattr(module, task_name)
+    from espnet_mtla.bin.batch_inference import use_attention_backend
+
+    spec = get_task(task)
+    inference_class = getattr(module, spec.inference_class)
+    task_class = getattr(module, spec.espnet_task)
     call = inference_class.__call__
     build_iterator = task_class.build_streaming_iterator.__func__
 
@@ -128,16 +123,6 @@ def recording_efficiency(module, task: str, recorder, attn_backend: Optional[str
         task_class, "build_streaming_iterator", classmethod(keyed_iterator)
     ):
         yield
-
-
-def use_attention_backend(inference, task: str, attn_backend: str) -> None:
-    """``--attn_backend``: how the loaded model computes attention (never what it computes)."""
-    from espnet_mtla.attention import set_attention_backend
-    from espnet_mtla.bin.batch_inference import MODEL_ATTRIBUTE
-
-    layers = set_attention_backend(getattr(inference, f"{MODEL_ATTRIBUTE[task]}_model"), attn_backend)
-    logging.info("attn_backend %s for %d attention layers", attn_backend, layers)
-    inference._attn_backend = attn_backend
 
 
 def unpack_model_option(task: str, cmd: List[str]) -> List[str]:
@@ -198,7 +183,7 @@ def check_inference_inputs(task: str, args) -> None:
     if not isinstance(config, dict):
         raise SystemExit(f"error: --{task}_train_config: {config_file}: not a YAML mapping of options "
                          f"(got {type(config).__name__})")
-    required = ["token_list"] + (["src_token_list"] if task in ("st", "mt") else [])
+    required = ["token_list"] + (["src_token_list"] if get_task(task).source_text else [])
     for key in required:
         if key not in config:
             raise SystemExit(f"error: --{task}_train_config: {config_file}: missing key '{key}' "
@@ -235,12 +220,10 @@ def check_batching(args, cmd: List[str]) -> bool:
 
 def run_inference(task: str, cmd: Optional[List[str]] = None) -> None:
     import espnet_mtla.tasks  # noqa: F401  (registers)
-    from espnet_mtla.errors import ConfigError
+    from espnet_mtla.bin import batch_inference
+    from espnet_mtla.errors import BatchDecodingError, ConfigError
     from espnet_mtla.metrics.efficiency import EfficiencyRecorder
     from espnet_mtla.models.common import CheckpointMismatchError
-
-    from espnet_mtla.bin.batch_inference import BatchDecodingError
-
     from espnet_mtla.safe_load import UnsafeModelFileError, load_state_dict_file, safe_loading
 
     cmd = unpack_model_option(task, list(sys.argv[1:] if cmd is None else cmd))
@@ -248,7 +231,7 @@ def run_inference(task: str, cmd: Optional[List[str]] = None) -> None:
     cmd, attn_backend = pop_option(cmd, "--attn_backend", None, ATTN_BACKENDS)
     cmd, trust = pop_option(cmd, TRUST_OPTION, "false", ("true", "false"))
     trust = trust == "true"
-    module = importlib.import_module(f"espnet2.bin.{task}_inference")
+    module = importlib.import_module(get_task(task).espnet_module("inference"))
     args = inference_parser(module).parse_args(cmd)
     batched = check_batching(args, cmd)
     check_inference_inputs(task, args)
@@ -268,8 +251,6 @@ def run_inference(task: str, cmd: Optional[List[str]] = None) -> None:
     try:
         with safe_loading(trust, preloaded={model_file: state}):
             if batched:  # many utterances per search: espnet_mtla.bin.batch_inference
-                from espnet_mtla.bin import batch_inference
-
                 logging.basicConfig(level=args.log_level,
                                     format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
                 args.output_dir = str(partial)

@@ -4,7 +4,7 @@
     python -m espnet_mtla.bin.make_confs --template conf_templates/asr_mini.yaml \\
         --decode conf_templates/decode_asr.yaml --out egs2/mini_synth/asr1/conf [--prefix train_]
 
-Writes ``<prefix><type>.yaml`` for mha, mqa, gqa, mla and mtla (the template with
+Writes ``<prefix><type>.yaml`` for every registered attention type (the template with
 ``decoder_conf.attention_type`` set; everything else identical, so results compare the
 attention alone) and copies the decode config to ``decode.yaml``.
 """
@@ -15,7 +15,7 @@ from typing import Optional
 
 import yaml
 
-from espnet_mtla.attention import ATTENTION_TYPES
+from espnet_mtla.attention.registry import attention_types
 from espnet_mtla.fileio import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ def render(template: Path, attention_type: str) -> str:
 
 def make_confs(template: Path, decode: Optional[Path], out: Path, prefix: str = "train_") -> None:
     out.mkdir(parents=True, exist_ok=True)
-    for attention_type in ATTENTION_TYPES:
+    for attention_type in attention_types():
         write_text_atomic(out / f"{prefix}{attention_type}.yaml", render(template, attention_type))
     if decode is not None:
         write_text_atomic(out / "decode.yaml", f"# Copied from {decode.as_posix()} by espnet_mtla.bin.make_confs.\n"

@@ -36,7 +36,6 @@ class DecoderOnlyDecoder(DecoderOnlyStack, AbsDecoder, BatchScorerInterface):
         """x: (T, D_enc) encoder output of one utterance -> the state of the initial hypothesis."""
         caches = self.new_caches(1, math.ceil(x.shape[0] / self.projector.stack) + 64, x)
         self.fill_prefix(caches, x.unsqueeze(0), torch.tensor([x.shape[0]], device=x.device))
-        self.active_caches = caches
         return HypothesisState(caches, 0, caches.version)
 
     init_state = batch_init_state

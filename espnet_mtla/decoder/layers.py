@@ -1,21 +1,25 @@
-"""Building blocks of the decoder-only stack: feed-forward, pre-norm layer, prefix projector."""
+"""Building blocks of the decoder-only stack: feed-forward, pre-norm layer, prefix projector.
+
+Torch only. Bad arguments raise ValueError naming the argument; each adapter says which
+config it came from (``decoder_conf: ...`` in DecoderOnlyStack, ``LlamaMTLAConfig: ...`` in
+the HF model).
+"""
 
 from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
-from espnet_mtla.attention import AttentionCache
+from espnet_mtla.attention.cache import AttentionCache
 from espnet_mtla.attention.norms import NORM_TYPES
 from espnet_mtla.attention.norms import build_norm as _build_norm
-from espnet_mtla.errors import ConfigError
 
 FFN_ACTIVATIONS = ("relu", "gelu", "swiglu")
 
 
 def build_norm(norm_type: str, dim: int, eps: Optional[float] = None) -> nn.Module:
     if norm_type not in NORM_TYPES:
-        raise ConfigError(f"decoder_conf: unknown norm_type {norm_type!r}; choose one of {', '.join(NORM_TYPES)}")
+        raise ValueError(f"unknown norm_type {norm_type!r}; choose one of {', '.join(NORM_TYPES)}")
     return _build_norm(norm_type, dim, eps=eps)
 
 
@@ -25,8 +29,8 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int, activation: str = "relu", dropout: float = 0.0):
         super().__init__()
         if activation not in FFN_ACTIVATIONS:
-            raise ConfigError(
-                f"decoder_conf: unknown ffn_activation {activation!r}; choose one of {', '.join(FFN_ACTIVATIONS)}"
+            raise ValueError(
+                f"unknown ffn_activation {activation!r}; choose one of {', '.join(FFN_ACTIVATIONS)}"
             )
         self.activation = activation
         self.w1 = nn.Linear(dim, hidden)
@@ -62,7 +66,7 @@ class DecoderLayer(nn.Module):
                  norm_eps: Optional[float] = None, norm_layout: str = "pre_norm"):
         super().__init__()
         if norm_layout not in NORM_LAYOUTS:
-            raise ConfigError(f"decoder_conf: unknown norm_layout {norm_layout!r}; choose one of {', '.join(NORM_LAYOUTS)}")
+            raise ValueError(f"unknown norm_layout {norm_layout!r}; choose one of {', '.join(NORM_LAYOUTS)}")
         self.attn_norm = build_norm(norm_type, dim, norm_eps)
         self.attn = attention
         self.ffn_norm = build_norm(norm_type, dim, norm_eps)
@@ -94,7 +98,7 @@ class PrefixProjector(nn.Module):
     def __init__(self, input_dim: int, output_dim: int, stack: int = 1, hidden: Optional[int] = None):
         super().__init__()
         if not isinstance(stack, int) or stack < 1:
-            raise ConfigError(f"decoder_conf: prefix_stack must be an integer >= 1, got {stack!r}")
+            raise ValueError(f"prefix_stack must be an integer >= 1, got {stack!r}")
         hidden = hidden or output_dim
         self.stack = stack
         self.net = nn.Sequential(nn.Linear(input_dim * stack, hidden), nn.ReLU(), nn.Linear(hidden, output_dim))

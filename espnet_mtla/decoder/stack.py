@@ -11,54 +11,24 @@ and espnet_mtla.search run (and are benchmarked) where ESPnet is not installed; 
 adapter is ``decoder_only.DecoderOnlyDecoder``.
 """
 
+import inspect
 import math
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
-from espnet_mtla.attention import AttentionCache
+from espnet_mtla.attention.cache import LayerCaches
+from espnet_mtla.attention.registry import config_sections
 from espnet_mtla.decoder.attention_config import build_layer_attention
 from espnet_mtla.decoder.layers import DecoderLayer, PrefixProjector, build_norm
-from espnet_mtla.errors import ConfigError, check_dropout_rate
+from espnet_mtla.errors import ConfigError, check_dropout_rate, check_known_keys
 
 PREFIX_MODES = ("kv_only", "causal_lm")
 
 
-class DecoderCaches:
-    """The KV caches of one decoding batch: one AttentionCache per layer, one row per hypothesis.
-
-    ``version`` counts the steps written; a ``HypothesisState`` from an older step no longer
-    points at valid rows and is refused.
-    """
-
-    def __init__(self, layers: List[AttentionCache]):
-        self.layers = layers
-        self.version = 0
-        self.peak_nbytes = 0
-
-    @property
-    def batch_size(self) -> int:
-        return self.layers[0].batch_size
-
-    def nbytes(self) -> int:
-        """Bytes the cached tokens occupy, summed over layers and rows."""
-        return sum(cache.nbytes() for cache in self.layers)
-
-    def reorder(self, rows: torch.Tensor) -> None:
-        for cache in self.layers:
-            cache.reorder(rows)
-
-    def select(self, rows: torch.Tensor) -> "DecoderCaches":
-        """A new, independent DecoderCaches holding copies of ``rows``."""
-        return DecoderCaches([cache.select(rows) for cache in self.layers])
-
-    def note_peak(self) -> None:
-        # Rows of one beam search hold equally many tokens, so this needs no device sync.
-        nbytes = sum(
-            cache.batch_size * cache.num_slots(cache.max_length) * cache.bytes_per_slot() for cache in self.layers
-        )
-        self.peak_nbytes = max(self.peak_nbytes, nbytes)
+# The caches of one decoding batch: one AttentionCache per layer, one row per hypothesis.
+DecoderCaches = LayerCaches
 
 
 class DecoderOnlyStack(nn.Module):
@@ -67,8 +37,9 @@ class DecoderOnlyStack(nn.Module):
     Args:
         vocab_size: output vocabulary (ESPnet passes it).
         encoder_output_size: width of the encoder output fed to the prefix projector.
-        attention_type: mha | mqa | gqa | mla | mtla; options in ``attention_conf``,
-            ``mha_conf``, ``gqa_conf``, ``mla_conf``, ``mtla_conf`` (see attention_config.py).
+        attention_type: a registered type (mha | mqa | gqa | mla | mtla); options in
+            ``attention_conf`` and the type's sections (``mha_conf``, ``gqa_conf``, ``mla_conf``,
+            ``mtla_conf``, ...), passed as keywords (see attention_config.py).
         model_dim, attention_heads, linear_units, num_blocks: layer sizes.
         ffn_activation: relu | gelu | swiglu.  norm_type: layer_norm | rms_norm.
         norm_layout: pre_norm (default) | mtla_fairseq (the reference toolkit's layers, for
@@ -98,10 +69,7 @@ class DecoderOnlyStack(nn.Module):
         prefix_hidden: Optional[int] = 256,
         prefix_mode: str = "kv_only",
         attention_conf: Optional[dict] = None,
-        mha_conf: Optional[dict] = None,
-        gqa_conf: Optional[dict] = None,
-        mla_conf: Optional[dict] = None,
-        mtla_conf: Optional[dict] = None,
+        **type_sections: Optional[dict],
     ):
         super().__init__()
         if prefix_mode not in PREFIX_MODES:
@@ -111,28 +79,32 @@ class DecoderOnlyStack(nn.Module):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"decoder_conf: {name} must be an integer >= 1, got {value!r}")
         check_dropout_rate("decoder_conf.dropout_rate", dropout_rate)
-        sections = dict(attention_conf=attention_conf, mha_conf=mha_conf, gqa_conf=gqa_conf,
-                        mla_conf=mla_conf, mtla_conf=mtla_conf)
+        arguments = [p for p in inspect.signature(DecoderOnlyStack.__init__).parameters if p != "type_sections"]
+        check_known_keys("decoder_conf", type_sections, set(arguments[3:]) | set(config_sections()))
+        sections = dict(type_sections, attention_conf=attention_conf)
         self.attention_type = attention_type
         self.prefix_mode = prefix_mode
         self.model_dim = model_dim
-        self.projector = PrefixProjector(encoder_output_size, model_dim, prefix_stack, prefix_hidden)
-        self.embed = nn.Embedding(vocab_size, model_dim)
-        nn.init.normal_(self.embed.weight, std=model_dim**-0.5)
-        self.embed_dropout = nn.Dropout(dropout_rate)
-        self.layers = nn.ModuleList(
-            DecoderLayer(
-                build_layer_attention(attention_type, model_dim, attention_heads, sections),
-                model_dim, linear_units, ffn_activation, dropout_rate, norm_type, norm_layout=norm_layout,
+        try:  # the layers raise ValueError; here they are decoder_conf's
+            self.projector = PrefixProjector(encoder_output_size, model_dim, prefix_stack, prefix_hidden)
+            self.embed = nn.Embedding(vocab_size, model_dim)
+            nn.init.normal_(self.embed.weight, std=model_dim**-0.5)
+            self.embed_dropout = nn.Dropout(dropout_rate)
+            self.layers = nn.ModuleList(
+                DecoderLayer(
+                    build_layer_attention(attention_type, model_dim, attention_heads, sections),
+                    model_dim, linear_units, ffn_activation, dropout_rate, norm_type, norm_layout=norm_layout,
+                )
+                for _ in range(num_blocks)
             )
-            for _ in range(num_blocks)
-        )
-        self.final_norm = build_norm(norm_type, model_dim)
+            self.final_norm = build_norm(norm_type, model_dim)
+        except ConfigError:
+            raise
+        except ValueError as err:
+            raise ConfigError(f"decoder_conf: {err}") from None
         self.output = nn.Linear(model_dim, vocab_size, bias=False)
         if tie_embeddings:
             self.output.weight = self.embed.weight
-        # The caches of the search in progress (read by the efficiency report).
-        self.active_caches: Optional[DecoderCaches] = None
 
     # -- shared by training and decoding ---------------------------------------------------
     def embed_tokens(self, ys: torch.Tensor) -> torch.Tensor:

@@ -7,16 +7,16 @@ from transformers import LlamaConfig
 
 from espnet_mtla.attention.backends import check_backend
 from espnet_mtla.attention.norms import NORM_TYPES
-
-ATTENTION_TYPES = ("mha", "mqa", "gqa", "mla", "mtla")
+from espnet_mtla.attention.registry import attention_options, attention_types
 
 
 @strict
 class LlamaMTLAConfig(LlamaConfig):
-    r"""A Llama configuration whose attention is any of MHA, MQA, GQA, MLA or MTLA.
+    r"""A Llama configuration whose attention is any registered type (MHA, MQA, GQA, MLA, MTLA, ...).
 
     attention_type: ``mtla`` (default) | ``mla`` | ``mha`` | ``mqa`` | ``gqa`` (GQA uses
-    ``num_key_value_heads``). The MLA/MTLA fields default from the Llama head size, so any
+    ``num_key_value_heads``), or a type registered with ``espnet_mtla.attention.register_attention``
+    (its options are read from config fields of the same names). The MLA/MTLA fields default from the Llama head size, so any
     ``head_dim`` works: ``qk_nope_head_dim`` = ``v_head_dim`` = ``head_dim``,
     ``qk_rope_head_dim`` = ``head_dim // 2`` (even), ``kv_lora_rank`` = 4 x ``head_dim``,
     ``q_lora_rank`` None (full-rank queries); ``down_rate``: tokens merged per MTLA cache slot;
@@ -39,8 +39,8 @@ class LlamaMTLAConfig(LlamaConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        if self.attention_type not in ATTENTION_TYPES:
-            raise ValueError(f"attention_type {self.attention_type!r}: choose one of {', '.join(ATTENTION_TYPES)}")
+        if self.attention_type not in attention_types():
+            raise ValueError(f"attention_type {self.attention_type!r}: choose one of {', '.join(attention_types())}")
         check_backend(self.attn_backend)
         if self.latent_norm not in NORM_TYPES:
             raise ValueError(f"latent_norm {self.latent_norm!r}: choose one of {', '.join(NORM_TYPES)}")
@@ -58,18 +58,20 @@ class LlamaMTLAConfig(LlamaConfig):
         return cls(**{**fields, **mtla_fields})
 
     def attention_options(self) -> dict:
-        """Keyword options of ``espnet_mtla.attention.build_attention`` for this config."""
-        common = {"bias": self.attention_bias, "dropout": float(self.attention_dropout or 0.0),
-                  "rope_base": float((self.rope_parameters or {}).get("rope_theta", 10000.0)),
-                  "attn_backend": self.attn_backend}
-        if self.attention_type in ("mha", "mqa", "gqa"):
-            options = {**common, "head_dim": self.head_dim}
-            if self.attention_type == "gqa":
-                options["num_kv_heads"] = self.num_key_value_heads
-            return options
-        options = {**common, "kv_lora_rank": self.kv_lora_rank, "q_lora_rank": self.q_lora_rank or 0,
-                   "qk_nope_head_dim": self.qk_nope_head_dim, "qk_rope_head_dim": self.qk_rope_head_dim,
-                   "v_head_dim": self.v_head_dim, "latent_norm": self.latent_norm}
-        if self.attention_type == "mtla":
-            options["down_rate"] = self.down_rate
+        """Keyword options of ``espnet_mtla.attention.build_attention`` for this config: each option
+        the type takes, from the Llama field that holds it, else from a field of its own name."""
+        llama_fields = {
+            "bias": self.attention_bias,
+            "dropout": float(self.attention_dropout or 0.0),
+            "rope_base": float((self.rope_parameters or {}).get("rope_theta", 10000.0)),
+            "head_dim": self.head_dim,
+            "num_kv_heads": self.num_key_value_heads,
+            "q_lora_rank": self.q_lora_rank or 0,
+        }
+        options = {}
+        for name in attention_options(self.attention_type):
+            if name in llama_fields:
+                options[name] = llama_fields[name]
+            elif getattr(self, name, None) is not None:
+                options[name] = getattr(self, name)
         return options

@@ -18,12 +18,14 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from espnet_mtla.attention import AttentionCache, RotaryEmbedding, build_attention
+from espnet_mtla.attention.cache import AttentionCache, LayerCaches
+from espnet_mtla.attention.registry import build_attention
+from espnet_mtla.attention.rope import RotaryEmbedding
 from espnet_mtla.decoder.layers import DecoderLayer
 from espnet_mtla.hf.configuration import LlamaMTLAConfig
 
 
-class CompressedKVCache:
+class CompressedKVCache(LayerCaches):
     """``generate()``'s cache: one ``AttentionCache`` per layer, one row per sequence (x beam).
 
     ``consumed`` counts the input positions fed so far (padding included), which tells
@@ -31,19 +33,14 @@ class CompressedKVCache:
     """
 
     def __init__(self, layers: List[AttentionCache]):
-        self.layers = layers
+        super().__init__(layers)
         self.consumed = 0
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.consumed
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        for cache in self.layers:
-            cache.reorder(beam_idx)
-
-    def nbytes(self) -> int:
-        """Bytes the cached tokens occupy, all layers and rows."""
-        return sum(cache.nbytes() for cache in self.layers)
+        self.reorder(beam_idx)
 
 
 class LlamaMTLAPreTrainedModel(PreTrainedModel):
@@ -74,11 +71,15 @@ class LlamaMTLAModel(LlamaMTLAPreTrainedModel):
     def __init__(self, config: LlamaMTLAConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(
-            DecoderLayer(build_attention(config.attention_type, config.hidden_size, config.num_attention_heads,
-                                         **config.attention_options()),
-                         config.hidden_size, config.intermediate_size, "swiglu", 0.0, "rms_norm", config.rms_norm_eps)
-            for _ in range(config.num_hidden_layers))
+        try:  # the layers raise ValueError naming the option; say which config it is in
+            self.layers = nn.ModuleList(
+                DecoderLayer(build_attention(config.attention_type, config.hidden_size, config.num_attention_heads,
+                                             **config.attention_options()),
+                             config.hidden_size, config.intermediate_size, "swiglu", 0.0, "rms_norm",
+                             config.rms_norm_eps)
+                for _ in range(config.num_hidden_layers))
+        except ValueError as err:
+            raise ValueError(f"LlamaMTLAConfig: {err}") from None
         self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_init()
 

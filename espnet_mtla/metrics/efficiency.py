@@ -15,19 +15,23 @@ from espnet_mtla.metrics.memory import PeakMemory
 from espnet_mtla.fileio import write_text_atomic
 
 
-def _decoder_caches(inference_object):
-    beam_search = getattr(inference_object, "beam_search", None)
-    scorers = getattr(beam_search, "full_scorers", {}) if beam_search is not None else {}
-    decoder = scorers.get("decoder")
-    return getattr(decoder, "active_caches", None)
-
-
-def _best_tokens(results) -> int:
+def _best(results):
+    """The best (text, token, token_int, hyp) of an inference object's results, or None."""
     if isinstance(results, tuple):  # (results, asr_results) or (results, interctc outputs)
         results = results[0]
-    if not results:
-        return 0
-    return len(results[0][2])  # (text, token, token_int, hyp)
+    return results[0] if results else None
+
+
+def _result_caches(best):
+    """The decoder caches the best hypothesis' state points at (decoder_only models), or None.
+
+    ESPnet's batched search keeps one shared ``DecoderCaches`` for all hypotheses, so this is
+    the whole search's; its non-batched search gives each hypothesis a private copy.
+    """
+    if best is None:
+        return None
+    states = getattr(best[3], "states", None) or {}
+    return getattr(states.get("decoder"), "caches", None)
 
 
 def summarize(utterances: Dict[str, dict], device: Optional[str], peak_kind: Optional[str]) -> dict:
@@ -72,11 +76,12 @@ class EfficiencyRecorder:
     def measure(self, call, inference_object, *args, **kwargs):
         """Run ``call(inference_object, ...)`` and record it under the current utterance id."""
         results, elapsed, peak_bytes = self.timed(lambda: call(inference_object, *args, **kwargs))
-        caches = _decoder_caches(inference_object)
+        best = _best(results)
+        caches = _result_caches(best)
         key = self.current_key if self.current_key is not None else f"utt{len(self.utterances):06d}"
         self.utterances[key] = {
             "decode_time_s": round(elapsed, 6),
-            "output_tokens": _best_tokens(results),
+            "output_tokens": len(best[2]) if best is not None else 0,
             "peak_memory_bytes": peak_bytes,
             "cache_bytes": caches.nbytes() if caches is not None else None,
             "cache_bytes_peak": caches.peak_nbytes if caches is not None else None,

@@ -1,7 +1,10 @@
 """Scoring: sclite WER/CER, sacrebleu BLEU/chrF, SLU intent accuracy, ROUGE.
 
-Each scorer takes references and hypotheses as {utt_id: text}, writes its detailed output
-files to ``out_dir`` and returns a flat dict of numbers (percentages where usual).
+``METRICS`` is the registry the pipeline's ``--metrics`` picks from (a task's defaults are in
+``espnet_mtla.task_specs``). Every scorer has one signature: ``scorer(refs, hyps, out_dir)``,
+references and hypotheses as {utt_id: text}; it writes its detailed output files to
+``out_dir`` and returns a flat dict of numbers (percentages where usual). ``score`` runs
+several into ``<decode dir>/score_<metric>/``.
 """
 
 import re
@@ -9,7 +12,7 @@ import shutil
 import string
 import subprocess
 from pathlib import Path
-from typing import Dict
+from typing import Callable, Dict, Sequence
 
 from espnet_mtla.fileio import write_text_atomic
 
@@ -72,22 +75,46 @@ def _normalise_for_bleu(text: str) -> str:
     return " ".join(text.lower().translate(str.maketrans("", "", string.punctuation)).split())
 
 
-def bleu(refs: Dict[str, str], hyps: Dict[str, str], out_dir=None) -> Dict[str, float]:
-    """sacrebleu corpus BLEU (detokenised, case-sensitive) and chrF, plus lower-cased,
-    punctuation-free BLEU."""
-    import sacrebleu
+def _write_result(out_dir, text: str) -> None:
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(Path(out_dir) / "result.txt", text)
 
+
+def _sacrebleu_lists(refs: Dict[str, str], hyps: Dict[str, str]):
     _check_keys(refs, hyps)
     keys = sorted(refs)
-    ref_list, hyp_list = [refs[k] for k in keys], [hyps[k] for k in keys]
+    return [refs[k] for k in keys], [hyps[k] for k in keys]
+
+
+def bleu(refs: Dict[str, str], hyps: Dict[str, str], out_dir) -> Dict[str, float]:
+    """sacrebleu corpus BLEU (detokenised, case-sensitive), plus lower-cased, punctuation-free BLEU."""
+    import sacrebleu
+
+    ref_list, hyp_list = _sacrebleu_lists(refs, hyps)
     cased = sacrebleu.corpus_bleu(hyp_list, [ref_list])
-    chrf = sacrebleu.corpus_chrf(hyp_list, [ref_list])
     lower = sacrebleu.corpus_bleu([_normalise_for_bleu(h) for h in hyp_list], [[_normalise_for_bleu(r) for r in ref_list]])
-    scores = {"bleu": round(cased.score, 2), "chrf": round(chrf.score, 2), "bleu_lc_nopunct": round(lower.score, 2)}
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        write_text_atomic(Path(out_dir) / "result.txt", f"{cased}\n{chrf}\nlower-cased, no punctuation: {lower}\n")
-    return scores
+    _write_result(out_dir, f"{cased}\nlower-cased, no punctuation: {lower}\n")
+    return {"bleu": round(cased.score, 2), "bleu_lc_nopunct": round(lower.score, 2)}
+
+
+def chrf(refs: Dict[str, str], hyps: Dict[str, str], out_dir) -> Dict[str, float]:
+    """sacrebleu corpus chrF."""
+    import sacrebleu
+
+    ref_list, hyp_list = _sacrebleu_lists(refs, hyps)
+    score = sacrebleu.corpus_chrf(hyp_list, [ref_list])
+    _write_result(out_dir, f"{score}\n")
+    return {"chrf": round(score.score, 2)}
+
+
+def wer(refs: Dict[str, str], hyps: Dict[str, str], out_dir) -> Dict[str, float]:
+    """sclite word error rate (%)."""
+    return {"wer": sclite_error_rate(refs, hyps, out_dir, unit="word")["err"]}
+
+
+def cer(refs: Dict[str, str], hyps: Dict[str, str], out_dir) -> Dict[str, float]:
+    """sclite character error rate (%), spaces counted as '<space>'."""
+    return {"cer": sclite_error_rate(refs, hyps, out_dir, unit="char")["err"]}
 
 
 def intent_scores(refs: Dict[str, str], hyps: Dict[str, str], out_dir) -> Dict[str, float]:
@@ -111,11 +138,11 @@ def intent_scores(refs: Dict[str, str], hyps: Dict[str, str], out_dir) -> Dict[s
     wer = sclite_error_rate({k: ref_parts[k][3] for k in keys}, {k: hyp_parts[k][3] for k in keys},
                             Path(out_dir) / "transcript")
     scores["transcript_wer"] = wer["err"]
-    write_text_atomic(Path(out_dir) / "result.txt", "".join(f"{k}: {v}\n" for k, v in scores.items()))
+    _write_result(out_dir, "".join(f"{k}: {v}\n" for k, v in scores.items()))
     return scores
 
 
-def rouge(refs: Dict[str, str], hyps: Dict[str, str], out_dir=None) -> Dict[str, float]:
+def rouge(refs: Dict[str, str], hyps: Dict[str, str], out_dir) -> Dict[str, float]:
     """Mean ROUGE-1/2/L F1 (%) with rouge-score (stemming on)."""
     from rouge_score import rouge_scorer
 
@@ -126,7 +153,31 @@ def rouge(refs: Dict[str, str], hyps: Dict[str, str], out_dir=None) -> Dict[str,
         for name, score in scorer.score(refs[k], hyps[k]).items():
             totals[name] += score.fmeasure
     scores = {name: round(100.0 * value / len(refs), 2) for name, value in totals.items()}
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        write_text_atomic(Path(out_dir) / "result.txt", "".join(f"{k}: {v}\n" for k, v in scores.items()))
+    _write_result(out_dir, "".join(f"{k}: {v}\n" for k, v in scores.items()))
+    return scores
+
+
+# --metrics name -> scorer(refs, hyps, out_dir) -> {score name: value}
+METRICS: Dict[str, Callable[[Dict[str, str], Dict[str, str], Path], Dict[str, float]]] = {
+    "wer": wer,
+    "cer": cer,
+    "bleu": bleu,
+    "chrf": chrf,
+    "intent": intent_scores,
+    "rouge": rouge,
+}
+
+
+def check_metrics(names: Sequence[str]) -> None:
+    unknown = [name for name in names if name not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
+
+
+def score(names: Sequence[str], refs: Dict[str, str], hyps: Dict[str, str], decode_dir) -> Dict[str, float]:
+    """Every metric of ``names``, each writing its files to ``<decode_dir>/score_<name>/``."""
+    check_metrics(names)
+    scores: Dict[str, float] = {}
+    for name in names:
+        scores.update(METRICS[name](refs, hyps, Path(decode_dir) / f"score_{name}"))
     return scores

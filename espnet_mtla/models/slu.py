@@ -29,16 +29,31 @@ class DecoderOnlySLUModel(DecoderOnlyModelMixin, ESPnetSLUModel):
         self.intent_tokens = intent_tokens
         self.smoothing = self.criterion_att.smoothing
         self.normalize_length = self.criterion_att.normalize_length
-        self._intent_accuracy = None
 
     def forward(self, *args, **kwargs):
-        loss, stats, weight = super().forward(*args, **kwargs)
-        if self._intent_accuracy is not None:
-            stats["acc_intent"] = self._intent_accuracy.to(loss.device)
-            self._intent_accuracy = None
+        """ESPnet's SLU forward; its stats also hold ``acc_intent`` of this batch."""
+        intent_accuracy = []
+
+        def att_loss(*inputs):  # ESPnet's forward takes four values from _calc_att_loss
+            *result, accuracy = self.att_loss_and_intent_accuracy(*inputs)
+            intent_accuracy.append(accuracy)
+            return tuple(result)
+
+        self._calc_att_loss = att_loss  # for this call only: nothing stays on the model
+        try:
+            loss, stats, weight = super().forward(*args, **kwargs)
+        finally:
+            del self._calc_att_loss
+        if intent_accuracy:
+            stats["acc_intent"] = intent_accuracy[0].to(loss.device)
         return loss, stats, weight
 
     def _calc_att_loss(self, encoder_out, encoder_out_lens, ys_pad, ys_pad_lens):
+        return self.att_loss_and_intent_accuracy(encoder_out, encoder_out_lens, ys_pad, ys_pad_lens)[:4]
+
+    def att_loss_and_intent_accuracy(self, encoder_out, encoder_out_lens, ys_pad, ys_pad_lens):
+        """ESPnet's (loss_att, acc_att, cer_att, wer_att), and the share of utterances whose intent
+        tokens are all right (0-d tensor)."""
         ys_in_pad, ys_out_pad = add_sos_eos(ys_pad, self.sos, self.eos, self.ignore_id)
         decoder_out, _ = self.decoder(encoder_out, encoder_out_lens, ys_in_pad, ys_pad_lens + 1)
 
@@ -52,10 +67,10 @@ class DecoderOnlySLUModel(DecoderOnlyModelMixin, ESPnetSLUModel):
         intent_hat = decoder_out[:, : self.intent_tokens].argmax(-1)
         intent_ref = ys_out_pad[:, : self.intent_tokens]
         correct = ((intent_hat == intent_ref) | (intent_ref == self.ignore_id)).all(dim=1)
-        self._intent_accuracy = correct.float().mean().detach()
+        intent_accuracy = correct.float().mean().detach()
 
         if self.training or self.error_calculator is None:
             cer_att, wer_att = None, None
         else:
             cer_att, wer_att = self.error_calculator(decoder_out.argmax(dim=-1).cpu(), ys_pad.cpu())
-        return loss_att, acc_att, cer_att, wer_att
+        return loss_att, acc_att, cer_att, wer_att, intent_accuracy

@@ -16,7 +16,9 @@ and a length bonus: ``0 + w_dec * decoder + penalty``, CTC scored only for the
 float rounding).
 
     search = MultiUtteranceBeamSearch(decoder, sos, eos, beam_size=10, ctc_weight=0.3, pre_beam_size=15)
-    nbest = search(enc, enc_lens, ctc_logp=ctc.log_softmax(enc))   # N lists of EndedHypothesis
+    result = search(enc, enc_lens, ctc_logp=ctc.log_softmax(enc))
+    result.hypotheses        # N lists of EndedHypothesis, best first
+    result.cache_bytes_peak  # the KV caches' largest size during the search
 """
 
 import logging
@@ -35,6 +37,14 @@ class EndedHypothesis(NamedTuple):
 
     yseq: torch.Tensor
     score: torch.Tensor
+
+
+class SearchResult(NamedTuple):
+    """What a search returns: each utterance's best ended hypotheses (best first), and the
+    largest size in bytes its KV caches reached (all layers and rows)."""
+
+    hypotheses: List[List[EndedHypothesis]]
+    cache_bytes_peak: int
 
 
 def length_limits(enc_lens: torch.Tensor, maxlenratio: float, minlenratio: float):
@@ -84,9 +94,10 @@ class MultiUtteranceBeamSearch:
     @torch.no_grad()
     def __call__(self, enc: torch.Tensor, enc_lens: torch.Tensor, maxlenratio: float = 0.0,
                  minlenratio: float = 0.0, ctc_logp: Optional[torch.Tensor] = None,
-                 max_length: Optional[torch.Tensor] = None) -> List[List[EndedHypothesis]]:
+                 max_length: Optional[torch.Tensor] = None) -> SearchResult:
         """enc: (N, T, D_enc), enc_lens: (N,), ctc_logp: (N, T, V) CTC log-posteriors (needed
-        when ``ctc_weight`` > 0) -> for each utterance its best ended hypotheses, best first.
+        when ``ctc_weight`` > 0) -> for each utterance its best ended hypotheses, best first,
+        and the caches' peak size.
 
         ``max_length`` (N,): each utterance's maximum number of output tokens, instead of
         ``maxlenratio`` (benchmarks that replay a test set's target lengths use it)."""
@@ -96,17 +107,19 @@ class MultiUtteranceBeamSearch:
             if max_length.shape != enc_lens.shape or int(max_length.min()) < 1:
                 raise ValueError(f"max_length must be ({enc_lens.shape[0]},) integers >= 1, one per utterance")
             maxlenratio = -1.0  # a fixed maximum: no end detection
-        nbest = self._search(enc, enc_lens, maxlenratio, minlenratio, ctc_logp, max_length)
+        nbest, cache_bytes_peak = self._search(enc, enc_lens, maxlenratio, minlenratio, ctc_logp, max_length)
         for n, hyps in enumerate(nbest):
             if not hyps and minlenratio >= 0.1:  # as ESPnet: retry with a smaller minlenratio
                 log.warning("utterance %d: no ended hypothesis; decoding again with minlenratio %.1f", n,
                             max(0.0, minlenratio - 0.1))
                 length = int(enc_lens[n])
-                nbest[n] = self(enc[n: n + 1, :length], enc_lens[n: n + 1], maxlenratio, max(0.0, minlenratio - 0.1),
-                                None if ctc_logp is None else ctc_logp[n: n + 1, :length])[0]
-        return nbest
+                again = self(enc[n: n + 1, :length], enc_lens[n: n + 1], maxlenratio, max(0.0, minlenratio - 0.1),
+                             None if ctc_logp is None else ctc_logp[n: n + 1, :length])
+                nbest[n] = again.hypotheses[0]
+                cache_bytes_peak = max(cache_bytes_peak, again.cache_bytes_peak)
+        return SearchResult(nbest, cache_bytes_peak)
 
-    def _search(self, enc, enc_lens, maxlenratio, minlenratio, ctc_logp, max_length=None) -> List[List[EndedHypothesis]]:
+    def _search(self, enc, enc_lens, maxlenratio, minlenratio, ctc_logp, max_length=None) -> SearchResult:
         decoder, device, beam = self.decoder, enc.device, self.beam_size
         num_utts = enc.shape[0]
         enc_lens = enc_lens.to(device)
@@ -117,7 +130,6 @@ class MultiUtteranceBeamSearch:
         capacity = -(-enc.shape[1] // decoder.projector.stack) + state.tokens.shape[1]
         caches = decoder.new_caches(num_utts, capacity, enc)
         decoder.fill_prefix(caches, enc, enc_lens)
-        decoder.active_caches = caches
         ctc = ctc_state = None
         utt = torch.arange(num_utts, device=device)  # (R,) the (original) utterance of each row
         if self.ctc_weight > 0:
@@ -167,7 +179,7 @@ class MultiUtteranceBeamSearch:
         results: List[List[EndedHypothesis]] = [[] for _ in range(num_utts)]
         for k, hyps in zip(order, self._hypotheses(finished)):
             results[k] = hyps
-        return results
+        return SearchResult(results, caches.peak_nbytes)
 
     def _pre_beam(self, weighted: torch.Tensor) -> torch.Tensor:
         """(R, S) token ids CTC scores for each row: ESPnet's pre-beam on the weighted sum."""

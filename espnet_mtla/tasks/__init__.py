@@ -1,10 +1,11 @@
 """Registration into ESPnet 202511's task registries; runs once, on import.
 
     import espnet_mtla.tasks   # then ESPnet's asr/st/slu/mt tasks know:
-    decoder: decoder_only      # espnet_mtla.decoder.DecoderOnlyDecoder (asr, st, slu, mt)
-    model: decoder_only        # DecoderOnly{ASR,SLU,MT}Model (asr, slu, mt)
+    decoder: decoder_only      # espnet_mtla.decoder.DecoderOnlyDecoder (every task)
+    model: decoder_only        # the task's model (espnet_mtla.task_specs: DecoderOnly{ASR,SLU,MT}Model)
     data type: zip_npy         # espnet_mtla.data.zip_features (fairseq-style zip storage)
 
+The tasks and their classes come from the task table (``espnet_mtla.task_specs``).
 The st task has no ``model`` choice; its ``build_model`` builds ``DecoderOnlySTModel``
 whenever the decoder is ``decoder_only``. Each task's ``build_model`` also turns a
 misspelled ``*_conf`` key into a one-line ConfigError naming the section and the key.
@@ -40,21 +41,14 @@ def _import_espnet_quietly(name: str):
     return module
 
 
-asr_task = _import_espnet_quietly("espnet2.tasks.asr")
-st_task = _import_espnet_quietly("espnet2.tasks.st")
-slu_task = _import_espnet_quietly("espnet2.tasks.slu")
-mt_task = _import_espnet_quietly("espnet2.tasks.mt")
-
-from espnet_mtla.data.zip_features import register_data_type
-from espnet_mtla.decoder import DecoderOnlyDecoder
-from espnet_mtla.errors import ConfigError
-from espnet_mtla.models.asr import DecoderOnlyASRModel
-from espnet_mtla.models.mt import DecoderOnlyMTModel
-from espnet_mtla.models.slu import DecoderOnlySLUModel
-from espnet_mtla.models.st import build_st_model
+from espnet_mtla.data.zip_features import register_data_type  # noqa: E402
+from espnet_mtla.errors import ConfigError  # noqa: E402
+from espnet_mtla.task_specs import TASKS  # noqa: E402
 
 NAME = "decoder_only"
-TASKS = {"asr": asr_task.ASRTask, "st": st_task.STTask, "slu": slu_task.SLUTask, "mt": mt_task.MTTask}
+# espnet2.tasks.<task> modules and their task classes, for every task of the task table
+ESPNET_TASK_MODULES = {name: _import_espnet_quietly(f"espnet2.tasks.{name}") for name in TASKS}
+ESPNET_TASKS = {name: getattr(ESPNET_TASK_MODULES[name], spec.espnet_task) for name, spec in TASKS.items()}
 _UNEXPECTED = re.compile(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'")
 
 
@@ -83,13 +77,16 @@ def _explain_unknown_keys(build_model):
 def register() -> None:
     if getattr(register, "done", False):
         return
-    for module in (asr_task, st_task, slu_task, mt_task):
+    from espnet_mtla.decoder import DecoderOnlyDecoder
+
+    for name, spec in TASKS.items():
+        module = ESPNET_TASK_MODULES[name]
         module.decoder_choices.classes[NAME] = DecoderOnlyDecoder
-    asr_task.model_choices.classes[NAME] = DecoderOnlyASRModel
-    slu_task.model_choices.classes[NAME] = DecoderOnlySLUModel
-    mt_task.model_choices.classes[NAME] = DecoderOnlyMTModel
-    st_task.ESPnetSTModel = build_st_model
-    for task in TASKS.values():
+        if hasattr(module, "model_choices"):
+            module.model_choices.classes[NAME] = spec.load_model()
+        else:  # st: no model choice; ESPnet's STTask builds ESPnetSTModel, our builder picks the class
+            module.ESPnetSTModel = spec.load_model()
+        task = ESPNET_TASKS[name]
         task.build_model = classmethod(_explain_unknown_keys(task.build_model.__func__))
     register_data_type()
     register.done = True

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Synthetic mini corpus, text translation English -> German (ESPnet's mt task: the decoder-only
 # model reads the encoded English as its prefix). Every stage: ./run.sh; a part:
-# ./run.sh --stage 7 --stop_stage 10. Attention type: --attention mha|mqa|gqa|mla|mtla. Scored with BLEU.
+# ./run.sh --stage 7 --stop_stage 10. Attention type: --attention mha|mqa|gqa|mla|mtla. Scored with BLEU and chrF (--metrics).
 set -euo pipefail
 ./pipeline.sh --task mt --src_lang en --train_set train --valid_set dev --test_sets test \
-  --token_type bpe --nbpe 100 --src_token_type bpe --src_nbpe 100 --metric bleu \
+  --token_type bpe --nbpe 100 --src_token_type bpe --src_nbpe 100 --metrics "bleu chrf" \
   --train_config "conf/train_{attention}.yaml" --inference_config conf/decode.yaml "$@"
