@@ -124,3 +124,18 @@ def test_core_and_hf_import_without_espnet():
     code = ("import sys, espnet_mtla.decoder.layers, espnet_mtla.decoder.stack, espnet_mtla.search, espnet_mtla.hf\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('espnet', 'espnet2')))")
     assert run_python(code) == "[]"
+
+
+def test_layer_errors_name_the_config_they_came_from():
+    """The core raises ValueError; the ESPnet decoder says decoder_conf, the HF model LlamaMTLAConfig."""
+    from espnet_mtla.decoder.layers import FeedForward
+
+    with pytest.raises(ValueError, match=r"^unknown ffn_activation 'tanh'; choose one of relu, gelu, swiglu$"):
+        FeedForward(8, 16, "tanh")
+    with pytest.raises(ConfigError, match=r"^decoder_conf: unknown ffn_activation 'tanh'"):
+        DecoderOnlyStack(11, 8, attention_type="mha", model_dim=16, attention_heads=2, ffn_activation="tanh")
+    hf = pytest.importorskip("espnet_mtla.hf")
+    config = hf.LlamaMTLAConfig(attention_type="gqa", hidden_size=16, num_attention_heads=4, num_key_value_heads=3,
+                                intermediate_size=32, num_hidden_layers=1, vocab_size=13)
+    with pytest.raises(ValueError, match=r"^LlamaMTLAConfig: num_heads \(4\) must be divisible by num_kv_heads \(3\)$"):
+        hf.LlamaMTLAForCausalLM(config)

@@ -69,6 +69,7 @@ def test_build_train_save_reload_decode(tmp_path, task, attention_type):
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     if task == "slu":
         assert 0.0 <= float(stats["acc_intent"]) <= 1.0
+        assert "_calc_att_loss" not in vars(model)  # returned with the stats; nothing kept between calls
 
     model_file = tmp_path / "model.pth"
     torch.save(model.state_dict(), model_file)

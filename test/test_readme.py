@@ -14,3 +14,19 @@ def test_readme_python_blocks_run(capsys):
     # Slots after 50 - pad prefix tokens + 1 step, s = 2: rows hold 51, 41, 31, 21 tokens
     # -> 26 + 21 + 16 + 11 slots; reordered rows [0, 0, 2, 3] -> 26 + 26 + 16 + 11 = 79.
     assert capsys.readouterr().out.strip() == str(79 * (256 + 32) * 4)
+
+
+def test_architecture_names_files_that_exist():
+    root = README.parent
+    text = (root / "ARCHITECTURE.md").read_text()
+    paths = set(re.findall(r"`((?:espnet_mtla|test|conf_templates|utils)/[\w/.]*)`", text))
+    assert len(paths) > 8
+    missing = sorted(p for p in paths if not (root / p).exists())
+    assert not missing, missing
+
+
+def test_docs_refer_to_nothing_outside_the_repository():
+    root = README.parent
+    for path in [README, root / "ARCHITECTURE.md", *sorted((root / "docs").glob("*.md"))]:
+        text = path.read_text()
+        assert "../shared" not in text and "DESIGN.md" not in text, path

@@ -1,0 +1,41 @@
+"""The task table: one TaskSpec per task, readable without ESPnet or torch, true to ESPnet."""
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+from espnet_mtla.metrics.scoring import METRICS
+from espnet_mtla.task_specs import TASKS, get_task
+
+
+def test_table_imports_neither_espnet_nor_torch_and_the_cli_cycle_is_gone():
+    code = ("import sys, espnet_mtla.task_specs, espnet_mtla.bin.batch_inference\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('espnet', 'espnet2')),"
+            " 'espnet_mtla.bin.cli' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[] False"
+    code = "import sys, espnet_mtla.task_specs; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_spec_names_what_espnet_and_we_have(name):
+    import espnet_mtla.tasks as registered
+
+    spec = get_task(name)
+    assert registered.ESPNET_TASKS[name].__name__ == spec.espnet_task
+    inference = importlib.import_module(spec.espnet_module("inference"))
+    assert hasattr(inference, spec.inference_class)
+    assert callable(spec.load_model())
+    assert set(spec.metrics) <= set(METRICS)
+    names = spec.text_names("en", "de")
+    assert names["text"] in ("text", "text.de") and spec.source_text == ("src_text" in names)
+    assert spec.speech == (spec.input_name == "speech")
+
+
+def test_unknown_task_is_a_one_line_error():
+    with pytest.raises(ValueError, match="unknown task 'tts'; choose one of asr, st, slu, mt"):
+        get_task("tts")
