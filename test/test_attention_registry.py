@@ -68,8 +68,8 @@ def test_toy_type_reaches_the_hf_config(toy):
     config = hf.LlamaMTLAConfig(attention_type="toy", toy_scale=3.0, hidden_size=16, num_attention_heads=2,
                                 num_key_value_heads=2, intermediate_size=32, num_hidden_layers=1, vocab_size=13)
     model = hf.LlamaMTLAForCausalLM(config).eval()
-    assert model.model.layers[0].attn.toy_scale == 3.0
-    out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False)
+    assert model.model.layers[0].self_attn.toy_scale == 3.0
+    out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, min_new_tokens=4, do_sample=False)
     assert out.shape == (1, 7)
 
 

@@ -96,7 +96,7 @@ def test_training_loss_and_backward():
     ids = prompt(9)
     out = model(ids, labels=ids)
     out.loss.backward()
-    assert torch.isfinite(out.loss) and model.model.layers[0].attn.hypernet is not None
+    assert torch.isfinite(out.loss) and model.model.layers[0].self_attn.hypernet is not None
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
@@ -114,7 +114,7 @@ def test_attn_backend_reaches_every_layer_and_keeps_generations():
     generations = {}
     for name in ("eager", "sdpa"):
         model = tiny_model("mtla", attn_backend=name)
-        assert {layer.attn.attn_backend for layer in model.model.layers} == {name}
+        assert {layer.self_attn.attn_backend for layer in model.model.layers} == {name}
         generations[name] = model.generate(prompt(5), max_new_tokens=8, do_sample=False)
     assert torch.equal(generations["eager"], generations["sdpa"])
     with pytest.raises(ValueError, match="^attn_backend must be one of auto, eager, sdpa, triton, got 'flash'$"):
@@ -123,7 +123,7 @@ def test_attn_backend_reaches_every_layer_and_keeps_generations():
 
 def test_latent_norm_reaches_the_layers_and_is_checked():
     model = tiny_model("mtla", latent_norm="layer_norm")
-    assert all(isinstance(layer.attn.kv_norm, torch.nn.LayerNorm) for layer in model.model.layers)
-    assert isinstance(tiny_model("mla").model.layers[0].attn.kv_norm, torch.nn.RMSNorm)  # the default
+    assert all(isinstance(layer.self_attn.kv_norm, torch.nn.LayerNorm) for layer in model.model.layers)
+    assert isinstance(tiny_model("mla").model.layers[0].self_attn.kv_norm, torch.nn.RMSNorm)  # the default
     with pytest.raises(ValueError, match="latent_norm 'batch_norm': choose one of layer_norm, rms_norm"):
         hf.LlamaMTLAConfig(latent_norm="batch_norm")

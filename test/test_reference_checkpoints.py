@@ -107,10 +107,6 @@ def test_hf_checkpoint_errors_name_the_file(reference_hf, tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"error: {tmp_path / 'ref'}: not a reference LlamaMTLAForCausalLM: missing key 'model.layers.1.mlp.up_proj.weight'")
     assert not (tmp_path / "broken").exists() and not (tmp_path / ".broken.partial").exists()
-    config = json.loads((tmp_path / "ref" / "config.json").read_text())
-    (tmp_path / "ref" / "config.json").write_text(json.dumps({**config, "hidden_act": "gelu"}))
-    assert import_reference(["hf", str(tmp_path / "ref"), str(tmp_path / "broken")]) == 1
-    assert "hidden_act 'gelu': our MLP is SwiGLU with silu" in capsys.readouterr().err
 
 
 def test_layer_command_round_trip(reference, tmp_path, capsys):  # noqa: F811

@@ -32,6 +32,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from espnet_mtla.attention.base import linear_weight_bias
 from espnet_mtla.attention.hypernet import sinusoid
 
 
@@ -40,9 +41,9 @@ def parameters_key(params) -> Tuple:
     return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
 
 
-def _weight_bias(linear: nn.Linear, dtype) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    bias = None if linear.bias is None else linear.bias.to(dtype)
-    return linear.weight.to(dtype), bias
+def _weight_bias(linear: nn.Module, dtype) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    weight, bias = linear_weight_bias(linear)  # adapters (PEFT LoRA) included
+    return weight.to(dtype), (None if bias is None else bias.to(dtype))
 
 
 def _cat_bias(parts, rows, like):

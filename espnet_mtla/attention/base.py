@@ -29,6 +29,22 @@ def check_dropout(value, option: str = "dropout") -> None:
         raise ValueError(f"{option} must be in [0, 1), got {value!r}")
 
 
+def linear_weight_bias(module: torch.nn.Module) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The (out, in) weight and (out,) bias (or None) that a Linear-like ``module`` applies.
+
+    An ``nn.Linear`` gives its parameters. A wrapper that adds to them in ``forward`` (a PEFT
+    LoRA layer: base weight plus a low-rank update) is read by applying it to the identity, so
+    that code using weights directly (the absorbed form) computes what the module computes.
+    """
+    if type(module) is torch.nn.Linear:
+        return module.weight, module.bias
+    base = module.weight
+    eye = torch.eye(base.shape[1], dtype=base.dtype, device=base.device)
+    bias = module(torch.zeros_like(eye[:1]))[0]
+    has_bias = getattr(module, "bias", None) is not None or bool(bias.any())
+    return (module(eye) - bias).T, (bias if has_bias else None)
+
+
 def right_padded_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     """(B,) lengths -> (B, T) bool, True on the first ``lengths[b]`` columns."""
     return torch.arange(max_len, device=lengths.device) < lengths.unsqueeze(1)

@@ -28,7 +28,7 @@ from torch import nn
 
 from espnet_mtla.attention.absorbed import absorbed_weights
 from espnet_mtla.attention.backends import attention_function, check_backend, resolve_backend
-from espnet_mtla.attention.base import CachedAttention, check_dropout, check_positive
+from espnet_mtla.attention.base import CachedAttention, check_dropout, check_positive, linear_weight_bias
 from espnet_mtla.attention.norms import NORM_TYPES, build_norm
 from espnet_mtla.attention.rope import RotaryEmbedding, check_rope_dim
 
@@ -139,7 +139,8 @@ class MultiHeadLatentAttention(CachedAttention):
 
     def _up_weights(self):
         """W_uk (H, d_nope, d_c) and W_uv (H, d_v, d_c), views of ``kv_up``."""
-        w = self.kv_up.weight.view(self.num_heads, self.qk_nope_head_dim + self.v_head_dim, self.kv_lora_rank)
+        w = linear_weight_bias(self.kv_up)[0].view(self.num_heads, self.qk_nope_head_dim + self.v_head_dim,
+                                                   self.kv_lora_rank)
         return w[:, : self.qk_nope_head_dim], w[:, self.qk_nope_head_dim :]
 
     # -- merging into slots --------------------------------------------------------------

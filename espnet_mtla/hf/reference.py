@@ -70,8 +70,6 @@ def read_checkpoint(path: Path) -> Tuple[dict, Dict[str, torch.Tensor]]:
 
 def our_config(reference: dict, source: str) -> LlamaMTLAConfig:
     """Our config with the reference's shapes; refuses what our model cannot compute the same way."""
-    if reference.get("hidden_act", "silu") != "silu":
-        raise ReferenceFormatError(f"{source}: hidden_act {reference['hidden_act']!r}: our MLP is SwiGLU with silu")
     scaling = reference.get("rope_scaling")
     if scaling and scaling.get("rope_type", scaling.get("type", "default")) != "default":
         raise ReferenceFormatError(f"{source}: rope_scaling {scaling!r} is not supported (plain RoPE only)")
@@ -109,14 +107,15 @@ def convert_weights(weights: Dict[str, torch.Tensor], config: LlamaMTLAConfig,
         layer_config = reference_layer_config(attn, config.num_attention_heads, config.down_rate,
                                               f"{source} (layer {i})")
         converted, _ = convert_reference_layer(attn, layer_config, f"{source} (layer {i})", interleaved_rope=False)
-        out.update({f"{ours}attn.{k}": v for k, v in converted.items()})
+        out.update({f"{ours}self_attn.{k}": v for k, v in converted.items()})
         used.update(ref + "self_attn." + k for k in attn)
-        take(ref + "input_layernorm.weight", ours + "attn_norm.weight")
-        take(ref + "post_attention_layernorm.weight", ours + "ffn_norm.weight")
-        for proj, w in (("gate_proj", "w1"), ("up_proj", "w3"), ("down_proj", "w2")):
-            take(f"{ref}mlp.{proj}.weight", f"{ours}ffn.{w}.weight")
+        # the rest of the layer has Llama's names on both sides
+        for name in ("input_layernorm.weight", "post_attention_layernorm.weight", "mlp.gate_proj.weight",
+                     "mlp.up_proj.weight", "mlp.down_proj.weight"):
+            take(ref + name, ours + name)
+        for proj in ("gate_proj", "up_proj", "down_proj"):
             if f"{ref}mlp.{proj}.bias" in weights:  # mlp_bias: true
-                take(f"{ref}mlp.{proj}.bias", f"{ours}ffn.{w}.bias")
+                take(f"{ref}mlp.{proj}.bias", f"{ours}mlp.{proj}.bias")
     unknown = sorted(set(weights) - used)
     if unknown:
         raise ReferenceFormatError(f"{source}: unexpected key {unknown[0]!r} for a reference LlamaMTLAForCausalLM "
@@ -131,9 +130,6 @@ def convert_reference_checkpoint(path: Path) -> LlamaMTLAForCausalLM:
     converted = convert_weights(weights, config, str(path))
     model = LlamaMTLAForCausalLM(config)
     state = model.state_dict()
-    for name, value in state.items():  # our MLP's biases (the reference's has none): zero
-        if name not in converted and name.endswith(".bias") and ".ffn." in name:
-            converted[name] = torch.zeros_like(value)
     if config.tie_word_embeddings:
         converted.setdefault("lm_head.weight", converted["model.embed_tokens.weight"])
     model.load_state_dict({k: v.to(state[k].dtype) for k, v in converted.items()})
