@@ -118,8 +118,8 @@ def test_from_llama_copies_everything_but_the_attention(llama, attention_type, t
 
 
 def test_from_llama_refuses_what_it_cannot_convert(llama):
-    with pytest.raises(ValueError, match="^from_llama: qk_rope_head_dim 6 must be even, below head_dim 8 and divide it"):
-        hf.LlamaMTLAForCausalLM.from_llama(llama, attention_type="mla", qk_rope_head_dim=6)
+    with pytest.raises(ValueError, match="^from_llama: qk_rope_head_dim 7 must be even and below head_dim 8$"):
+        hf.LlamaMTLAForCausalLM.from_llama(llama, attention_type="mla", qk_rope_head_dim=7)
     with pytest.raises(ValueError, match="^from_llama: attention_init 'llama' needs v_head_dim 8"):
         hf.LlamaMTLAForCausalLM.from_llama(llama, attention_type="mla", v_head_dim=16)
     assert hf.LlamaMTLAForCausalLM.from_llama(llama, attention_type="mla", v_head_dim=16, attention_init="random")
@@ -193,3 +193,38 @@ def test_peft_lora_trains_merges_and_generates_the_same(attention_type):
     with torch.no_grad():
         torch.testing.assert_close(merged(data[:4]).logits, logits, rtol=1e-4, atol=1e-5)
         assert torch.equal(merged.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False), adapted)
+
+
+def test_shared_rope_key_is_exact_for_one_kv_head():
+    """With one kv head the shared rope key loses nothing: rotated scores are unchanged."""
+    from espnet_mtla.attention.rope import RotaryEmbedding
+    from espnet_mtla.hf.from_llama import shared_rope_key
+
+    torch.manual_seed(0)
+    heads, d_r, dim = 3, 8, 16
+    q, k = torch.randn(heads, d_r, dim, dtype=torch.float64), torch.randn(1, d_r, dim, dtype=torch.float64)
+    key, q_new = shared_rope_key(q, k, torch.zeros(heads, dtype=torch.long))
+    rope = RotaryEmbedding(d_r, 100.0).double()
+    x = torch.randn(2, dim, dtype=torch.float64)
+    positions = torch.tensor([[3, 11]])
+
+    def scores(query_rows, key_rows):
+        qv = rope(torch.einsum("hrd,d->hr", query_rows, x[0]).view(1, 1, heads, d_r), positions[:, :1])
+        kv = rope((key_rows @ x[1]).view(1, 1, 1, d_r), positions[:, 1:])
+        return (qv * kv).sum(-1)
+
+    torch.testing.assert_close(scores(q_new, key), scores(q, k[0]), rtol=1e-6, atol=1e-5)  # RoPE tables in fp32
+
+
+def test_bench_from_llama_writes_its_table(tmp_path):
+    from espnet_mtla.bin import bench_from_llama
+
+    bench_from_llama.main(["--steps", "3", "--out-dir", str(tmp_path), "--threads", "1"])
+    import json
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    for model in ("random_llama", "char_lm"):
+        rows = {row["attention_type"]: row for row in results[model]}
+        assert list(rows) == list(attention_types())
+        assert rows["mha"]["kl_llama"] == 0.0 and rows["mla"]["kl_llama"] < rows["mla"]["kl_random"]
+    assert (tmp_path / "results.md").read_text().startswith("| attention |")

@@ -19,7 +19,9 @@ class LlamaMTLAConfig(LlamaConfig):
     (its options are read from config fields of the same names). The MLA/MTLA fields default from the Llama head size, so any
     ``head_dim`` works: ``qk_nope_head_dim`` = ``v_head_dim`` = ``head_dim``,
     ``qk_rope_head_dim`` = ``head_dim // 2`` (even), ``kv_lora_rank`` = 4 x ``head_dim``,
-    ``q_lora_rank`` None (full-rank queries); ``down_rate``: tokens merged per MTLA cache slot;
+    ``q_lora_rank`` None (full-rank queries); ``qk_rope_theta``: the RoPE base of the MLA/MTLA
+    rope dims (default ``rope_theta``; ``from_llama`` sets it so that they turn at the Llama's
+    highest frequencies); ``down_rate``: tokens merged per MTLA cache slot;
     ``latent_norm``: ``rms_norm`` (default) | ``layer_norm`` (the paper's), the MLA/MTLA latents' norm.
     ``attn_backend``: ``auto`` | ``eager`` | ``sdpa`` | ``triton``, how attention is computed
     (``espnet_mtla.attention.backends``); it never changes the outputs.
@@ -32,6 +34,7 @@ class LlamaMTLAConfig(LlamaConfig):
     q_lora_rank: Optional[int] = None
     qk_nope_head_dim: Optional[int] = None
     qk_rope_head_dim: Optional[int] = None
+    qk_rope_theta: Optional[float] = None
     v_head_dim: Optional[int] = None
     down_rate: int = 2
     latent_norm: str = "rms_norm"
@@ -68,6 +71,8 @@ class LlamaMTLAConfig(LlamaConfig):
             "num_kv_heads": self.num_key_value_heads,
             "q_lora_rank": self.q_lora_rank or 0,
         }
+        if self.qk_rope_theta is not None and self.attention_type in ("mla", "mtla"):
+            llama_fields["rope_base"] = float(self.qk_rope_theta)
         options = {}
         for name in attention_options(self.attention_type):
             if name in llama_fields:

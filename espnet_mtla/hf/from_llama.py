@@ -9,10 +9,14 @@ The attention (``attention_init``):
   - mha | gqa | mqa: q/k/v/o copied; the kv heads regrouped when their number changes (mean
     of each group when fewer, as GQA's uptraining does; repeated when more, which is exact).
   - mla | mtla, as MHA2MLA / TransMLA do. A head's ``d`` dims are split. ``qk_rope_head_dim``
-    of them keep their rotation: the rotary pairs ``j = i * d / d_r`` turn at exactly our
-    RoPE's frequencies with the same base, so the query rows are the Llama's and the shared
-    rope key is the mean of the kv heads' rows. The other ``d - d_r`` dims (not rotated in
-    MLA) and all value dims of every query head are one matrix ``[W_k_nope ; W_v]``: its
+    of them keep their rotation: the ``d_r / 2`` highest-frequency rotary pairs (the ones that
+    change most between positions), turning at exactly the Llama's frequencies
+    (``qk_rope_theta = rope_theta ** (d_r / d)``). All kv heads share one rope key in MLA: per
+    rotary pair, the kv heads' rows, read as complex numbers (a rotation is a complex phase), are
+    replaced by their best complex rank-1 approximation ``c_h * b``; ``b`` is the shared key and
+    each query head's rows are multiplied by ``conj(c_h)``, which commutes with the rotation (exact
+    for one kv head). The other ``d - d_r`` dims (not rotated in MLA) and all value dims of
+    every query head are one matrix ``[W_k_nope ; W_v]``: its
     truncated SVD ``U S V^T`` gives the latent projection ``S^1/2 V^T`` (``kv_lora_rank``
     rows) and ``kv_up = U S^1/2``. The latent norm's weight is the latent's typical RMS on
     inputs shaped by the Llama's input norm, so that normalising a typical latent leaves it
@@ -45,10 +49,11 @@ def latent_dims(llama_config, fields: dict) -> dict:
     """mla/mtla dimensions that the Llama's heads can be split into (``attention_init="llama"``)."""
     d = llama_config.head_dim or llama_config.hidden_size // llama_config.num_attention_heads
     rope = fields.get("qk_rope_head_dim") or max(2, d // 2 // 2 * 2)
-    if rope % 2 or d % rope or rope >= d:
-        raise ValueError(f"from_llama: qk_rope_head_dim {rope} must be even, below head_dim {d} and divide it "
-                         "(its rotary pairs are every d/d_r-th pair of the Llama's)")
-    dims = {"qk_rope_head_dim": rope, "qk_nope_head_dim": d - rope, "v_head_dim": d}
+    if rope % 2 or rope >= d:
+        raise ValueError(f"from_llama: qk_rope_head_dim {rope} must be even and below head_dim {d}")
+    theta = float((llama_config.rope_parameters or {}).get("rope_theta", 10000.0))
+    dims = {"qk_rope_head_dim": rope, "qk_nope_head_dim": d - rope, "v_head_dim": d,
+            "qk_rope_theta": theta ** (rope / d)}
     for name, value in dims.items():
         if fields.get(name) not in (None, value):
             raise ValueError(f"from_llama: attention_init 'llama' needs {name} {value} (head_dim {d}), "
@@ -84,21 +89,41 @@ def init_mha_family(attn, llama_attn, heads: int, kv_heads: int) -> None:
             ours.bias.copy_(regroup_heads(theirs.bias, kv_heads, attn.num_kv_heads))
 
 
+def shared_rope_key(q_rope: torch.Tensor, k_rope: torch.Tensor, group: torch.Tensor):
+    """One rope key for all heads: q_rope (H, d_r, D), k_rope (H_kv, d_r, D) rows in our layout
+    (first halves, then second halves of the rotary pairs), group (H,) kv head of each query head
+    -> shared key rows (d_r, D) and the query rows (H, d_r, D) that go with it.
+
+    Per rotary pair, row x + i y is a complex row; the kv heads' rows Z (H_kv, D) ~ c b with the
+    top singular triple (c (H_kv,), b (D,)). A query head of kv head h then scores
+    Re(e^{i w t} conj(c_h) q (conj(b) x)^*)-wise what it scored with its own key.
+    """
+    pairs = k_rope.shape[1] // 2
+    z = torch.complex(k_rope[:, :pairs], k_rope[:, pairs:]).transpose(0, 1)  # (pairs, H_kv, D)
+    u, s, vh = torch.linalg.svd(z, full_matrices=False)
+    c = u[..., 0] * s[:, :1].sqrt()  # (pairs, H_kv)
+    b = s[:, :1].sqrt() * vh[:, 0]  # (pairs, D): z ~ c[:, :, None] * b[:, None]
+    key = torch.cat([b.real, b.imag], dim=0)  # (d_r, D)
+    qz = torch.complex(q_rope[:, :pairs], q_rope[:, pairs:])  # (H, pairs, D)
+    qz = qz * c.conj().transpose(0, 1)[group].unsqueeze(-1)
+    return key, torch.cat([qz.real, qz.imag], dim=1)
+
+
 @torch.no_grad()
 def init_latent(attn, llama_attn, input_norm: torch.Tensor, heads: int, kv_heads: int) -> None:
     """MLA/MTLA from the Llama's q/k/v/o (see the module docstring)."""
     d_r, d_n, d_c = attn.qk_rope_head_dim, attn.qk_nope_head_dim, attn.kv_lora_rank
     d = d_r + d_n
-    half, step = d // 2, d // d_r
-    pairs = [i * step for i in range(d_r // 2)]
-    rope = torch.tensor(pairs + [j + half for j in pairs])  # our layout: first halves, then second halves
+    half, pairs = d // 2, d_r // 2
+    rope = torch.tensor(list(range(pairs)) + [half + j for j in range(pairs)])  # the fastest pairs, our layout
     nope = torch.tensor(sorted(set(range(d)) - set(rope.tolist())))
     dim = llama_attn.q_proj.weight.shape[1]
     q = llama_attn.q_proj.weight.view(heads, d, dim).double()
     k = llama_attn.k_proj.weight.view(kv_heads, d, dim).double()
     v = llama_attn.v_proj.weight.view(kv_heads, d, dim).double()
     group = torch.arange(heads) // (heads // kv_heads)  # the kv head of each query head (HF's repeat_kv)
-    attn.q_proj.weight.copy_(torch.cat([q[:, nope], q[:, rope]], dim=1).reshape(-1, dim))
+    shared_key, q_rope = shared_rope_key(q[:, rope], k[:, rope], group)
+    attn.q_proj.weight.copy_(torch.cat([q[:, nope], q_rope], dim=1).reshape(-1, dim))
     joint = torch.cat([k[group][:, nope], v[group]], dim=1).reshape(-1, dim)  # (H * (d_n + d_v), D)
     u, s, vh = torch.linalg.svd(joint, full_matrices=False)
     rank = min(d_c, s.shape[0])
@@ -106,7 +131,7 @@ def init_latent(attn, llama_attn, input_norm: torch.Tensor, heads: int, kv_heads
     down[:rank] = s[:rank].sqrt().unsqueeze(1) * vh[:rank]
     up = torch.zeros(joint.shape[0], d_c, dtype=torch.float64)
     up[:, :rank] = u[:, :rank] * s[:rank].sqrt()
-    attn.kv_down.weight.copy_(torch.cat([down, k[:, rope].mean(0)], dim=0))
+    attn.kv_down.weight.copy_(torch.cat([down, shared_key], dim=0))
     attn.kv_up.weight.copy_(up)
     attn.out_proj.weight.copy_(llama_attn.o_proj.weight)
     # A latent of an input x = g * z (g: the input norm's weight, z of RMS 1) has E[c_i^2] = sum_j W_ij^2 g_j^2.
