@@ -37,7 +37,11 @@ from espnet_mtla.stage_record import StageRecord, make_key, table_files
 from espnet_mtla.task_specs import TASKS, get_task
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN_JOBS = [sys.executable, str(ROOT / "utils" / "run_jobs.py")]
+# Job backends of --cmd/--train_cmd/--decode_cmd: the runner of each (Kaldi's names too)
+JOB_BACKENDS = {"local": ["run_jobs.py"], "slurm": ["queue_jobs.py", "--backend", "slurm"],
+                "sge": ["queue_jobs.py", "--backend", "sge"]}
+KALDI_BACKENDS = {"run.pl": "local", "slurm.pl": "slurm", "queue.pl": "sge"}
+SUBMIT_COMMANDS = {"slurm": "sbatch", "sge": "qsub"}
 log = logging.getLogger("pipeline")
 
 
@@ -46,6 +50,18 @@ class StageError(RuntimeError):
 
 
 # -- options ----------------------------------------------------------------------------
+def job_backend(value: str) -> List[str]:
+    """A --cmd value -> [backend, its options...]; Kaldi's run.pl/slurm.pl/queue.pl are accepted."""
+    words = shlex.split(value)
+    if not words:
+        raise argparse.ArgumentTypeError("empty; use local, slurm [options] or sge [options]")
+    backend = KALDI_BACKENDS.get(words[0], words[0])
+    if backend not in JOB_BACKENDS:
+        raise argparse.ArgumentTypeError(f"unknown job backend {words[0]!r}; use local, slurm [options] or "
+                                         "sge [options]")
+    return [backend] + words[1:]
+
+
 def metric_names(value: str) -> Union[str, List[str]]:
     """``--metrics``: "auto", or metric names separated by spaces or commas."""
     if value == "auto":
@@ -66,6 +82,11 @@ def get_parser() -> argparse.ArgumentParser:
     add("--stop_stage", type=int, default=11)
     add("--nj", type=int, default=2, help="parallel jobs for formatting and statistics")
     add("--inference_nj", type=int, default=2, help="parallel decoding jobs")
+    add("--cmd", default="local", type=job_backend,
+        help='where the jobs of stages 3 and 6 run: "local", "slurm [--mem 4G --gpu 1 --time T --partition P '
+             '--cpus N]" or "sge [...]" (a recipe\'s cmd.sh sets it)')
+    add("--train_cmd", default=None, type=job_backend, help="stage 7's backend (default: --cmd's)")
+    add("--decode_cmd", default=None, type=job_backend, help="stage 8's backend (default: --cmd's)")
     add("--ngpu", type=int, default=0)
     add("--train_set", default="train")
     add("--valid_set", default="dev")
@@ -134,17 +155,36 @@ class Pipeline:
         self.stats_dir = Path(args.expdir) / f"{self.task}_stats_{self.feats}"
         self.train_set = args.train_set + ("_sp" if args.speed_perturb_factors.strip() else "")
         self.resuming = False  # set per stage by main(): the stage was interrupted, same options and inputs
+        self.jobs_option: Optional[str] = None  # set per stage: the option whose backend runs its jobs
 
     # -- helpers ---------------------------------------------------------------------------
+    def backend(self, option: str) -> List[str]:
+        """[backend, options...] of ``--cmd``, ``--train_cmd`` or ``--decode_cmd`` (the last two default to --cmd)."""
+        return getattr(self.args, option) or self.args.cmd
+
+    def check_backend(self, option: str) -> None:
+        """StageError when ``option``'s scheduler cannot be reached from here."""
+        backend = self.backend(option)
+        submit = SUBMIT_COMMANDS.get(backend[0])
+        if submit and shutil.which(submit) is None:
+            raise StageError(f"--{option} {shlex.join(backend)}: {submit} not found (install the scheduler's client "
+                             f"tools, or use --{option} local)")
+
     def run(self, cmd: List[str], log_file: Path, jobs: Union[None, int, Sequence[int]] = None) -> None:
-        """Run ``cmd`` through utils/run_jobs.py: as jobs 1..jobs (an int), the listed jobs, or once (None)."""
+        """Run ``cmd`` as jobs 1..jobs (an int), the listed jobs, or once (None), through the backend
+        of the running stage's ``jobs`` option: this machine (utils/run_jobs.py) or a cluster
+        (utils/queue_jobs.py)."""
         log_file.parent.mkdir(parents=True, exist_ok=True)
         numbers = list(range(1, jobs + 1)) if isinstance(jobs, int) else list(jobs or [])
         job_args = [f"JOB={','.join(map(str, numbers))}"] if numbers else []
-        full = RUN_JOBS + job_args + [str(log_file)] + [str(c) for c in cmd]
-        # Parallel jobs share the thread budget: 2 jobs x 2 threads on 2 cores ran 4x slower.
-        budget = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
-        env = dict(os.environ, OMP_NUM_THREADS=str(max(1, budget // max(1, len(numbers)))))
+        backend, *options = self.backend(self.jobs_option) if self.jobs_option else ["local"]
+        runner, *runner_args = JOB_BACKENDS[backend]
+        full = ([sys.executable, str(ROOT / "utils" / runner)] + runner_args + options + job_args + [str(log_file)]
+                + [str(c) for c in cmd])
+        env = dict(os.environ)
+        if backend == "local":  # parallel jobs share this machine's thread budget: 2 x 2 threads on 2 cores ran 4x slower
+            budget = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+            env["OMP_NUM_THREADS"] = str(max(1, budget // max(1, len(numbers))))
         log.info("running: %s", " ".join(shlex.quote(str(c)) for c in cmd))
         if subprocess.run(full, env=env).returncode != 0:
             raise StageError(f"failed; see the log above ({log_file})")
@@ -661,6 +701,8 @@ class Stage:
         usable_unfinished: later stages may use its outputs while it is unfinished (training:
             model files are written atomically) with a warning, instead of stopping.
         on_changed: called with the changed options/inputs before a stage that ran before is redone.
+        jobs: the option (``cmd``, ``train_cmd``, ``decode_cmd``) whose backend runs its jobs;
+            None: they run on this machine.
     """
 
     number: int
@@ -673,19 +715,20 @@ class Stage:
     resumes: bool = False
     usable_unfinished: bool = False
     on_changed: Optional[Callable[[Pipeline, List[str]], None]] = None
+    jobs: Optional[str] = None
 
 
 P = Pipeline
 STAGES: Dict[int, Stage] = {stage.number: stage for stage in (
     Stage(1, "data", P.stage1_data, P.spec_data, ready=P.ready_data),
     Stage(2, "speed_perturb", P.stage2_speed_perturb, P.spec_speed_perturb),
-    Stage(3, "format", P.stage3_format, P.spec_format),
+    Stage(3, "format", P.stage3_format, P.spec_format, jobs="cmd"),
     Stage(4, "filter", P.stage4_filter, P.spec_filter),
     Stage(5, "tokenizer", P.stage5_tokenizer, P.spec_tokenizer, ready=P.ready_tokenizer),
-    Stage(6, "stats", P.stage6_stats, P.spec_stats, ready=P.ready_stats),
+    Stage(6, "stats", P.stage6_stats, P.spec_stats, ready=P.ready_stats, jobs="cmd"),
     Stage(7, "train", P.stage7_train, P.spec_train, "exp", P.ready_train, resumes=True, usable_unfinished=True,
-          on_changed=P.refuse_mixed_training),
-    Stage(8, "decode", P.stage8_decode, P.spec_decode, "decode", P.ready_model, resumes=True),
+          on_changed=P.refuse_mixed_training, jobs="train_cmd"),
+    Stage(8, "decode", P.stage8_decode, P.spec_decode, "decode", P.ready_model, resumes=True, jobs="decode_cmd"),
     Stage(9, "score", P.stage9_score, P.spec_score, "decode"),
     # no record: it merges rows into a RESULTS.md that experiments share, in a second
     Stage(10, "report", P.stage10_report),
@@ -712,6 +755,9 @@ def run_stage(pipeline: Pipeline, stage: Stage) -> None:
                          f"incomplete: re-run from it (--stage {earlier.number})")
     if stage.ready:
         stage.ready(pipeline)
+    pipeline.jobs_option = stage.jobs
+    if stage.jobs:
+        pipeline.check_backend(stage.jobs)
     if stage.spec is None:
         stage.run(pipeline)
         return

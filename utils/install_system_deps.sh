@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian tools the recipes use (sclite from sctk, espeak-ng, sox, flac) if missing.
+# Installs the Debian tools the recipes use (sclite from sctk, espeak-ng, sox, flac) if missing,
+# and Slurm with munge (the cluster tests start a private single-node Slurm with them).
 # As root it runs apt-get; otherwise it names the command to run. Safe to run again.
 set -euo pipefail
 missing=()
@@ -7,6 +8,8 @@ missing=()
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || missing+=(sox)
 command -v flac >/dev/null 2>&1 || missing+=(flac)
+command -v sbatch >/dev/null 2>&1 || [ -x /usr/sbin/slurmctld ] || missing+=(slurm-wlm)
+[ -x /usr/sbin/munged ] || command -v munged >/dev/null 2>&1 || missing+=(munge)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
