@@ -87,7 +87,13 @@ def get_parser() -> argparse.ArgumentParser:
              '--cpus N]" or "sge [...]" (a recipe\'s cmd.sh sets it)')
     add("--train_cmd", default=None, type=job_backend, help="stage 7's backend (default: --cmd's)")
     add("--decode_cmd", default=None, type=job_backend, help="stage 8's backend (default: --cmd's)")
-    add("--ngpu", type=int, default=0)
+    add("--ngpu", type=int, default=0, help="GPUs per node for training (ESPnet's DDP when > 1) and decoding")
+    add("--num_nodes", type=int, default=1, help="training nodes (ESPnet's --num_nodes; > 1 needs --dist_launcher)")
+    add("--dist_launcher", default="none", choices=("none", "slurm", "mpi"),
+        help="how ESPnet's distributed training finds its processes: slurm runs one srun task per node "
+             "(the training job asks its backend for --num_nodes nodes)")
+    add("--dist_backend", default=None, choices=("nccl", "gloo"),
+        help="ESPnet's torch.distributed backend (ESPnet's default: nccl)")
     add("--train_set", default="train")
     add("--valid_set", default="dev")
     add("--test_sets", default="test", help="space-separated")
@@ -253,6 +259,18 @@ class Pipeline:
         cmd += self.data_args("--train_data_path_and_name_and_type", self.dump / self.train_set)
         return cmd + self.data_args("--valid_data_path_and_name_and_type", self.dump / self.args.valid_set)
 
+    def distributed_args(self) -> List[str]:
+        """ESPnet's distributed-training options for stage 7 (none for one process)."""
+        a = self.args
+        out = []
+        if a.num_nodes > 1 or a.dist_launcher != "none":
+            out += ["--num_nodes", a.num_nodes, "--multiprocessing_distributed", "true"]
+        if a.dist_launcher != "none":
+            out += ["--dist_launcher", a.dist_launcher]
+        if a.dist_backend:
+            out += ["--dist_backend", a.dist_backend]
+        return out
+
     def feature_args(self) -> List[str]:
         return ["--input_size", "80"] if self.feats == "fbank" else []
 
@@ -363,7 +381,9 @@ class Pipeline:
     def spec_train(self) -> "StageSpec":
         a = self.args
         stats = [f for tag in ("train", "valid") for f in sorted((self.stats_dir / tag).glob("*"))]
+        distributed = [str(x) for x in self.distributed_args()]
         return ({"train_config": a.train_config, "train_args": a.train_args, "ngpu": a.ngpu,
+                 **({"distributed": distributed} if distributed else {}),  # older records: no key
                  "ssl_checkpoint": a.ssl_checkpoint, "pretrained_asr": a.pretrained_asr},
                 [Path(a.train_config or "-")] + ([Path(a.pretrained_asr)] if a.pretrained_asr else []) +
                 self._tables(self._train_valid()) + self.token_files() + stats,
@@ -535,7 +555,8 @@ class Pipeline:
 
     def stage7_train(self) -> None:
         self.exp.mkdir(parents=True, exist_ok=True)
-        cmd = self.train_command("--ngpu", self.args.ngpu, "--output_dir", self.exp, "--resume", "true")
+        cmd = self.train_command("--ngpu", self.args.ngpu, "--output_dir", self.exp, "--resume", "true",
+                                 *self.distributed_args())
         for tag in ("train", "valid"):
             for shape in sorted((self.stats_dir / tag).glob("*_shape*")):
                 cmd += [f"--{tag}_shape_file", shape]
@@ -545,6 +566,8 @@ class Pipeline:
         if self.args.pretrained_asr:  # ESPnet copies the encoder.* tensors before the first epoch
             cmd += ["--init_param", f"{Path(self.args.pretrained_asr).resolve()}:encoder:encoder"]
         cmd += shlex.split(self.args.train_args)
+        if self.args.dist_launcher == "slurm":  # one task per node (ESPnet spawns a process per GPU); the
+            cmd = ["srun", "--ntasks-per-node=1"] + cmd  # job asks for the nodes: --train_cmd "slurm --nodes N"
         self.run(cmd, self.exp / "train.log")
 
     def stage8_decode(self) -> None:

@@ -71,12 +71,22 @@ def test_missing_sbatch_is_a_one_line_error_naming_the_option(tmp_path, monkeypa
         get_parser().parse_args(["--task", "asr", "--cmd", "pbs"])
 
 
+@pytest.fixture(scope="module")
+def local_recipe(tmp_path_factory):
+    """The mini ASR recipe run locally, every stage (the reference of the Slurm run, and the
+    data and stage-7 command of the DDP run)."""
+    recipe = recipe_copy(tmp_path_factory.mktemp("local"), "mini_synth", "asr1")
+    run_recipe(recipe, *TINY)
+    return recipe
+
+
 def outputs(recipe):
     """What the stages wrote, keyed by path inside the recipe (paths inside files made relative)."""
     found = {}
     for sub in ("dump", "data/token_list", "exp"):
         for path in sorted((recipe / sub).rglob("*")):
             if not path.is_file() or path.suffix in (".log", ".sh", ".out") or "/logdir/" in str(path) or \
+                    "exp/ddp" in str(path) or \
                     "/q/" in str(path) or path.name in ("efficiency.json", "pipeline.log") or "/stages/" in str(path) \
                     or "tensorboard" in str(path) or "/images/" in str(path) or path.name.endswith(".pth") \
                     or path.suffix == ".zip" or path.name == "config.yaml" or "/logs/" in str(path):
@@ -94,13 +104,10 @@ def model_tensors(recipe):
 
 @recipe_marks[0]
 @recipe_marks[1]
-def test_recipe_through_slurm_equals_local_and_a_killed_job_is_redone(slurm, tmp_path):
+def test_recipe_through_slurm_equals_local_and_a_killed_job_is_redone(slurm, local_recipe, tmp_path):
     import torch
 
-    for name in ("local", "slurm"):
-        (tmp_path / name).mkdir()
-    local, cluster = recipe_copy(tmp_path / "local", "mini_synth", "asr1"), recipe_copy(tmp_path / "slurm", "mini_synth", "asr1")
-    run_recipe(local, *TINY)
+    local, cluster = local_recipe, recipe_copy(tmp_path, "mini_synth", "asr1")
     run_recipe(cluster, *TINY, "--stop_stage", "2")
     run_recipe(cluster, *TINY, "--stage", "3", "--cmd", "slurm --mem 500M")  # stages 3-11, 2 jobs each
     ours, theirs = outputs(local), outputs(cluster)
@@ -140,3 +147,77 @@ def test_recipe_through_slurm_equals_local_and_a_killed_job_is_redone(slurm, tmp
     again = run_recipe(cluster, *TINY, "--stage", "8", "--stop_stage", "8", "--decode_cmd", "slurm")
     assert "job(s) 1 finished before the interruption; decoding job(s) 2" in again.stderr + again.stdout
     assert (decode / "text").read_text() == uninterrupted
+
+
+@recipe_marks[0]
+@recipe_marks[1]
+def test_ddp_two_cpu_ranks_train_one_model_that_decodes(slurm, local_recipe):
+    """2 processes (srun -n 2, gloo) train the mini model: the ranks end with the same weights,
+    the loss decreases, and the rank-0 checkpoint decodes."""
+    import shlex
+
+    import torch
+
+    from slurm_cluster import free_port
+
+    recipe = local_recipe
+    single = recipe / "exp" / "asr_train_mtla"
+    command = next(line[2:] for line in (single / "train.log").read_text().splitlines() if line.startswith("# "))
+    args = shlex.split(command)
+    args = args[args.index("espnet_mtla.bin.asr_train") + 1:]
+    args[args.index("--output_dir") + 1] = "exp/ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    done = subprocess.run(["srun", "-n", "2", sys.executable, str(ROOT / "test" / "ddp_rank.py"), str(free_port()),
+                           *args, "--max_epoch", "3"], cwd=recipe, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    exp = recipe / "exp" / "ddp"
+    ranks = [torch.load(exp / f"rank{r}.final.pth") for r in (0, 1)]  # both ranks trained to the end
+    assert ranks[0].keys() == ranks[1].keys()
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])  # DDP kept the replicas identical
+    stats = torch.load(exp / "checkpoint.pth", weights_only=False)["reporter"]["stats"]
+    losses = [stats[epoch]["train"]["loss"] for epoch in (1, 2, 3)]
+    assert losses[2] < losses[0], losses
+    latest = torch.load(exp / "latest.pth")
+    assert all(torch.equal(latest[k], ranks[0][k]) for k in latest)  # rank 0 wrote the checkpoints
+    key, wav = (recipe / "dump" / "flac" / "test" / "wav.scp").read_text().splitlines()[0].split(maxsplit=1)
+    (recipe / "one.scp").write_text(f"{key} {wav}\n")
+    decoded = subprocess.run(
+        [sys.executable, "-m", "espnet_mtla.bin.asr_inference", "--asr_train_config", str(exp / "config.yaml"),
+         "--asr_model_file", str(exp / "latest.pth"), "--data_path_and_name_and_type", "one.scp,speech,sound",
+         "--output_dir", "decode_ddp", "--beam_size", "2", "--maxlenratio", "-5"],
+        cwd=recipe, env=env, capture_output=True, text=True)
+    assert decoded.returncode == 0, decoded.stderr[-3000:]
+    assert (recipe / "decode_ddp" / "1best_recog" / "token").read_text().startswith(key)
+
+
+def test_stage7_passes_espnets_distributed_options():
+    from espnet_mtla.pipeline import Pipeline, get_parser
+
+    def dist(*options):
+        return [str(x) for x in Pipeline(get_parser().parse_args(["--task", "asr", *options])).distributed_args()]
+
+    assert dist() == []  # one process: nothing (and older stage-7 records keep their key)
+    assert dist("--ngpu", "4", "--num_nodes", "2", "--dist_launcher", "slurm", "--dist_backend", "nccl") == [
+        "--num_nodes", "2", "--multiprocessing_distributed", "true", "--dist_launcher", "slurm",
+        "--dist_backend", "nccl"]
+
+
+def test_submission_commands_carry_the_resources():
+    """What each scheduler is asked for (SGE has no cluster here: its command line is what is tested)."""
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("queue_jobs", ROOT / "utils" / "queue_jobs.py")
+    queue_jobs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(queue_jobs)
+    opts = argparse.Namespace(mem="4G", gpu=2, time="1:00:00", partition="p", cpus=3, nodes=0)
+    slurm = queue_jobs.submit_command("slurm", "train", Path("q/train.sh"), Path("q/train.out"), opts)
+    assert slurm == ["sbatch", "--wait", "--parsable", "--job-name=train", "--output=q/train.out", "--mem=4G",
+                     "--gres=gpu:2", "--time=1:00:00", "--partition=p", "--cpus-per-task=3", "q/train.sh"]
+    sge = queue_jobs.submit_command("sge", "train", Path("q/train.sh"), Path("q/train.out"), opts)
+    assert sge == ["qsub", "-sync", "y", "-terse", "-cwd", "-V", "-N", "train", "-j", "y", "-o", "q/train.out",
+                   "-l", "mem_free=4G,ram_free=4G", "-l", "gpu=2", "-l", "h_rt=1:00:00", "-q", "p", "-pe", "smp", "3",
+                   "q/train.sh"]
+    opts.nodes = 2
+    assert queue_jobs.resources("slurm", opts)[-2:] == ["--nodes=2", "--ntasks-per-node=1"]

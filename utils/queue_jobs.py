@@ -2,7 +2,7 @@
 """Run a command as N jobs on a cluster (Slurm or SGE), with run_jobs.py's interface and logs.
 
     utils/queue_jobs.py --backend slurm [--mem 4G] [--gpu 1] [--time 4:00:00] [--partition P] \\
-        [--cpus 2] [--max-jobs-run M] JOB=1:N exp/decode/log/decode.JOB.log command args...
+        [--cpus 2] [--nodes N] [--max-jobs-run M] JOB=1:N exp/decode/log/decode.JOB.log command args...
     utils/queue_jobs.py --backend sge ...        # the same, through qsub
 
 Kaldi's slurm.pl / queue.pl, for our pipeline: each job is one submission (``sbatch --wait`` or
@@ -36,12 +36,15 @@ def resources(backend: str, opts) -> list:
         out += [f"--time={opts.time}"] if opts.time else []
         out += [f"--partition={opts.partition}"] if opts.partition else []
         out += [f"--cpus-per-task={opts.cpus}"] if opts.cpus else []
+        out += [f"--nodes={opts.nodes}", "--ntasks-per-node=1"] if opts.nodes else []
         return out
     out = ["-l", f"mem_free={opts.mem},ram_free={opts.mem}"] if opts.mem else []
     out += ["-l", f"gpu={opts.gpu}"] if opts.gpu else []
     out += ["-l", f"h_rt={opts.time}"] if opts.time else []
     out += ["-q", opts.partition] if opts.partition else []
     out += ["-pe", "smp", str(opts.cpus)] if opts.cpus else []
+    if opts.nodes:
+        raise SystemExit("queue_jobs.py: --nodes is Slurm's (SGE: use a parallel environment with -pe)")
     return out
 
 
@@ -84,6 +87,8 @@ def main(argv=None) -> int:
     parser.add_argument("--time", help="time limit per job, e.g. 4:00:00")
     parser.add_argument("--partition", help="Slurm partition / SGE queue")
     parser.add_argument("--cpus", type=int, default=0, help="CPU cores per job")
+    parser.add_argument("--nodes", type=int, default=0, help="Slurm: nodes per job, one task each (distributed "
+                                                             "training started with srun inside the job)")
     parser.add_argument("--max-jobs-run", type=int, default=None)
     parser.add_argument("args", nargs=argparse.REMAINDER)
     opts = parser.parse_args(argv)
