@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
 # Installs the Debian tools the recipes use (sclite from sctk, espeak-ng, sox, flac) if missing,
 # and Slurm with munge (the cluster tests start a private single-node Slurm with them).
-# As root it runs apt-get; otherwise it names the command to run. Safe to run again.
+# As root it runs apt-get; otherwise it names the command to run (Slurm and munge are optional:
+# without them the cluster tests skip). Safe to run again.
 set -euo pipefail
 missing=()
 [ -x /usr/lib/sctk/bin/sclite ] || command -v sclite >/dev/null 2>&1 || missing+=(sctk)
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || missing+=(sox)
 command -v flac >/dev/null 2>&1 || missing+=(flac)
-command -v sbatch >/dev/null 2>&1 || [ -x /usr/sbin/slurmctld ] || missing+=(slurm-wlm)
-[ -x /usr/sbin/munged ] || command -v munged >/dev/null 2>&1 || missing+=(munge)
-if [ ${#missing[@]} -eq 0 ]; then
+optional=()
+command -v sbatch >/dev/null 2>&1 && [ -x /usr/sbin/slurmctld ] || optional+=(slurm-wlm)
+[ -x /usr/sbin/munged ] || command -v munged >/dev/null 2>&1 || optional+=(munge)
+if [ ${#missing[@]} -eq 0 ] && [ ${#optional[@]} -eq 0 ]; then
     exit 0
 fi
 if [ "$(id -u)" = 0 ]; then
-    echo "installing system packages: ${missing[*]}"
+    echo "installing system packages: ${missing[*]} ${optional[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-else
-    echo "error: missing system packages: ${missing[*]}; run: sudo apt-get install -y ${missing[*]}" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" "${optional[@]}" >/dev/null
+elif [ ${#missing[@]} -gt 0 ]; then
+    echo "error: missing system packages: ${missing[*]}; run: sudo apt-get install -y ${missing[*]} ${optional[*]}" >&2
     exit 1
+else
+    echo "note: ${optional[*]} not installed: the cluster tests will skip (sudo apt-get install -y ${optional[*]})" >&2
 fi
