@@ -84,8 +84,8 @@ class SlurmCluster:
             if state.stdout.strip() == "idle":
                 return self
             time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"the test Slurm cluster did not come up; see {self.root}/slurm*.log")
+        logs = "".join(p.read_text()[-400:] for p in sorted(self.root.glob("slurm*.log")))
+        raise RuntimeError(f"the test Slurm cluster did not come up: {logs.strip()}")
 
     def jobs(self) -> Dict[str, str]:
         """Running or pending jobs: name -> job id."""
