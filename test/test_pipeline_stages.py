@@ -128,3 +128,15 @@ def test_report_renders_results_md_from_results_json(tmp_path, monkeypatch):
     text = (tmp_path / "RESULTS.md").read_text()
     assert "| asr_train_mtla | test | valid.acc.ave | wer 4.5, cer 1.0 | 1.50 | 2.0 | 9.5 | 3.0 | 0.123 |" in text
     assert text.index("asr_train_mha") < text.index("asr_train_mtla") < text.index("## Notes\n\nkept as written")
+
+
+def test_unknown_metric_and_job_backend_are_one_line_option_errors(capsys):
+    import pytest
+
+    for option, value, message in (("--metrics", "bleu,blue", "unknown metric 'blue'; choose from wer, cer, bleu"),
+                                   ("--decode_cmd", "pbs --mem 4G", "unknown job backend 'pbs'; use local, slurm")):
+        with pytest.raises(SystemExit):
+            get_parser().parse_args(["--task", "mt", option, value])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"argument {option}: {message}" in err
+    assert get_parser().parse_args(["--task", "mt", "--metrics", "bleu,chrf"]).metrics == ["bleu", "chrf"]

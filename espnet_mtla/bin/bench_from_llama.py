@@ -31,7 +31,9 @@ def kl_per_token(reference: torch.Tensor, logits: torch.Tensor) -> float:
 
 
 def latent_fields(attention_type: str, head_dim: int) -> dict:
-    return {"kv_lora_rank": 4 * head_dim, "down_rate": 2} if attention_type in ("mla", "mtla") else {}
+    from espnet_mtla.hf.from_llama import attention_family
+
+    return {"kv_lora_rank": 4 * head_dim, "down_rate": 2} if attention_family(attention_type) == "mla" else {}
 
 
 @torch.no_grad()

@@ -71,12 +71,13 @@ class LlamaMTLAConfig(LlamaConfig):
             "num_kv_heads": self.num_key_value_heads,
             "q_lora_rank": self.q_lora_rank or 0,
         }
-        if self.qk_rope_theta is not None and self.attention_type in ("mla", "mtla"):
+        options = attention_options(self.attention_type)
+        if self.qk_rope_theta is not None and "qk_rope_head_dim" in options:  # the base of those rope dims
             llama_fields["rope_base"] = float(self.qk_rope_theta)
-        options = {}
-        for name in attention_options(self.attention_type):
+        found = {}
+        for name in options:
             if name in llama_fields:
-                options[name] = llama_fields[name]
+                found[name] = llama_fields[name]
             elif getattr(self, name, None) is not None:
-                options[name] = getattr(self, name)
-        return options
+                found[name] = getattr(self, name)
+        return found

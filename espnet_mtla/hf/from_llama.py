@@ -26,14 +26,26 @@ The attention (``attention_init``):
 - ``"random"``: the attention as ``LlamaMTLAConfig`` initialises it.
 """
 
-from typing import Dict, Union
+from typing import Union
 
 import torch
 from torch import nn
 
+from espnet_mtla.attention.registry import get_attention_type
 from espnet_mtla.hf.configuration import LlamaMTLAConfig
 
 ATTENTION_INITS = ("llama", "random")
+
+
+def attention_family(attention_type: str) -> str:
+    """Which Llama initialisation a registered type takes: "mla" (the latent types, which read
+    mla_conf) or "mha" (the MHA family, which reads mha_conf)."""
+    sections = get_attention_type(attention_type).sections()
+    for family in ("mla", "mha"):
+        if f"{family}_conf" in sections:
+            return family
+    raise ValueError(f"from_llama: attention_init 'llama' initialises the mha and mla families; {attention_type!r} "
+                     "is neither: use attention_init='random'")
 
 
 def load_llama(llama) -> nn.Module:
@@ -81,12 +93,6 @@ def init_mha_family(attn, llama_attn, heads: int, kv_heads: int) -> None:
     attn.out_proj.weight.copy_(llama_attn.o_proj.weight)
     for ours, theirs in ((attn.k_proj, llama_attn.k_proj), (attn.v_proj, llama_attn.v_proj)):
         ours.weight.copy_(regroup_heads(theirs.weight, kv_heads, attn.num_kv_heads))
-    for ours, theirs in ((attn.q_proj, llama_attn.q_proj), (attn.out_proj, llama_attn.o_proj)):
-        if ours.bias is not None:
-            ours.bias.copy_(theirs.bias)
-    for ours, theirs in ((attn.k_proj, llama_attn.k_proj), (attn.v_proj, llama_attn.v_proj)):
-        if ours.bias is not None:
-            ours.bias.copy_(regroup_heads(theirs.bias, kv_heads, attn.num_kv_heads))
 
 
 def shared_rope_key(q_rope: torch.Tensor, k_rope: torch.Tensor, group: torch.Tensor):
@@ -157,8 +163,8 @@ def convert_llama(cls, llama: Union[str, nn.Module], attention_type: str = "mtla
     llama = load_llama(llama)
     lc = llama.config
     check_llama(lc)
-    latent = attention_type in ("mla", "mtla")
-    if latent and attention_init == "llama":
+    latent = attention_family(attention_type) == "mla" if attention_init == "llama" else None
+    if latent:
         fields = {**fields, **latent_dims(lc, fields)}
     config = LlamaMTLAConfig.from_llama_config(lc, attention_type=attention_type, **fields)
     model = cls(config).to(llama.dtype)
@@ -174,22 +180,17 @@ def convert_llama(cls, llama: Union[str, nn.Module], attention_type: str = "mtla
 
 
 @torch.no_grad()
-def copy_non_attention(model, llama) -> Dict[str, str]:
-    """Copy every tensor outside the attention; returns {our name: the Llama's name}."""
+def copy_non_attention(model, llama) -> None:
+    """Copy every tensor outside the attention (the names are Llama's on both sides)."""
     theirs = dict(llama.named_parameters())
-    ours = dict(model.named_parameters())
-    copied = {}
-    for name, param in ours.items():
+    for name, param in model.named_parameters():
         if ".self_attn." in name:
             continue
-        source = name if name in theirs else None
-        if source is None and name == "lm_head.weight" and model.config.tie_word_embeddings:
-            continue  # tied to the embedding, copied with it
-        if source is None:
+        if name not in theirs:
+            if name == "lm_head.weight" and model.config.tie_word_embeddings:
+                continue  # tied to the embedding, copied with it
             raise ValueError(f"from_llama: the Llama has no {name!r}; is it a LlamaForCausalLM?")
-        if theirs[source].shape != param.shape:
-            raise ValueError(f"from_llama: {name} is {tuple(theirs[source].shape)} in the Llama, "
+        if theirs[name].shape != param.shape:
+            raise ValueError(f"from_llama: {name} is {tuple(theirs[name].shape)} in the Llama, "
                              f"{tuple(param.shape)} here")
-        param.copy_(theirs[source])
-        copied[name] = source
-    return copied
+        param.copy_(theirs[name])

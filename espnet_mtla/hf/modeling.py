@@ -168,7 +168,6 @@ class LlamaMTLAModel(LlamaMTLAPreTrainedModel):
         except ValueError as err:
             raise ValueError(f"LlamaMTLAConfig: {err}") from None
         self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.gradient_checkpointing = False
         self.post_init()
 
     def get_input_embeddings(self):

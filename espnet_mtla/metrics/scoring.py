@@ -135,9 +135,9 @@ def intent_scores(refs: Dict[str, str], hyps: Dict[str, str], out_dir) -> Dict[s
         name: round(100.0 * sum(ref_parts[k][i] == hyp_parts[k][i] for k in keys) / n, 2)
         for i, name in enumerate(["intent_acc", "scenario_acc", "action_acc"])
     }
-    wer = sclite_error_rate({k: ref_parts[k][3] for k in keys}, {k: hyp_parts[k][3] for k in keys},
-                            Path(out_dir) / "transcript")
-    scores["transcript_wer"] = wer["err"]
+    transcript = sclite_error_rate({k: ref_parts[k][3] for k in keys}, {k: hyp_parts[k][3] for k in keys},
+                                   Path(out_dir) / "transcript")
+    scores["transcript_wer"] = transcript["err"]
     _write_result(out_dir, "".join(f"{k}: {v}\n" for k, v in scores.items()))
     return scores
 
