@@ -33,6 +33,8 @@ from espnet_mtla import datadir
 from espnet_mtla.attention.registry import attention_types
 from espnet_mtla.fileio import write_text_atomic
 from espnet_mtla.metrics.scoring import METRICS, check_metrics
+from espnet_mtla.progress import DecodingProgress, TrainingProgress
+from espnet_mtla.results import RESULT_FIELDS, figure_path, learning_curves, plot_results, render_results
 from espnet_mtla.stage_record import StageRecord, make_key, table_files
 from espnet_mtla.task_specs import TASKS, get_task
 
@@ -462,6 +464,7 @@ class Pipeline:
             shape = "feats_shape" if self.feats == "fbank" else "utt2num_samples"
             for name_out in (scp, shape):
                 self.merge_job_files(dst / f"{name_out}.JOB", jobs, dst / name_out, remove=True)
+            self.report_resampling(name, dst, jobs)
             if self.feats == "fbank":
                 write_text_atomic(dst / "feats_type", "fbank\n")
             if self.zipped:
@@ -471,6 +474,23 @@ class Pipeline:
             problems = datadir.validate(dst, needs_audio=self.speech)
             if problems:
                 raise StageError(problems.report(dst))
+
+    def report_resampling(self, name: str, dst: Path, jobs: int) -> None:
+        """One log line per data dir: how many utterances stage 3 resampled to --fs, and from which rates."""
+        counts: Dict[str, int] = {}
+        for job in range(1, jobs + 1):
+            part = dst / f"resampled.{job}"
+            for line in part.read_text(encoding="utf-8").splitlines():
+                rate, count = line.split()
+                counts[rate] = counts.get(rate, 0) + int(count)
+            part.unlink()
+        total = counts.pop("all", 0)
+        if not counts:
+            log.info("stage 3: %s: all %d utterances at %d Hz, none resampled", name, total, self.args.fs)
+            return
+        rates = ", ".join(f"{count} from {int(rate)} Hz" for rate, count in sorted(counts.items(), key=lambda kv: int(kv[0])))
+        log.info("stage 3: %s: %d of %d utterances resampled to %d Hz (%s)", name, sum(counts.values()), total,
+                 self.args.fs, rates)
 
     def stage4_filter(self) -> None:
         for name in (self.train_set, self.args.valid_set):
@@ -568,7 +588,18 @@ class Pipeline:
         cmd += shlex.split(self.args.train_args)
         if self.args.dist_launcher == "slurm":  # one task per node (ESPnet spawns a process per GPU); the
             cmd = ["srun", "--ntasks-per-node=1"] + cmd  # job asks for the nodes: --train_cmd "slurm --nodes N"
-        self.run(cmd, self.exp / "train.log")
+        with TrainingProgress(self.exp / "train.log", self.max_epoch()):
+            self.run(cmd, self.exp / "train.log")
+
+    def max_epoch(self) -> int:
+        """Epochs stage 7 trains: --train_args' --max_epoch, else the config's, else ESPnet's default (40)."""
+        words = shlex.split(self.args.train_args)
+        for i, word in enumerate(words):
+            if word.startswith("--max_epoch"):
+                value = word.split("=", 1)[1] if "=" in word else (words[i + 1] if i + 1 < len(words) else "")
+                if value.isdigit():
+                    return int(value)
+        return int(self.config_value("max_epoch", 40) if self.args.train_config else 40)
 
     def stage8_decode(self) -> None:
         model = self.exp / self.args.inference_model
@@ -595,7 +626,10 @@ class Pipeline:
             cmd += self.data_args("--data_path_and_name_and_type", data, only=self.spec.input_name)
             cmd += shlex.split(self.args.inference_args)
             if pending:
-                self.run(cmd, logdir / "decode.JOB.log", pending)
+                sizes = [len((logdir / f"keys.{j}.scp").read_text(encoding="utf-8").splitlines()) for j in range(1, jobs + 1)]
+                with DecodingProgress([logdir / f"decode.{j}.log" for j in pending], sum(sizes),
+                                      sum(sizes[j - 1] for j in finished), name):
+                    self.run(cmd, logdir / "decode.JOB.log", pending)
             for file in ("text", "token", "token_int", "score"):
                 self.merge_job_files(logdir / "output.JOB" / "1best_recog" / file, jobs, out / file, sort=True)
             reports = [json.loads((logdir / f"output.{j + 1}" / "1best_recog" / "efficiency.json").read_text())
@@ -637,11 +671,13 @@ class Pipeline:
             eff = json.loads((out / "efficiency.json").read_text())
             row = {"experiment": self.exp.name, "test_set": name, "model": eff.get("model", "-"),
                    "scores": json.loads((out / "scores.json").read_text()),
-                   **{key: eff.get(key) for key in RESULT_FIELDS}}
+                   **{key: eff.get(key) for key in RESULT_FIELDS},
+                   "learning_curves": learning_curves(self.exp, path.resolve().parent)}
             rows = [r for r in rows if (r["experiment"], r["test_set"]) != (self.exp.name, name)] + [row]
         rows.sort(key=lambda r: (r["experiment"], r["test_set"]))
         write_text_atomic(results_file, json.dumps({"rows": rows}, indent=2) + "\n")
-        write_text_atomic(path, render_results(rows, results_file.name) + notes)
+        figures = {test_set: figure_path(path, test_set).name for test_set in plot_results(rows, path)}
+        write_text_atomic(path, render_results(rows, results_file.name, figures) + notes)
         print(path.read_text())
 
     def stage11_pack(self) -> None:
@@ -666,22 +702,6 @@ class Pipeline:
 # (options, input files, output files) of a stage
 StageSpec = Tuple[Dict[str, object], List[Path], List[Path]]
 # efficiency.json fields a results.json row keeps
-RESULT_FIELDS = ("total_decode_time_s", "utterances_per_s", "tokens_per_s", "peak_memory_bytes", "cache_bytes_peak")
-
-
-def render_results(rows: List[dict], source: str = "RESULTS.json") -> str:
-    """RESULTS.md's table from the rows of ``source`` (its results.json)."""
-    lines = []
-    for r in rows:
-        quality = ", ".join(f"{k} {v}" for k, v in r["scores"].items())
-        cache = f"{r['cache_bytes_peak'] / 1e6:.3f}" if r.get("cache_bytes_peak") is not None else "-"
-        lines.append(f"| {r['experiment']} | {r['test_set']} | {r['model']} | {quality} | "
-                     f"{r['total_decode_time_s']:.2f} | {r['utterances_per_s']} | {r['tokens_per_s']} | "
-                     f"{r['peak_memory_bytes'] / 2**20:.1f} | {cache} |\n")
-    header = ("| experiment | test set | model | quality | decode time (s) | utterances/s | tokens/s | "
-              "peak memory (MiB) | KV cache peak (MB) |\n|---|---|---|---|---|---|---|---|---|\n")
-    return (f"# Results\n\nWritten by stage 10 of the pipeline from {source} (one row per experiment and "
-            f"test set; decode time is the sum over utterances).\n\n{header}{''.join(lines)}")
 
 
 def describe_model(model: Path) -> str:

@@ -15,9 +15,10 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-@pytest.fixture(params=["eager", "sdpa", "triton"])
+@pytest.fixture(params=["eager", "sdpa", "triton", "auto"])
 def backend(request):
-    """Each attention backend, on CPU tensors. ``triton`` runs its kernel in Triton's CPU
+    """Each attention backend, on CPU tensors (``auto``: the stride-aware parallel attention for
+    MLA/MTLA, sdpa for the rest). ``triton`` runs its kernel in Triton's CPU
     interpreter, and the test runs under ``torch.no_grad()`` as decoding does: with autograd
     recording, the kernel (which has no backward) gives way to sdpa."""
     if request.param != "triton":

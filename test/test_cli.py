@@ -153,4 +153,7 @@ def test_missing_input_files_are_one_line_errors(tmp_path):
         asr_inference.main(decode + ["--asr_model_file", str(tmp_path / "m.pth")])
     with pytest.raises(SystemExit, match=f"^error: --token_list: no such file: {re.escape(str(tmp_path / 'gone'))}"):
         asr_inference.main(decode + ["--asr_model_file", str(tmp_path / "model.pth")])
+    with pytest.raises(SystemExit, match=r"^error: --streaming true: ESPnet's streaming simulation .* "
+                                         r"decode whole utterances \(--streaming false\)$"):
+        asr_inference.main(decode + ["--asr_model_file", str(tmp_path / "model.pth"), "--streaming", "true"])
     assert not (tmp_path / "out").exists() and not (tmp_path / "exp").exists()  # nothing half-made

@@ -58,3 +58,54 @@ def test_same_seed_same_corpus_other_seed_other_corpus(tmp_path):
     wav_b = read_table(tmp_path / "b" / "data" / "train" / "wav.scp")
     for utt in wav_a:
         np.testing.assert_array_equal(soundfile.read(wav_a[utt])[0], soundfile.read(wav_b[utt])[0])
+
+
+def hard_corpus(tmp_path, name, seed=5):
+    generate("asr", tmp_path / name / "data", tmp_path / name / "audio", SIZES, seed=seed, nj=2, condition="hard")
+    return tmp_path / name
+
+
+def test_hard_condition_is_deterministic_and_keeps_the_texts(tmp_path):
+    a, b = hard_corpus(tmp_path, "a"), hard_corpus(tmp_path, "b")
+    generate("asr", tmp_path / "clean" / "data", tmp_path / "clean" / "audio", SIZES, seed=5, nj=2)
+    for split in SIZES:
+        assert (a / "data" / split / "text").read_text() == (tmp_path / "clean" / "data" / split / "text").read_text()
+        wav_a, wav_b = read_table(a / "data" / split / "wav.scp"), read_table(b / "data" / split / "wav.scp")
+        for utt in wav_a:  # the same audio bytes from the same seed
+            assert open(wav_a[utt], "rb").read() == open(wav_b[utt], "rb").read()
+            assert "asr-hard" in wav_a[utt]
+        assert (a / "audio" / "asr-hard" / split / "conditions.tsv").read_text().count("\n") == SIZES[split]
+
+
+def test_hard_condition_applies_the_drawn_snr_tempo_and_noise(tmp_path):
+    """Re-synthesise one utterance's speech component and measure the SNR of the written file."""
+    import random
+
+    from espnet_mtla.data import conditions
+    from espnet_mtla.data.grammar import sentence
+    from espnet_mtla.data.mini_synth import draw_utterances, random_voice
+    from espnet_mtla.data.speech_synth import SAMPLE_RATE, speak
+
+    root = hard_corpus(tmp_path, "a")
+    wav = read_table(root / "data" / "train" / "wav.scp")
+    utts = draw_utterances("asr", "train", SIZES["train"], seed=5, condition="hard")
+    babble = conditions.babble_track(random.Random("5-asr-train-babble"), speak, random_voice,
+                                     lambda rng: sentence(rng).english, SAMPLE_RATE)
+    kinds = set()
+    for utt in utts:
+        cond = utt["condition"]
+        kinds.add(cond.noise == "babble")
+        clean = speak(utt["spoken"], utt["voice"])
+        mixture, speech = conditions.apply(clean, SAMPLE_RATE, cond, babble)
+        written, rate = soundfile.read(wav[utt["utt_id"]], dtype="float32")
+        assert rate == SAMPLE_RATE and len(written) == len(mixture)
+        assert abs(len(written) / len(clean) - 1 / cond.tempo) < 0.05  # the tempo change
+        measured = conditions.snr_db(written, speech)  # from the file: 16-bit rounding included
+        assert abs(measured - cond.snr_db) < 1.0, (utt["utt_id"], measured, cond)
+        assert conditions.SNR_RANGE_DB[0] <= cond.snr_db <= conditions.SNR_RANGE_DB[1]
+    assert len(conditions.NOISES) > 1
+
+
+def test_unknown_condition_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown condition 'noisy'; choose one of clean, hard"):
+        generate("asr", tmp_path / "data", tmp_path / "audio", SIZES, condition="noisy")

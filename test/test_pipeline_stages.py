@@ -7,7 +7,7 @@ from espnet_mtla import datadir
 from espnet_mtla.pipeline import Pipeline, get_parser
 
 
-def make_data(path, durations):
+def make_data(path, durations, rates=None):
     path.mkdir(parents=True)
     for name in ("wav.scp", "text", "utt2spk"):
         lines = []
@@ -15,7 +15,8 @@ def make_data(path, durations):
             utt = f"spk-u{i}"
             wav = path / f"{utt}.flac"
             if name == "wav.scp":
-                soundfile.write(wav, np.zeros(int(16000 * seconds), dtype=np.float32) + 0.01, 16000)
+                rate = rates[i] if rates else 16000
+                soundfile.write(wav, np.zeros(int(rate * seconds), dtype=np.float32) + 0.01, rate)
             lines.append({"wav.scp": f"{utt} {wav}", "text": f"{utt} word {i}", "utt2spk": f"{utt} spk"}[name])
         (path / name).write_text("\n".join(lines) + "\n")
     datadir.fix(path)  # spk2utt
@@ -49,6 +50,23 @@ def test_length_filter_drops_short_and_long(tmp_path, monkeypatch):
     kept = list(datadir.read_table(tmp_path / "dump" / "flac" / "train" / "utt2spk", datadir.Problems()))
     assert kept == ["spk-u1", "spk-u2"]  # u0 too short, u3 too long
     assert not datadir.validate(tmp_path / "dump" / "flac" / "train")
+
+
+def test_format_logs_what_it_resampled(tmp_path, monkeypatch, caplog):
+    """Stage 3 says, per data dir, how many utterances it resampled to --fs and from which rates."""
+    import logging
+
+    monkeypatch.chdir(tmp_path)
+    make_data(tmp_path / "data" / "train", [0.5, 0.5, 0.5, 0.5], rates=[8000, 16000, 44100, 8000])
+    for name in ("dev", "test"):
+        make_data(tmp_path / "data" / name, [0.5, 0.5])
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        pipeline(tmp_path, "--nj", "2").stage3_format()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stage 3:")]
+    assert lines == ["stage 3: train: 3 of 4 utterances resampled to 16000 Hz (2 from 8000 Hz, 1 from 44100 Hz)",
+                     "stage 3: dev: all 2 utterances at 16000 Hz, none resampled",
+                     "stage 3: test: all 2 utterances at 16000 Hz, none resampled"]
+    assert not list((tmp_path / "dump").rglob("resampled*"))  # the jobs' counts are merged away
 
 
 def test_decoding_before_training_is_a_one_line_error(tmp_path, monkeypatch, capsys):
@@ -117,6 +135,9 @@ def test_report_renders_results_md_from_results_json(tmp_path, monkeypatch):
         p = pipeline(tmp_path, "--train_config", f"conf/train_{attention}.yaml")
         decode = p.decode_dir("test")
         decode.mkdir(parents=True)
+        (p.exp / "images").mkdir()
+        for curve in ("acc", "loss", "grad_norm"):  # what ESPnet draws (some of it)
+            (p.exp / "images" / f"{curve}.png").write_bytes(b"png")
         (decode / "efficiency.json").write_text(json.dumps(efficiency))
         (decode / "scores.json").write_text(json.dumps({"wer": wer, "cer": 1.0}))
         p.stage10_report()
@@ -128,6 +149,24 @@ def test_report_renders_results_md_from_results_json(tmp_path, monkeypatch):
     text = (tmp_path / "RESULTS.md").read_text()
     assert "| asr_train_mtla | test | valid.acc.ave | wer 4.5, cer 1.0 | 1.50 | 2.0 | 9.5 | 3.0 | 0.123 |" in text
     assert text.index("asr_train_mha") < text.index("asr_train_mtla") < text.index("## Notes\n\nkept as written")
+    # the figure, embedded; the learning curves, linked
+    assert "![test: the experiments side by side](RESULTS_test.png)" in text
+    assert "- asr_train_mtla: [loss](exp/asr_train_mtla/images/loss.png), [acc](exp/asr_train_mtla/images/acc.png)" in text
+    from PIL import Image
+
+    with Image.open(tmp_path / "RESULTS_test.png") as image:
+        assert image.format == "PNG" and image.size[0] > 800
+
+
+def test_results_figure_has_one_bar_per_experiment_in_each_panel(tmp_path):
+    from espnet_mtla.results import plot_results
+
+    rows = [{"experiment": f"asr_train_{a}", "test_set": t, "model": "m", "scores": {"wer": w},
+             "utterances_per_s": 3.0, "peak_memory_bytes": 2**20, "cache_bytes_peak": None if a == "mha" else 10**6}
+            for a, w in (("mha", 5.0), ("mtla", 4.0), ("mla", 4.5)) for t in ("dev", "test")]
+    drawn = plot_results(rows, tmp_path / "RESULTS.md")
+    assert drawn == {t: ["asr_train_mha", "asr_train_mla", "asr_train_mtla"] for t in ("dev", "test")}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["RESULTS_dev.png", "RESULTS_test.png"]
 
 
 def test_unknown_metric_and_job_backend_are_one_line_option_errors(capsys):

@@ -219,3 +219,19 @@ def test_budget_batches_sort_by_length_and_stay_within_the_budget():
     with pytest.raises(ValueError, match="budget must be >= 1"):
         budget_batches(lengths, 0)
     assert speech_frames(16000, 16000) == 100 and speech_frames(16001, 16000) == 101
+
+
+@pytest.mark.parametrize("attention_type", TYPES)
+def test_streaming_simulation_is_refused_with_the_reason(attention_type):
+    """ESPnet's BatchBeamSearchOnlineSim re-extends hypotheses as blocks arrive: a decoder-only
+    model cannot follow (its speech prefix precedes the text), and says so instead of failing obscurely."""
+    from espnet.nets.batch_beam_search_online_sim import BatchBeamSearchOnlineSim
+
+    search = BatchBeamSearchOnlineSim(
+        scorers={"decoder": search_decoder(attention_type), "ctc": CTCPrefixScorer(tiny_ctc(), EOS)},
+        weights={"decoder": 0.7, "ctc": 0.3}, beam_size=BEAM, vocab_size=VOCAB, sos=EOS, eos=EOS,
+        pre_beam_score_key="full")
+    search.block_size, search.hop_size, search.look_ahead = 4, 2, 1
+    xs, _, _ = inputs()
+    with pytest.raises(RuntimeError, match=r"streaming simulation \(BatchBeamSearchOnlineSim, --streaming true\)"):
+        search(xs[2], maxlenratio=0.0)

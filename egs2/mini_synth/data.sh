@@ -7,9 +7,10 @@ train_size=2000
 dev_size=200
 test_size=200
 seed=0
+condition=clean  # hard: tempo, reverberation and noise at -5 to 10 dB SNR (espnet_mtla/data/conditions.py)
 audio_dir=downloads/mini_synth
-help_message="Usage: local/data.sh [--train_size N] [--dev_size N] [--test_size N] [--seed S]"
+help_message="Usage: local/data.sh [--train_size N] [--dev_size N] [--test_size N] [--seed S] [--condition clean|hard]"
 . ./utils/parse_options.sh
 . ./path.sh
 python -m espnet_mtla.data.mini_synth --task "$task" --out-dir data --audio-dir "$audio_dir" \
-  --train "$train_size" --dev "$dev_size" --test "$test_size" --seed "$seed"
+  --train "$train_size" --dev "$dev_size" --test "$test_size" --seed "$seed" --condition "$condition"

@@ -11,8 +11,10 @@ default, so every model saved before the option existed keeps its meaning) or ``
 (LayerNorm with bias, as the MTLA paper and its reference implementation).
 
 Two computations, equal up to float rounding:
-- parallel, nothing cached yet (training, first prompt): keys expanded per head and fed to
-  the fused causal ``scaled_dot_product_attention`` kernel (see ``_attend_causal``);
+- parallel, several tokens per row (training, prompts): with ``attn_backend`` auto (and
+  triton), ``stride_attention.py``, which keeps the latents for backward and expands per-head
+  keys block by block; with sdpa, keys expanded per head and fed to the fused causal
+  ``scaled_dot_product_attention`` kernel (see ``_attend_causal``);
 - with a cache (decode steps, prompt after a prefix): the absorbed form, where queries are
   projected into the latent space (q W_uk) and attend to the cached slots directly. The
   inference decode step (one token per row, autograd off) runs on prepared weights: one
@@ -25,12 +27,14 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from espnet_mtla.attention.absorbed import absorbed_weights
 from espnet_mtla.attention.backends import attention_function, check_backend, resolve_backend
 from espnet_mtla.attention.base import CachedAttention, check_dropout, check_positive, linear_weight_bias
 from espnet_mtla.attention.norms import NORM_TYPES, build_norm
 from espnet_mtla.attention.rope import RotaryEmbedding, check_rope_dim
+from espnet_mtla.attention.stride_attention import stride_aware_attention
 
 
 class MultiHeadLatentAttention(CachedAttention):
@@ -130,12 +134,21 @@ class MultiHeadLatentAttention(CachedAttention):
     def _latents(self, x, positions, start):
         """x: (B, T, D) -> weighted latents (B, T, d_c), rotated rope keys (B, T, d_r)."""
         latent, k_rope = self.kv_down(x).split([self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
-        latent = self.kv_norm(latent)
         rank = start.unsqueeze(1) + torch.arange(x.shape[1], device=x.device)
-        weights = self.merge_weights(latent, torch.div(rank, self.down_rate, rounding_mode="floor"))
-        if weights is not None:
-            latent = latent * weights
+        chunk_index = torch.div(rank, self.down_rate, rounding_mode="floor")
+        if torch.is_grad_enabled() and latent.requires_grad:
+            # Backward recomputes the norm and the merge weights: autograd would otherwise keep
+            # four (B, T, d_c) intermediates of them, more than the attention itself keeps.
+            latent = checkpoint(self._weighted_latents, latent, chunk_index, use_reentrant=False)
+        else:
+            latent = self._weighted_latents(latent, chunk_index)
         return latent, self.rope(k_rope, positions)
+
+    def _weighted_latents(self, latent, chunk_index):
+        """Raw latents (B, T, d_c) -> normalised and weighted for their slot (B, T, d_c)."""
+        latent = self.kv_norm(latent)
+        weights = self.merge_weights(latent, chunk_index)
+        return latent if weights is None else latent * weights
 
     def _up_weights(self):
         """W_uk (H, d_nope, d_c) and W_uv (H, d_v, d_c), views of ``kv_up``."""
@@ -282,8 +295,15 @@ class MultiHeadLatentAttention(CachedAttention):
             out = torch.bmm(out.transpose(0, 1), w.w_uv_t).transpose(0, 1)  # (B, H, d_v)
         return nn.functional.linear(out.reshape(batch, -1), w.w_out, w.b_out).unsqueeze(1)
 
+    def _stride_aware(self) -> bool:
+        """Whether parallel passes run ``stride_aware_attention`` (it has no attention dropout)."""
+        return self.attn_backend in ("auto", "triton") and not (self.training and self.dropout > 0)
+
     def _attend_causal(self, q_nope, q_rope, partial, k_rope, time):
-        """Parallel attention from scratch with the fused causal kernel; never builds (T, T).
+        """Parallel attention from scratch; never builds (T, T).
+
+        With ``_stride_aware``: the query at rank a sees the summaries of chunks before a // s
+        (the partial sum at each chunk's last token) and its own partial state.
 
         MTLA's stride-aware causal pattern: the query at rank a = j*s + i (chunk j) sees the
         completed chunk summaries 0..j-1 and its own partial state (chunk j up to a). Queries
@@ -300,6 +320,12 @@ class MultiHeadLatentAttention(CachedAttention):
         """
         s, heads = self.down_rate, self.num_heads
         batch, width = partial.shape[:2]
+        if self._stride_aware():
+            complete = slice(s - 1, time // s * s, s)  # last token of every complete chunk: its summary
+            visible = torch.div(torch.arange(time, device=partial.device), s, rounding_mode="floor")
+            return stride_aware_attention(torch.cat([q_nope, q_rope], dim=-1), partial[:, :time], k_rope,
+                                          partial[:, complete], k_rope[:, complete], visible.expand(batch, time),
+                                          linear_weight_bias(self.kv_up)[0], self.scale)
         num_chunks = width // s
         dropout = self.dropout if self.training else 0.0
         attend = attention_function(resolve_backend(self.attn_backend, partial, "MLA/MTLA parallel pass"))
@@ -344,11 +370,15 @@ class MultiHeadLatentAttention(CachedAttention):
         The cache already holds the new tokens' slots.
         """
         time = q_nope.shape[1]
-        w_uk, w_uv = self._up_weights()
-        q_latent = torch.einsum("bthn,hnc->bthc", q_nope, w_uk)  # (B, T, H, d_c)
         slots = cache.view("kv")  # (B, S, d_c + d_r)
         rank = start.unsqueeze(1) + torch.arange(time, device=start.device)
         completed = torch.div(rank, self.down_rate, rounding_mode="floor")  # (B, T)
+        if time > 1 and self._stride_aware():
+            slot_latent, slot_rope = slots.to(own.dtype).split([self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
+            return stride_aware_attention(torch.cat([q_nope, q_rope], dim=-1), own, k_rope, slot_latent, slot_rope,
+                                          completed, linear_weight_bias(self.kv_up)[0], self.scale)
+        w_uk, w_uv = self._up_weights()
+        q_latent = torch.einsum("bthn,hnc->bthc", q_nope, w_uk)  # (B, T, H, d_c)
         if time == 1:
             out_latent = self._decode_step(torch.cat([q_latent, q_rope], dim=-1), slots, completed)
         else:

@@ -183,10 +183,9 @@ def markdown(results, args, machine_name=None) -> str:
 
 
 def plot(results, args, path: Path, machine_name=None) -> None:
-    import matplotlib
+    from espnet_mtla.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for r in results:

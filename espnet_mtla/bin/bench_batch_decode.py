@@ -212,10 +212,9 @@ def markdown(results, opts, machine_name) -> str:
 
 
 def plot(results, opts, machine_name, path: Path) -> None:
-    import matplotlib
+    from espnet_mtla.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     weights = opts["ctc_weights"]
     fig, axes = plt.subplots(1, len(weights), figsize=(6 * len(weights), 4), squeeze=False)

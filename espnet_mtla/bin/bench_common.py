@@ -11,6 +11,7 @@ import warnings
 
 import torch
 
+from espnet_mtla.figures import save_figure  # noqa: F401  (the benchmarks' figures)
 
 def peak_allocated_mib(fn) -> float:
     """Peak of PyTorch's CPU allocations during ``fn`` above what was allocated before, MiB.
@@ -116,17 +117,6 @@ def run_in_subprocess(target, name, opts):
     if proc.exitcode != 0 or result is None:
         raise SystemExit(f"benchmark of {name} failed (exit {proc.exitcode}); its traceback is above")
     return result
-
-
-def save_figure(fig, path) -> None:
-    """Lay out ``fig``, write it to ``path`` as PNG atomically, and close it."""
-    import matplotlib.pyplot as plt
-
-    from espnet_mtla.fileio import write_atomic
-
-    fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
 
 
 def replot(parser, out, markdown, plot) -> None:

@@ -223,10 +223,9 @@ def bar_color(name: str) -> str:
 
 
 def plot(results, opts, machine_name, path: Path) -> None:
-    import matplotlib
+    from espnet_mtla.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = [r["name"] for r in results]
     panels = [

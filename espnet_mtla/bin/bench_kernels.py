@@ -255,10 +255,9 @@ def markdown(report) -> str:
 
 
 def plot(report, path: Path) -> None:
-    import matplotlib
+    from espnet_mtla.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     contexts = report["options"]["contexts"]
     fig, axes = plt.subplots(1, len(VARIANTS), figsize=(4 * len(VARIANTS), 4), sharey=True)

@@ -165,7 +165,14 @@ def pop_option(cmd: List[str], name: str, default: str, choices) -> tuple:
     return cmd[:i] + cmd[i + 2:], cmd[i + 1]
 
 
+STREAMING_REFUSAL = ("ESPnet's streaming simulation (BatchBeamSearchOnlineSim) re-extends hypotheses as encoder blocks "
+                     "arrive, but a decoder-only model reads the whole speech prefix before its first token; decode "
+                     "whole utterances (--streaming false)")
+
+
 def check_inference_inputs(task: str, args) -> None:
+    if getattr(args, "streaming", False):
+        raise SystemExit(f"error: --streaming true: {STREAMING_REFUSAL}")
     config_file, model_file = getattr(args, f"{task}_train_config"), getattr(args, f"{task}_model_file")
     for option, value in ((f"{task}_train_config", config_file), (f"{task}_model_file", model_file)):
         if value is None:
@@ -218,6 +225,14 @@ def check_batching(args, cmd: List[str]) -> bool:
     return args.batch_size > 1 or args.batch_frames is not None
 
 
+def count_keys(key_file: Optional[str]) -> Optional[int]:
+    """Utterances listed in ``--key_file`` (None without one)."""
+    if not key_file:
+        return None
+    with open(key_file, encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip())
+
+
 def run_inference(task: str, cmd: Optional[List[str]] = None) -> None:
     import espnet_mtla.tasks  # noqa: F401  (registers)
     from espnet_mtla.bin import batch_inference
@@ -241,7 +256,7 @@ def run_inference(task: str, cmd: Optional[List[str]] = None) -> None:
     except UnsafeModelFileError as err:
         _fail(f"--{task}_model_file: {err}")
     device = "cuda" if args.ngpu >= 1 else "cpu"
-    recorder = EfficiencyRecorder(device)
+    recorder = EfficiencyRecorder(device, total=count_keys(args.key_file))
     # Everything goes to <output_dir>.partial, renamed to <output_dir> once complete: a killed
     # run never leaves an output dir that looks finished.
     output_dir = Path(args.output_dir)

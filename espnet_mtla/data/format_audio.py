@@ -9,7 +9,8 @@ Reads wav.scp entries that are files or ``command |`` pipes (speed perturbation)
   ``wav.scp`` with ark offsets for flac.ark / wav.ark), plus ``utt2num_samples``;
 - fbank: 80-d Kaldi-compatible log-mel fbank (25 ms / 10 ms) to ``data/feats.<job>.ark``
   (or, with ``--feats_storage zip``, npy entries in ``data/feats.<job>.zip``), ``feats.scp``
-  and ``feats_shape``.
+  and ``feats_shape``;
+- ``resampled``: how many utterances came at which other rate (the pipeline logs it).
 With ``--keys`` only those utterances are done and outputs get a ``.<job>`` suffix (the
 pipeline runs one job per split and concatenates).
 """
@@ -19,6 +20,7 @@ import io
 import subprocess
 import sys
 from pathlib import Path
+from typing import Dict
 
 import numpy as np
 import soundfile
@@ -96,6 +98,7 @@ def format_dir(src: Path, dump: Path, audio_format: str, fs: int, feats_type: st
     out_data.mkdir(parents=True, exist_ok=True)
     cache = {}
     scp_lines, shape_lines = [], []
+    resampled: Dict[int, int] = {}  # source rate -> utterances
     ark_path = out_data / (f"feats{suffix}.ark" if feats_type == "fbank" else f"audio{suffix}.ark")
     use_ark = feats_type == "fbank" or audio_format.endswith(".ark")
     flac_ark = feats_type == "raw" and audio_format == "flac.ark"
@@ -120,6 +123,7 @@ def format_dir(src: Path, dump: Path, audio_format: str, fs: int, feats_type: st
             if samples.ndim > 1:
                 samples = samples.mean(axis=1)
             if rate != fs:
+                resampled[rate] = resampled.get(rate, 0) + 1
                 samples, rate = soxr.resample(samples, rate, fs).astype(np.float32), fs
             if len(samples) == 0:
                 raise RuntimeError(f"{src / 'wav.scp'} ({utt}): zero-length audio; drop it with "
@@ -151,6 +155,9 @@ def format_dir(src: Path, dump: Path, audio_format: str, fs: int, feats_type: st
     write_text_atomic(dump / f"{scp_name}{suffix}", "".join(line + "\n" for line in scp_lines))
     shape_name = "feats_shape" if feats_type == "fbank" else "utt2num_samples"
     write_text_atomic(dump / f"{shape_name}{suffix}", "".join(line + "\n" for line in shape_lines))
+    # "<source rate> <utterances>" per rate that differed from --fs, plus the job's total ("all")
+    write_text_atomic(dump / f"resampled{suffix}", "".join(f"{r} {n}\n" for r, n in sorted(resampled.items()))
+                      + f"all {len(utts)}\n")
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,7 @@
 """The synthetic mini corpus: spoken sentences for ASR, ST (en->de) and SLU, and text-only MT, from a seed.
 
     python -m espnet_mtla.data.mini_synth --task asr --out-dir data --audio-dir downloads/mini_synth \\
-        [--train 2000 --dev 200 --test 200 --seed 0 --nj 2]
+        [--train 2000 --dev 200 --test 200 --seed 0 --nj 2 --condition clean|hard]
 
 For each split writes a Kaldi data dir ``<out-dir>/<split>/``: wav.scp (flac paths), text,
 utt2spk, spk2utt, and for ST text.en (transcript) and text.de (translation; ``text`` is the
@@ -10,6 +10,10 @@ SLU ``text`` is "<intent> transcript" as in ESPnet's SLURP recipe and
 ``transcript`` is the transcript alone. Speakers are espeak-ng voices (accent + variant);
 each utterance also draws a speaking rate and pitch. Utterance ids are
 ``<speaker>-<split>-<index>``, so sorting by id also sorts by speaker (Kaldi's rule).
+``--condition hard`` adds tempo changes, reverberation and noise at -5 to 10 dB SNR to every
+utterance (see ``conditions.py``); each split's draws are listed in
+``<audio-dir>/<task>-hard/<split>/conditions.tsv``. The texts and voices are the same in both
+conditions.
 """
 
 import argparse
@@ -22,23 +26,26 @@ from typing import Dict, List
 import soundfile
 from tqdm import tqdm
 
+from espnet_mtla.data import conditions
 from espnet_mtla.data.grammar import command, sentence
 from espnet_mtla.data.kaldi_dir import Utterance, write_data_dir
 from espnet_mtla.data.speech_synth import SAMPLE_RATE, VOICES, Voice, check_espeak, speak
-from espnet_mtla.fileio import write_atomic
+from espnet_mtla.fileio import write_atomic, write_text_atomic
 
 TASKS = ("asr", "st", "slu", "mt")
 SPLITS = ("train", "dev", "test")
 
 
-def draw_utterances(task: str, split: str, count: int, seed: int) -> List[Dict[str, str]]:
-    """Texts and voices of one split; independent of the other splits' sizes."""
+def draw_utterances(task: str, split: str, count: int, seed: int, condition: str = "clean") -> List[Dict[str, str]]:
+    """Texts, voices and acoustic conditions of one split; independent of the other splits' sizes."""
     rng = random.Random(f"{seed}-{task}-{split}")
+    # Its own generator, so the texts and voices do not depend on the condition.
+    condition_rng = random.Random(f"{seed}-{task}-{split}-{condition}")
     utts = []
     for index in range(count):
-        language, variant = rng.choice(VOICES)
-        voice = Voice(language, variant, rate=rng.randint(140, 190), pitch=rng.randint(30, 70))
-        utt = {"voice": voice, "utt_id": f"{voice.speaker_id}-{split}-{index:05d}"}
+        voice = random_voice(rng)
+        utt = {"voice": voice, "utt_id": f"{voice.speaker_id}-{split}-{index:05d}",
+               "condition": None if condition == "clean" else conditions.draw(condition_rng)}
         if task == "slu":
             cmd = command(rng)
             utt.update(spoken=cmd.transcript, text=f"{cmd.intent} {cmd.transcript}", transcript=cmd.transcript)
@@ -51,10 +58,17 @@ def draw_utterances(task: str, split: str, count: int, seed: int) -> List[Dict[s
     return sorted(utts, key=lambda u: u["utt_id"])
 
 
-def synthesise(utt: Dict[str, str], audio_dir: Path) -> str:
+def random_voice(rng: random.Random) -> Voice:
+    language, variant = rng.choice(VOICES)
+    return Voice(language, variant, rate=rng.randint(140, 190), pitch=rng.randint(30, 70))
+
+
+def synthesise(utt: Dict[str, str], audio_dir: Path, babble=None) -> str:
     path = audio_dir / f"{utt['utt_id']}.flac"
     if not path.exists():  # resumable: finished files are complete (written atomically)
         samples = speak(utt["spoken"], utt["voice"])
+        if utt["condition"] is not None:
+            samples, _ = conditions.apply(samples, SAMPLE_RATE, utt["condition"], babble)
         write_atomic(path, lambda tmp: soundfile.write(tmp, samples, SAMPLE_RATE, format="FLAC", subtype="PCM_16"))
     return str(path.resolve())
 
@@ -66,21 +80,30 @@ def to_utterances(utts: List[Dict[str, str]], paths: List[str], task: str) -> Li
             for u, path in zip(utts, paths)]
 
 
-def generate(task: str, out_dir, audio_dir, sizes: Dict[str, int], seed: int = 0, nj: int = 2) -> None:
+def generate(task: str, out_dir, audio_dir, sizes: Dict[str, int], seed: int = 0, nj: int = 2,
+             condition: str = "clean") -> None:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if condition not in conditions.CONDITIONS:
+        raise ValueError(f"unknown condition {condition!r}; choose one of {', '.join(conditions.CONDITIONS)}")
     if task != "mt":  # mt is text only: the same sentences, never spoken
         check_espeak()
     for split in SPLITS:
-        utts = draw_utterances(task, split, sizes[split], seed)
+        utts = draw_utterances(task, split, sizes[split], seed, condition)
         if task == "mt":
             write_data_dir(Path(out_dir) / split, to_utterances(utts, [None] * len(utts), task))
             continue
-        split_audio = Path(audio_dir) / task / split
+        split_audio = Path(audio_dir) / (task if condition == "clean" else f"{task}-{condition}") / split
         split_audio.mkdir(parents=True, exist_ok=True)
+        babble = None
+        if condition != "clean":
+            table = "".join(f"{u['utt_id']}\t{u['condition'].describe()}\n" for u in utts)
+            write_text_atomic(split_audio / "conditions.tsv", table)
+            babble = conditions.babble_track(random.Random(f"{seed}-{task}-{split}-babble"), speak, random_voice,
+                                             lambda rng: sentence(rng).english, SAMPLE_RATE)
         with ThreadPoolExecutor(max_workers=nj) as pool:  # espeak-ng runs as subprocesses
-            paths = list(tqdm(pool.map(lambda u: synthesise(u, split_audio), utts), total=len(utts),
-                              desc=f"mini_synth {task} {split}", unit="utt"))
+            paths = list(tqdm(pool.map(lambda u: synthesise(u, split_audio, babble), utts), total=len(utts),
+                              desc=f"mini_synth {task} {split} ({condition})", unit="utt"))
         write_data_dir(Path(out_dir) / split, to_utterances(utts, paths, task))
 
 
@@ -90,12 +113,14 @@ def main(argv=None) -> None:
     parser.add_argument("--out-dir", required=True, help="Kaldi data dirs go to <out-dir>/{train,dev,test}")
     parser.add_argument("--audio-dir", required=True, help="flac files go to <audio-dir>/<task>/<split>/")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--condition", choices=conditions.CONDITIONS, default="clean",
+                        help="clean espeak-ng speech, or hard: tempo, reverberation and noise at -5 to 10 dB SNR")
     parser.add_argument("--nj", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     for split, default in zip(SPLITS, (2000, 200, 200)):
         parser.add_argument(f"--{split}", type=int, default=default, help=f"utterances in {split}")
     args = parser.parse_args(argv)
     sizes = {split: getattr(args, split) for split in SPLITS}
-    generate(args.task, args.out_dir, args.audio_dir, sizes, args.seed, args.nj)
+    generate(args.task, args.out_dir, args.audio_dir, sizes, args.seed, args.nj, args.condition)
 
 
 if __name__ == "__main__":

@@ -50,8 +50,10 @@ class DecoderOnlyDecoder(DecoderOnlyStack, AbsDecoder, BatchScorerInterface):
         for state in states:
             if state.caches is not caches or state.version != caches.version:
                 raise RuntimeError(
-                    "DecoderOnlyDecoder.batch_score: states from different searches or from an older "
-                    "step; a decoding state can only be extended once"
+                    "DecoderOnlyDecoder.batch_score: a decoding state was extended a second time (or states of "
+                    "two searches were mixed). ESPnet's streaming simulation (BatchBeamSearchOnlineSim, "
+                    "--streaming true) does this as encoder blocks arrive, which a decoder-only model cannot "
+                    "follow: its speech prefix precedes the text; decode whole utterances (BatchBeamSearch)"
                 )
         rows = [state.row for state in states]
         if rows != list(range(caches.batch_size)):

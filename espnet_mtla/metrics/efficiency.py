@@ -5,6 +5,7 @@ the data iterator (for utterance ids); ``write`` saves ``efficiency.json``.
 """
 
 import json
+import logging
 import os
 import time
 from typing import Dict, Optional
@@ -13,6 +14,7 @@ import torch
 
 from espnet_mtla.metrics.memory import PeakMemory
 from espnet_mtla.fileio import write_text_atomic
+from espnet_mtla.progress import DECODED
 
 
 def _best(results):
@@ -56,11 +58,16 @@ def summarize(utterances: Dict[str, dict], device: Optional[str], peak_kind: Opt
 
 
 class EfficiencyRecorder:
-    def __init__(self, device: str = "cpu"):
+    def __init__(self, device: str = "cpu", total: Optional[int] = None):
         self.device = torch.device(device)
         self.current_key: Optional[str] = None
         self.utterances: Dict[str, dict] = {}
         self.peak_kind: Optional[str] = None
+        self.total = total  # utterances this job decodes, for its progress lines (when known)
+
+    def _progress(self) -> None:
+        if self.total:  # the pipeline sums these lines over its jobs (espnet_mtla.progress)
+            logging.info(DECODED.format(done=len(self.utterances), total=self.total))
 
     def timed(self, fn):
         """(``fn()``, wall seconds, peak memory bytes) on the recorder's device."""
@@ -87,6 +94,7 @@ class EfficiencyRecorder:
             "cache_bytes_peak": caches.peak_nbytes if caches is not None else None,
             "batch_size": 1,
         }
+        self._progress()
         return results
 
     def record_batch(self, keys, elapsed: float, tokens, peak_bytes: int, cache_bytes_peak) -> None:
@@ -100,6 +108,7 @@ class EfficiencyRecorder:
                 "cache_bytes_peak": cache_bytes_peak,
                 "batch_size": len(keys),
             }
+        self._progress()
 
     def summary(self) -> dict:
         return summarize(self.utterances, str(self.device), self.peak_kind)

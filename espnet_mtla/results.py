@@ -1,0 +1,107 @@
+"""Stage 10's outputs: RESULTS.md (a table rendered from RESULTS.json) and a figure per test set.
+
+    rows = json.loads(Path("RESULTS.json").read_text())["rows"]
+    figures = plot_results(rows, Path("RESULTS.md"))   # RESULTS_<test set>.png next to RESULTS.md
+    text = render_results(rows, "RESULTS.json", figures)
+
+A row is one experiment on one test set: its scores (``{"wer": 4.1, ...}``), decoding
+efficiency (``RESULT_FIELDS``) and the experiment's learning-curve images (paths relative to
+RESULTS.md; ESPnet draws them under ``exp/<experiment>/images/``). The figure puts the
+experiments side by side, one bar per experiment in each panel: quality (the first score),
+utterances/s, peak memory and KV-cache peak.
+"""
+
+from pathlib import Path
+from typing import Dict, List, Optional
+
+RESULT_FIELDS = ("total_decode_time_s", "utterances_per_s", "tokens_per_s", "peak_memory_bytes", "cache_bytes_peak")
+# ESPnet's learning curves worth a link, in this order (others exist: grad_norm, iter_time, ...).
+CURVES = ("loss", "acc", "cer", "wer", "bleu", "cer_ctc")
+LOWER_IS_BETTER = {"wer", "cer"}
+
+
+def learning_curves(exp_dir: Path, results_dir: Path) -> List[str]:
+    """ESPnet's plots of one experiment that exist, as paths relative to ``results_dir``."""
+    import os
+
+    images = Path(exp_dir) / "images"
+    return [os.path.relpath(images / f"{name}.png", results_dir) for name in CURVES if (images / f"{name}.png").exists()]
+
+
+def figure_path(results: Path, test_set: str) -> Path:
+    return results.with_name(f"{results.stem}_{test_set}.png")
+
+
+def _panels(rows: List[dict]):
+    """(title, [value per row]) of the figure's panels; a value is None where a row lacks it."""
+    metric = next(iter(rows[0]["scores"]), None)
+    quality = [r["scores"].get(metric) for r in rows]
+    arrow = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
+    cache = [r["cache_bytes_peak"] / 1e6 if r.get("cache_bytes_peak") is not None else None for r in rows]
+    return [
+        (f"{metric} ({arrow})" if metric else "quality", quality),
+        ("decoding speed (utterances/s)", [r.get("utterances_per_s") for r in rows]),
+        ("peak memory while decoding (MiB)", [r["peak_memory_bytes"] / 2**20 if r.get("peak_memory_bytes") else None
+                                               for r in rows]),
+        ("KV-cache peak (MB)", cache),
+    ]
+
+
+def plot_results(rows: List[dict], results: Path) -> Dict[str, List[str]]:
+    """One figure per test set next to ``results``; returns {test set: experiments, in bar order}."""
+    from espnet_mtla.figures import pyplot, save_figure
+
+    plt = pyplot()
+    drawn = {}
+    for test_set in sorted({r["test_set"] for r in rows}):
+        subset = sorted((r for r in rows if r["test_set"] == test_set), key=lambda r: r["experiment"])
+        names = [r["experiment"] for r in subset]
+        panels = _panels(subset)
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for ax, (title, values) in zip(axes, panels):
+            heights = [v if v is not None else 0.0 for v in values]
+            bars = ax.bar(range(len(names)), heights, color=[colours[i % len(colours)] for i in range(len(names))])
+            for bar, value in zip(bars, values):
+                ax.annotate("-" if value is None else f"{value:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=8)
+            ax.set_title(title, fontsize=9)
+            ax.set_xticks(range(len(names)), [n.split("_", 2)[-1] for n in names], rotation=30, ha="right", fontsize=8)
+            ax.margins(y=0.15)
+        fig.suptitle(f"{test_set}: " + ", ".join(names), fontsize=9)
+        save_figure(fig, figure_path(results, test_set))
+        drawn[test_set] = names
+    return drawn
+
+
+def _number(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def render_results(rows: List[dict], source: str = "RESULTS.json", figures: Optional[Dict[str, str]] = None) -> str:
+    """RESULTS.md from the rows of ``source``; ``figures``: {test set: image path relative to RESULTS.md}."""
+    lines = []
+    for r in rows:
+        quality = ", ".join(f"{k} {v}" for k, v in r["scores"].items())
+        peak, cache = r.get("peak_memory_bytes"), r.get("cache_bytes_peak")
+        lines.append(f"| {r['experiment']} | {r['test_set']} | {r['model']} | {quality} | "
+                     f"{_number(r.get('total_decode_time_s'), '.2f')} | {r.get('utterances_per_s', '-')} | "
+                     f"{r.get('tokens_per_s', '-')} | {_number(None if peak is None else peak / 2**20, '.1f')} | "
+                     f"{_number(None if cache is None else cache / 1e6, '.3f')} |\n")
+    header = ("| experiment | test set | model | quality | decode time (s) | utterances/s | tokens/s | "
+              "peak memory (MiB) | KV cache peak (MB) |\n|---|---|---|---|---|---|---|---|---|\n")
+    text = (f"# Results\n\nWritten by stage 10 of the pipeline from {source} (one row per experiment and "
+            f"test set; decode time is the sum over utterances).\n\n{header}{''.join(lines)}")
+    for test_set, image in sorted((figures or {}).items()):
+        text += f"\n![{test_set}: the experiments side by side]({image})\n"
+    curves = [(r["experiment"], r["learning_curves"]) for r in rows if r.get("learning_curves")]
+    seen = set()
+    if curves:
+        text += "\nLearning curves (ESPnet's, under each experiment's `images/`):\n\n"
+        for experiment, images in curves:
+            if experiment in seen:
+                continue
+            seen.add(experiment)
+            links = ", ".join(f"[{Path(image).stem}]({image})" for image in images)
+            text += f"- {experiment}: {links}\n"
+    return text
