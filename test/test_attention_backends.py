@@ -130,13 +130,14 @@ def test_triton_falls_back_to_sdpa_with_one_notice(caplog, fresh_notices):
     ]
 
 
-def test_training_with_triton_backend_trains_through_sdpa(caplog, fresh_notices):
+def test_training_with_triton_backend_trains_through_the_stride_aware_attention(caplog, fresh_notices):
     caplog.set_level(logging.WARNING, logger="espnet_mtla.attention")
     attn = build_attention("mtla", 32, 4, kv_lora_rank=16, qk_rope_head_dim=4, attn_backend="triton").train()
     (attn(torch.randn(2, 7, 32)) ** 2).sum().backward()
     assert attn.kv_up.weight.grad.abs().sum() > 0
     assert [r.getMessage() for r in caplog.records] == [
-        "attn_backend triton: no Triton kernel for the MLA/MTLA parallel pass; using sdpa"
+        "attn_backend triton: no Triton kernel for the MLA/MTLA parallel pass; using the stride-aware attention "
+        "(PyTorch ops)"
     ]
 
 

@@ -133,7 +133,7 @@ def test_stale_state_is_refused():
     state = decoder.batch_init_state(torch.randn(6, ENC_DIM))
     ys = torch.tensor([[EOS]])
     decoder.batch_score(ys, [state], None)
-    with pytest.raises(RuntimeError, match="older step"):
+    with pytest.raises(RuntimeError, match="a decoding state was extended a second time"):
         decoder.batch_score(ys, [state], None)
 
 

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--local_data_opts", "--train_size 24 --dev_size 6 --test_size 6", "--nj", "2", "--inference_nj", "2",
+TINY = ["--local_data_opts", "--train_size 24 --dev_size 6 --test_size 6 --condition clean", "--nj", "2", "--inference_nj", "2",
         "--train_args", "--max_epoch 1 --batch_size 6",
         "--inference_args", "--beam_size 2 --maxlenratio -8"]
+# The corpus in its clean condition: models that learn in a few epochs.
 # Speech recipes train a little longer: enough for a model that uses the audio to answer
 # differently for different utterances (see assert_listens).
-LISTEN = ["--local_data_opts", "--train_size 64 --dev_size 8 --test_size 8", "--nj", "2", "--inference_nj", "2",
+LISTEN = ["--local_data_opts", "--train_size 64 --dev_size 8 --test_size 8 --condition clean", "--nj", "2", "--inference_nj", "2",
           "--train_args", "--max_epoch 15 --batch_size 4 --scheduler_conf warmup_steps=40",
           "--inference_args", "--beam_size 1"]
 
@@ -101,10 +102,23 @@ def assert_decoded_the_average(exp: Path, n: int) -> None:
             assert torch.allclose(value, sum(e[name] for e in epochs) / n, atol=1e-6), name
 
 
+def assert_progress_lines(output: str, max_epoch: int, test_utterances: int) -> None:
+    """Stage 7 printed one line per epoch, 1..max_epoch; stage 8 counted up to every test utterance."""
+    import re
+
+    epochs = [(int(k), int(n)) for k, n in re.findall(r"stage 7: epoch (\d+)/(\d+): train loss [\d.]+ \| valid loss", output)]
+    assert epochs == [(k, max_epoch) for k in range(1, max_epoch + 1)], output[-3000:]
+    assert re.search(r"stage 7: epoch \d+/\d+: .* s/epoch, ETA ", output)
+    counts = [(int(d), int(t)) for d, t in re.findall(r"stage 8: test: (\d+)/(\d+) utterances decoded", output)]
+    assert counts and counts[-1] == (test_utterances, test_utterances), output[-3000:]
+    assert [d for d, _ in counts] == sorted(d for d, _ in counts)
+
+
 def test_mini_synth_asr_every_stage(tmp_path):
     recipe = recipe_copy(tmp_path, "mini_synth", "asr1")
-    run_recipe(recipe, *LISTEN)
+    result = run_recipe(recipe, *LISTEN)
     assert_listens(recipe, "asr")
+    assert_progress_lines(result.stdout + result.stderr, max_epoch=15, test_utterances=8)
     for name in ("train", "dev", "test"):
         assert (recipe / "data" / name / "wav.scp").exists()
     assert (recipe / "data" / "token_list" / "bpe100" / "bpe.model").exists() or \
@@ -127,6 +141,9 @@ def test_mini_synth_asr_every_stage(tmp_path):
     results = (recipe / "RESULTS.md").read_text()
     row = next(line for line in results.splitlines() if line.startswith("| asr_train_mtla | test |"))
     assert f"wer {scores['wer']}" in row and "| valid.acc.ave -> valid.acc.ave_3best |" in row
+    assert "![test: the experiments side by side](RESULTS_test.png)" in results
+    assert (recipe / "RESULTS_test.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "- asr_train_mtla: [loss](exp/asr_train_mtla/images/loss.png), [acc](exp/asr_train_mtla/images/acc.png)" in results
 
     # Stage 11's zip decodes from anywhere (paths inside are rewritten on unpacking).
     packed = exp / "asr_train_mtla.zip"

@@ -204,7 +204,7 @@ def test_training_killed_mid_epoch_resumes_to_the_same_model(tmp_path):
     import shutil
 
     recipe = recipe_copy(tmp_path, "mini_synth", "asr1")
-    opts = ["--local_data_opts", "--train_size 48 --dev_size 8 --test_size 4", "--nj", "1", "--inference_nj", "1",
+    opts = ["--local_data_opts", "--train_size 48 --dev_size 8 --test_size 4 --condition clean", "--nj", "1", "--inference_nj", "1",
             "--train_args", "--max_epoch 3 --batch_size 8 --num_workers 0"]
     run_ok(["./run.sh", *opts, "--stage", "1", "--stop_stage", "6"], recipe)
     uninterrupted = tmp_path / "uninterrupted"
@@ -228,6 +228,8 @@ def test_training_killed_mid_epoch_resumes_to_the_same_model(tmp_path):
     log = pipeline_log(recipe)
     assert log.count("stage 1: finished earlier with the same options and inputs") == 2  # killed run + this one
     assert "stage 7: resuming an interrupted run" in log
+    assert "stage 7: resumed from the checkpoint after epoch 1 of 3" in log  # the progress lines say where
+    assert "stage 7: epoch 2/3: " in log and "stage 7: epoch 3/3: " in log
     train_log = (exp / "train.log").read_text()
     assert train_log.count("# Started at") == 2 and "The training was resumed using" in train_log
     resumed = torch.load(exp / "checkpoint.pth", weights_only=False)

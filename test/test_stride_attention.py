@@ -75,7 +75,7 @@ def test_gradcheck_float64(small_tiles):
     """The Function's own backward against finite differences, rows of unequal visibility."""
     torch.manual_seed(0)
     batch, time, heads, d_n, d_r, d_c, d_v, slots = 2, 7, 2, 3, 2, 4, 3, 4
-    q = torch.randn(batch, time, heads, d_n + d_r, dtype=torch.float64, requires_grad=True)
+    q = torch.randn(batch, heads, time, d_n + d_r, dtype=torch.float64, requires_grad=True)
     own = torch.randn(batch, time, d_c, dtype=torch.float64, requires_grad=True)
     own_rope = torch.randn(batch, time, d_r, dtype=torch.float64, requires_grad=True)
     cached = torch.randn(batch, slots, d_c + d_r, dtype=torch.float64, requires_grad=True)

@@ -7,9 +7,12 @@ Every attention type takes ``attn_backend``:
 - ``sdpa``: PyTorch's fused ``scaled_dot_product_attention`` kernels (CPU and GPU).
 - ``triton``: our Triton kernel for the absorbed MLA/MTLA decode step (``triton_decode.py``),
   which reads the shared latent cache once for all heads. It needs a CUDA GPU, or
-  ``TRITON_INTERPRET=1`` (Triton's CPU interpreter, for tests). Everything it does not cover
-  (training passes, prompts, MHA-family layers, autograd) runs through ``sdpa``.
-- ``auto`` (default): the fastest available, i.e. ``triton`` where it runs, else ``sdpa``.
+  ``TRITON_INTERPRET=1`` (Triton's CPU interpreter, for tests). MLA/MTLA's parallel passes
+  (training, prompts) run the stride-aware attention (``stride_attention.py``), everything else
+  it does not cover (MHA-family layers, decode steps under autograd) through ``sdpa``.
+- ``auto`` (default): the fastest available, i.e. ``triton`` where it runs, else ``sdpa``; for
+  MLA/MTLA's parallel passes the stride-aware attention, which keeps the latents for backward
+  instead of per-head keys (less memory than MHA in training).
 
 Asking for ``triton`` where it cannot run falls back to ``sdpa`` with a logged notice (once
 per reason and process), never an error: the same config trains on a CPU and decodes on a GPU.
@@ -75,11 +78,15 @@ def resolve_backend(requested: str, tensor: torch.Tensor, computation: str, has_
         return "triton" if reason is None and tensor.device.type == "cuda" else "sdpa"
     if reason is None:
         return "triton"
-    notice = f"attn_backend triton: {reason}; using sdpa" + (f" for the {computation}" if has_triton_kernel else "")
-    if notice not in _noticed:
-        _noticed.add(notice)
-        logger.warning(notice)
+    notice_once(f"attn_backend triton: {reason}; using sdpa" + (f" for the {computation}" if has_triton_kernel else ""))
     return "sdpa"
+
+
+def notice_once(message: str) -> None:
+    """Log a fallback notice once per process (a training run would otherwise repeat it every step)."""
+    if message not in _noticed:
+        _noticed.add(message)
+        logger.warning(message)
 
 
 # cuDNN's fused attention builds an execution plan for every new shape (~40 ms per call on an

@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from espnet_mtla.attention.absorbed import absorbed_weights
-from espnet_mtla.attention.backends import attention_function, check_backend, resolve_backend
+from espnet_mtla.attention.backends import attention_function, check_backend, notice_once, resolve_backend
 from espnet_mtla.attention.base import CachedAttention, check_dropout, check_positive, linear_weight_bias
 from espnet_mtla.attention.norms import NORM_TYPES, build_norm
 from espnet_mtla.attention.rope import RotaryEmbedding, check_rope_dim
@@ -133,22 +133,23 @@ class MultiHeadLatentAttention(CachedAttention):
 
     def _latents(self, x, positions, start):
         """x: (B, T, D) -> weighted latents (B, T, d_c), rotated rope keys (B, T, d_r)."""
-        latent, k_rope = self.kv_down(x).split([self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
         rank = start.unsqueeze(1) + torch.arange(x.shape[1], device=x.device)
         chunk_index = torch.div(rank, self.down_rate, rounding_mode="floor")
-        if torch.is_grad_enabled() and latent.requires_grad:
-            # Backward recomputes the norm and the merge weights: autograd would otherwise keep
-            # four (B, T, d_c) intermediates of them, more than the attention itself keeps.
-            latent = checkpoint(self._weighted_latents, latent, chunk_index, use_reentrant=False)
+        if torch.is_grad_enabled() and (x.requires_grad or self.kv_down.weight.requires_grad):
+            # Backward recomputes the down-projection, the norm and the merge weights from x
+            # (which the projections keep anyway): autograd would otherwise keep five (B, T, d_c)
+            # intermediates of them, more than the attention itself keeps.
+            latent, k_rope = checkpoint(self._weighted_latents, x, chunk_index, use_reentrant=False)
         else:
-            latent = self._weighted_latents(latent, chunk_index)
+            latent, k_rope = self._weighted_latents(x, chunk_index)
         return latent, self.rope(k_rope, positions)
 
-    def _weighted_latents(self, latent, chunk_index):
-        """Raw latents (B, T, d_c) -> normalised and weighted for their slot (B, T, d_c)."""
+    def _weighted_latents(self, x, chunk_index):
+        """x (B, T, D) -> latents normalised and weighted for their slot (B, T, d_c), rope keys (B, T, d_r)."""
+        latent, k_rope = self.kv_down(x).split([self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
         latent = self.kv_norm(latent)
         weights = self.merge_weights(latent, chunk_index)
-        return latent if weights is None else latent * weights
+        return (latent if weights is None else latent * weights), k_rope
 
     def _up_weights(self):
         """W_uk (H, d_nope, d_c) and W_uv (H, d_v, d_c), views of ``kv_up``."""
@@ -297,7 +298,17 @@ class MultiHeadLatentAttention(CachedAttention):
 
     def _stride_aware(self) -> bool:
         """Whether parallel passes run ``stride_aware_attention`` (it has no attention dropout)."""
-        return self.attn_backend in ("auto", "triton") and not (self.training and self.dropout > 0)
+        if self.attn_backend not in ("auto", "triton") or (self.training and self.dropout > 0):
+            return False
+        if self.attn_backend == "triton":
+            notice_once("attn_backend triton: no Triton kernel for the MLA/MTLA parallel pass; "
+                        "using the stride-aware attention (PyTorch ops)")
+        return True
+
+    @staticmethod
+    def _head_major_queries(q_nope, q_rope):
+        """(B, T, H, d_n) and (B, T, H, d_r) -> (B, H, T, d_n + d_r), contiguous: one copy, tiles are views."""
+        return torch.cat([q_nope.transpose(1, 2), q_rope.transpose(1, 2)], dim=-1)
 
     def _attend_causal(self, q_nope, q_rope, partial, k_rope, time):
         """Parallel attention from scratch; never builds (T, T).
@@ -323,7 +334,7 @@ class MultiHeadLatentAttention(CachedAttention):
         if self._stride_aware():
             complete = slice(s - 1, time // s * s, s)  # last token of every complete chunk: its summary
             visible = torch.div(torch.arange(time, device=partial.device), s, rounding_mode="floor")
-            return stride_aware_attention(torch.cat([q_nope, q_rope], dim=-1), partial[:, :time], k_rope,
+            return stride_aware_attention(self._head_major_queries(q_nope, q_rope), partial[:, :time], k_rope,
                                           partial[:, complete], k_rope[:, complete], visible.expand(batch, time),
                                           linear_weight_bias(self.kv_up)[0], self.scale)
         num_chunks = width // s
@@ -375,7 +386,7 @@ class MultiHeadLatentAttention(CachedAttention):
         completed = torch.div(rank, self.down_rate, rounding_mode="floor")  # (B, T)
         if time > 1 and self._stride_aware():
             slot_latent, slot_rope = slots.to(own.dtype).split([self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
-            return stride_aware_attention(torch.cat([q_nope, q_rope], dim=-1), own, k_rope, slot_latent, slot_rope,
+            return stride_aware_attention(self._head_major_queries(q_nope, q_rope), own, k_rope, slot_latent, slot_rope,
                                           completed, linear_weight_bias(self.kv_up)[0], self.scale)
         w_uk, w_uv = self._up_weights()
         q_latent = torch.einsum("bthn,hnc->bthc", q_nope, w_uk)  # (B, T, H, d_c)

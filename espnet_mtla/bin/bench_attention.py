@@ -4,7 +4,8 @@
 
 Measures, for a 512-d, 8-head layer in fp32 (paper dims for MLA/MTLA):
 - training: forward+backward wall time and peak memory above the pre-step baseline at
-  T = 512, 2048, 4096 with batch 2 (causal, all positions are queries);
+  T = 512, 2048, 4096, 8192 with batch 2 (causal, all positions are queries; the reference
+  only up to 4096);
 - decoding: wall time per incremental step at cache contexts 1024 and 4096 with batch 16
   (4 utterances x beam 4), including a beam reorder of the cache every step; cache bytes.
 Every configuration runs in its own subprocess. Peak memory is PyTorch's CPU allocation
@@ -38,8 +39,11 @@ VARIANTS = {
     "MLA": ("mla", LATENT),
     "MTLA s=2": ("mtla", dict(LATENT, down_rate=2)),
     "MTLA s=4": ("mtla", dict(LATENT, down_rate=4)),
+    # before the stride-aware attention: the grouped layout through the fused SDPA kernel
+    "MTLA s=2 (attn_backend sdpa)": ("mtla", dict(LATENT, down_rate=2, attn_backend="sdpa")),
 }
 REFERENCE = {"reference MTLA s=2 (mtla 0.3.2)": 2}
+REFERENCE_MAX_TRAIN = 4096  # its training pass builds (B, T, T) matrices: 3.6 GiB at T=4096, ~14 GiB at 8192
 REFERENCE_DIR = reference_package.DEFAULT_DIR
 
 
@@ -124,6 +128,8 @@ def run_config(config, args, queue):
     layer = ReferenceLayer(REFERENCE[name]) if kind == "reference" else OurLayer(*VARIANTS[name])
     result = {"name": name, "train": {}, "decode": {}}
     for length in args["train_lengths"]:
+        if kind == "reference" and length > REFERENCE_MAX_TRAIN:
+            continue
         x = torch.randn(2, length, EMBED, requires_grad=True)
 
         def train():
@@ -174,8 +180,10 @@ def markdown(results, args, machine_name=None) -> str:
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         row = [r["name"]]
-        row += [f"{r['train'][t]['seconds']:.3f} ({r['train'][t]['seconds'] / base['train'][t]['seconds']:.2f})" for t in args["train_lengths"]]
-        row += [f"{r['train'][t]['peak_mib']:.0f} ({r['train'][t]['peak_mib'] / max(base['train'][t]['peak_mib'], 1e-9):.2f})" for t in args["train_lengths"]]
+        row += [f"{r['train'][t]['seconds']:.3f} ({r['train'][t]['seconds'] / base['train'][t]['seconds']:.2f})"
+                if t in r["train"] else "-" for t in args["train_lengths"]]
+        row += [f"{r['train'][t]['peak_mib']:.0f} ({r['train'][t]['peak_mib'] / max(base['train'][t]['peak_mib'], 1e-9):.2f})"
+                if t in r["train"] else "-" for t in args["train_lengths"]]
         row += [f"{r['decode'][c]['ms_per_step']:.2f} ({r['decode'][c]['ms_per_step'] / base['decode'][c]['ms_per_step']:.2f})" for c in args["contexts"]]
         row += [f"{r['decode'][args['contexts'][-1]]['cache_bytes'] / 1e6:.2f}"]
         lines.append("| " + " | ".join(row) + " |")
@@ -190,7 +198,7 @@ def plot(results, args, path: Path, machine_name=None) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for r in results:
         style = "--" if "reference" in r["name"] else "-"
-        t = args["train_lengths"]
+        t = [x for x in args["train_lengths"] if x in r["train"]]
         axes[0].plot(t, [r["train"][x]["seconds"] for x in t], style, marker="o", label=r["name"])
         axes[1].plot(t, [r["train"][x]["peak_mib"] for x in t], style, marker="o", label=r["name"])
         c = args["contexts"]
@@ -232,7 +240,7 @@ def main(argv=None):
         plot(report["results"], report["settings"], out / "results.png", report["machine"])
         return
     args = {
-        "train_lengths": [512] if opts.quick else [512, 2048, 4096],
+        "train_lengths": [512] if opts.quick else [512, 2048, 4096, 8192],
         "contexts": [1024] if opts.quick else [1024, 4096],
         "repeats": 2 if opts.quick else 3,
         "steps": opts.steps or (10 if opts.quick else 50),
