@@ -34,7 +34,8 @@ from espnet_mtla.attention.registry import attention_types
 from espnet_mtla.fileio import write_text_atomic
 from espnet_mtla.metrics.scoring import METRICS, check_metrics
 from espnet_mtla.progress import DecodingProgress, TrainingProgress
-from espnet_mtla.results import RESULT_FIELDS, figure_path, learning_curves, plot_results, render_results
+from espnet_mtla.results import (RESULT_FIELDS, comparisons, figure_path, learning_curves, plot_results,
+                                 render_results)
 from espnet_mtla.stage_record import StageRecord, make_key, table_files
 from espnet_mtla.task_specs import TASKS, get_task
 
@@ -669,7 +670,8 @@ class Pipeline:
         for name in self.test_sets:
             out = self.decode_dir(name)
             eff = json.loads((out / "efficiency.json").read_text())
-            row = {"experiment": self.exp.name, "test_set": name, "model": eff.get("model", "-"),
+            row = {"experiment": self.exp.name, "test_set": name, "attention": self.attention_type(),
+                   "model": eff.get("model", "-"),
                    "scores": json.loads((out / "scores.json").read_text()),
                    **{key: eff.get(key) for key in RESULT_FIELDS},
                    "learning_curves": learning_curves(self.exp, path.resolve().parent)}
@@ -679,6 +681,18 @@ class Pipeline:
         figures = {test_set: figure_path(path, test_set).name for test_set in plot_results(rows, path)}
         write_text_atomic(path, render_results(rows, results_file.name, figures) + notes)
         print(path.read_text())
+        for line in comparisons(rows):
+            log.info("stage 10: %s", line)
+
+    def attention_type(self) -> Optional[str]:
+        """The trained model's attention type (its config.yaml), None for a model without our decoder."""
+        import yaml
+
+        config = self.exp / "config.yaml"
+        if not config.exists():
+            return None
+        with open(config, encoding="utf-8") as f:
+            return ((yaml.safe_load(f) or {}).get("decoder_conf") or {}).get("attention_type")
 
     def stage11_pack(self) -> None:
         from espnet_mtla.packed_model import pack, write_safetensors_copy

@@ -4,8 +4,8 @@
     figures = plot_results(rows, Path("RESULTS.md"))   # RESULTS_<test set>.png next to RESULTS.md
     text = render_results(rows, "RESULTS.json", figures)
 
-A row is one experiment on one test set: its scores (``{"wer": 4.1, ...}``), decoding
-efficiency (``RESULT_FIELDS``) and the experiment's learning-curve images (paths relative to
+A row is one experiment on one test set: its attention type, scores (``{"wer": 4.1, ...}``),
+decoding efficiency (``RESULT_FIELDS``) and the experiment's learning-curve images (paths relative to
 RESULTS.md; ESPnet draws them under ``exp/<experiment>/images/``). The figure puts the
 experiments side by side, one bar per experiment in each panel: quality (the first score),
 utterances/s, peak memory and KV-cache peak.
@@ -74,6 +74,39 @@ def plot_results(rows: List[dict], results: Path) -> Dict[str, List[str]]:
     return drawn
 
 
+def comparisons(rows: List[dict]) -> List[str]:
+    """Each experiment against the MHA one on the same test set, in words a person can read.
+
+    Quality: the first score's difference (absolute points); speed, memory and cache: ratios.
+    Experiments know their attention type from their config (``attention`` in the row).
+    """
+    lines = []
+    for test_set in sorted({r["test_set"] for r in rows}):
+        subset = [r for r in rows if r["test_set"] == test_set]
+        base = next((r for r in subset if r.get("attention") == "mha"), None)
+        if base is None:
+            continue
+        for r in subset:
+            if r is base:
+                continue
+            metric = next(iter(base["scores"]), None)
+            parts = []
+            if metric in r["scores"]:
+                a, b = r["scores"][metric], base["scores"][metric]
+                better = (a < b) if metric in LOWER_IS_BETTER else (a > b)
+                verdict = "equal" if a == b else ("better" if better else "worse")
+                parts.append(f"{metric} {a} vs {b} ({a - b:+.2f} points, {verdict})")
+            for key, label, unit in (("utterances_per_s", "decoding speed", "the utterances/s"),
+                                     ("peak_memory_bytes", "peak decoding memory", "the memory"),
+                                     ("cache_bytes_peak", "KV cache", "the bytes")):
+                if r.get(key) and base.get(key):
+                    ratio = r[key] / base[key]
+                    smaller = f", {1 / ratio:.1f}x smaller" if key != "utterances_per_s" and ratio < 1 else ""
+                    parts.append(f"{label} {ratio:.2f}x {unit}{smaller}")
+            lines.append(f"{r['experiment']} vs {base['experiment']} on {test_set}: " + "; ".join(parts))
+    return lines
+
+
 def _number(value, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
@@ -92,6 +125,10 @@ def render_results(rows: List[dict], source: str = "RESULTS.json", figures: Opti
               "peak memory (MiB) | KV cache peak (MB) |\n|---|---|---|---|---|---|---|---|---|\n")
     text = (f"# Results\n\nWritten by stage 10 of the pipeline from {source} (one row per experiment and "
             f"test set; decode time is the sum over utterances).\n\n{header}{''.join(lines)}")
+    compared = comparisons(rows)
+    if compared:
+        text += "\nAgainst MHA (quality: difference in points; speed, memory, cache: ratios):\n\n"
+        text += "".join(f"- {line}\n" for line in compared)
     for test_set, image in sorted((figures or {}).items()):
         text += f"\n![{test_set}: the experiments side by side]({image})\n"
     curves = [(r["experiment"], r["learning_curves"]) for r in rows if r.get("learning_curves")]

@@ -136,6 +136,7 @@ def test_report_renders_results_md_from_results_json(tmp_path, monkeypatch):
         decode = p.decode_dir("test")
         decode.mkdir(parents=True)
         (p.exp / "images").mkdir()
+        (p.exp / "config.yaml").write_text(f"decoder: decoder_only\ndecoder_conf:\n  attention_type: {attention}\n")
         for curve in ("acc", "loss", "grad_norm"):  # what ESPnet draws (some of it)
             (p.exp / "images" / f"{curve}.png").write_bytes(b"png")
         (decode / "efficiency.json").write_text(json.dumps(efficiency))
@@ -149,6 +150,9 @@ def test_report_renders_results_md_from_results_json(tmp_path, monkeypatch):
     text = (tmp_path / "RESULTS.md").read_text()
     assert "| asr_train_mtla | test | valid.acc.ave | wer 4.5, cer 1.0 | 1.50 | 2.0 | 9.5 | 3.0 | 0.123 |" in text
     assert text.index("asr_train_mha") < text.index("asr_train_mtla") < text.index("## Notes\n\nkept as written")
+    # what the numbers mean, against MHA
+    assert ("- asr_train_mtla vs asr_train_mha on test: wer 4.5 vs 5.0 (-0.50 points, better); decoding speed 1.00x "
+            "the utterances/s; peak decoding memory 1.00x the memory; KV cache 1.00x the bytes\n") in text
     # the figure, embedded; the learning curves, linked
     assert "![test: the experiments side by side](RESULTS_test.png)" in text
     assert "- asr_train_mtla: [loss](exp/asr_train_mtla/images/loss.png), [acc](exp/asr_train_mtla/images/acc.png)" in text
