@@ -1,6 +1,6 @@
 """Benchmark one attention layer of every type, side by side in one run.
 
-    python -m espnet_mtla.bin.bench_attention [--reference] [--quick] [--out-dir DIR]
+    python -m espnet_mtla.bin.bench_attention [--reference] [--quick] [--rounds R] [--variants ...] [--out-dir DIR]
 
 Measures, for a 512-d, 8-head layer in fp32 (paper dims for MLA/MTLA):
 - training: forward+backward wall time and peak memory above the pre-step baseline at
@@ -136,7 +136,7 @@ def run_config(config, args, queue):
             layer.layer.zero_grad(set_to_none=True)
             layer.train_step(x).sum().backward()
 
-        seconds, peak = measure(train, args["repeats"] if length <= 2048 else 1)
+        seconds, peak = measure(train, args["repeats"] if length <= 2048 else 2)
         result["train"][length] = {"seconds": seconds, "peak_mib": peak}
     beams, utts = 4, 4
     batch = beams * utts
@@ -159,21 +159,35 @@ def run_config(config, args, queue):
     queue.put(result)
 
 
-def run_all(names, args):
+def run_all(names, args, rounds: int = 1):
+    """Every configuration once per round, round-robin (a noisy machine slows all alike), then
+    the median time per configuration; peaks are deterministic (the first round's)."""
+    runs = {name: [] for name, _ in names}
+    for _ in range(rounds):
+        for name, kind in names:
+            result = run_in_subprocess(run_config, (name, kind), args)
+            runs[name].append(result)
+            train = ", ".join(f"T={t}: {v['seconds']:.2f}s/{v['peak_mib']:.0f}MiB" for t, v in result["train"].items())
+            decode = ", ".join(f"ctx={c}: {v['ms_per_step']:.2f}ms" for c, v in result["decode"].items())
+            print(f"{name:34s} train {train} | decode {decode}", flush=True)
     results = []
-    for name, kind in names:
-        result = run_in_subprocess(run_config, (name, kind), args)
-        results.append(result)
-        train = ", ".join(f"T={t}: {v['seconds']:.2f}s/{v['peak_mib']:.0f}MiB" for t, v in result["train"].items())
-        decode = ", ".join(f"ctx={c}: {v['ms_per_step']:.2f}ms" for c, v in result["decode"].items())
-        print(f"{name:34s} train {train} | decode {decode}", flush=True)
+    for name, _ in names:
+        first = runs[name][0]
+        for length, entry in first["train"].items():
+            entry["seconds"] = statistics.median(r["train"][length]["seconds"] for r in runs[name])
+        for context, entry in first["decode"].items():
+            entry["ms_per_step"] = statistics.median(r["decode"][context]["ms_per_step"] for r in runs[name])
+        results.append(first)
     return results
 
 
 # -- report -------------------------------------------------------------------------------
 def markdown(results, args, machine_name=None) -> str:
     base = next((r for r in results if r["name"] == "MHA"), results[0])
-    lines = [f"Machine: {machine_name or machine()}. Batch 2 for training; batch 16 (4 utterances x beam 4) for decoding.", ""]
+    rounds = args.get("rounds", 1)
+    medians = f" Times: medians of {rounds} interleaved rounds." if rounds > 1 else ""
+    lines = [f"Machine: {machine_name or machine()}. Batch 2 for training; batch 16 (4 utterances x beam 4) for "
+             f"decoding.{medians}", ""]
     head = ["attention"] + [f"train T={t} s (x MHA)" for t in args["train_lengths"]]
     head += [f"peak MiB T={t} (x MHA)" for t in args["train_lengths"]]
     head += [f"decode ms/step ctx={c} (x MHA)" for c in args["contexts"]] + [f"cache MB ctx={args['contexts'][-1]}"]
@@ -227,6 +241,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=positive_int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--steps", type=positive_int, help="decode steps timed per context (default 50; 10 with --quick)")
     parser.add_argument("--replot", action="store_true", help="redo the table and plot from --out-dir's results.json")
+    parser.add_argument("--rounds", type=positive_int, default=1,
+                        help="run every configuration this many times, round-robin, and report median times")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="only these of our variants (MHA first)")
     opts = parser.parse_args(argv)
     out = Path(opts.out_dir)
     if opts.replot:
@@ -246,11 +263,12 @@ def main(argv=None):
         "steps": opts.steps or (10 if opts.quick else 50),
         "threads": opts.threads,
     }
-    names = [(n, "ours") for n in VARIANTS]
+    names = [(n, "ours") for n in (opts.variants or VARIANTS)]
     if opts.reference:
         names += [(n, "reference") for n in REFERENCE]
     print(f"benchmarking on {machine()}", flush=True)
-    results = run_all(names, args)
+    args["rounds"] = opts.rounds
+    results = run_all(names, args, opts.rounds)
     out.mkdir(parents=True, exist_ok=True)
     report = {"machine": machine(), "settings": args, "results": results}
     write_atomic(out / "results.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
