@@ -715,7 +715,6 @@ class Pipeline:
 
 # (options, input files, output files) of a stage
 StageSpec = Tuple[Dict[str, object], List[Path], List[Path]]
-# efficiency.json fields a results.json row keeps
 
 
 def describe_model(model: Path) -> str:

@@ -313,12 +313,12 @@ class MultiHeadLatentAttention(CachedAttention):
     def _attend_causal(self, q_nope, q_rope, partial, k_rope, time):
         """Parallel attention from scratch; never builds (T, T).
 
-        With ``_stride_aware``: the query at rank a sees the summaries of chunks before a // s
-        (the partial sum at each chunk's last token) and its own partial state.
-
         MTLA's stride-aware causal pattern: the query at rank a = j*s + i (chunk j) sees the
-        completed chunk summaries 0..j-1 and its own partial state (chunk j up to a). Queries
-        are grouped by i: each group is a (num_chunks x num_chunks) causal attention over
+        completed chunk summaries 0..j-1 (the partial sum at each chunk's last token) and its
+        own partial state (chunk j up to a). With ``_stride_aware`` that is
+        ``stride_aware_attention`` over the summaries; otherwise (sdpa, eager) the fused kernel
+        in a grouped layout: queries are grouped by i, and each group is a
+        (num_chunks x num_chunks) causal attention over
         keys [anchor, summary_0, ..., summary_{m-2}], where the anchor stands for the query's
         own partial state. Its score is made per-query by an extra query column holding
         q . k_own against an anchor key column of 1, and an extra value column (1 for the
