@@ -119,7 +119,7 @@ class TrainingProgress(_Watcher):
         self.max_epoch = max_epoch
         earlier = [int(m.group(1)) for m in EPOCH_RE.finditer(self.follower.earlier_text())]
         self.done_before = earlier[-1] if earlier else 0
-        self.started = self.last = time.monotonic()
+        self.last = time.monotonic()
         self.epoch_seconds: List[float] = []
 
     def poll(self):

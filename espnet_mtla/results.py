@@ -11,6 +11,7 @@ experiments side by side, one bar per experiment in each panel: quality (the fir
 utterances/s, peak memory and KV-cache peak.
 """
 
+import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -22,8 +23,6 @@ LOWER_IS_BETTER = {"wer", "cer"}
 
 def learning_curves(exp_dir: Path, results_dir: Path) -> List[str]:
     """ESPnet's plots of one experiment that exist, as paths relative to ``results_dir``."""
-    import os
-
     images = Path(exp_dir) / "images"
     return [os.path.relpath(images / f"{name}.png", results_dir) for name in CURVES if (images / f"{name}.png").exists()]
 
@@ -131,14 +130,10 @@ def render_results(rows: List[dict], source: str = "RESULTS.json", figures: Opti
         text += "".join(f"- {line}\n" for line in compared)
     for test_set, image in sorted((figures or {}).items()):
         text += f"\n![{test_set}: the experiments side by side]({image})\n"
-    curves = [(r["experiment"], r["learning_curves"]) for r in rows if r.get("learning_curves")]
-    seen = set()
+    curves = {r["experiment"]: r["learning_curves"] for r in rows if r.get("learning_curves")}  # one per experiment
     if curves:
         text += "\nLearning curves (ESPnet's, under each experiment's `images/`):\n\n"
-        for experiment, images in curves:
-            if experiment in seen:
-                continue
-            seen.add(experiment)
+        for experiment, images in curves.items():
             links = ", ".join(f"[{Path(image).stem}]({image})" for image in images)
             text += f"- {experiment}: {links}\n"
     return text

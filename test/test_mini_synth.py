@@ -79,18 +79,14 @@ def test_hard_condition_is_deterministic_and_keeps_the_texts(tmp_path):
 
 def test_hard_condition_applies_the_drawn_snr_tempo_and_noise(tmp_path):
     """Re-synthesise one utterance's speech component and measure the SNR of the written file."""
-    import random
-
     from espnet_mtla.data import conditions
-    from espnet_mtla.data.grammar import sentence
-    from espnet_mtla.data.mini_synth import draw_utterances, random_voice
+    from espnet_mtla.data.mini_synth import babble_track, draw_utterances
     from espnet_mtla.data.speech_synth import SAMPLE_RATE, speak
 
     root = hard_corpus(tmp_path, "a")
     wav = read_table(root / "data" / "train" / "wav.scp")
     utts = draw_utterances("asr", "train", SIZES["train"], seed=5, condition="hard")
-    babble = conditions.babble_track(random.Random("5-asr-train-babble"), speak, random_voice,
-                                     lambda rng: sentence(rng).english, SAMPLE_RATE)
+    babble = babble_track("asr", "train", seed=5)
     kinds = set()
     for utt in utts:
         cond = utt["condition"]

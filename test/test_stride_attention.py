@@ -11,9 +11,7 @@ import torch
 
 from espnet_mtla.attention import build_attention, stride_attention
 from espnet_mtla.attention.stride_attention import stride_aware_attention
-
-D, H = 32, 4
-LATENT = dict(kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=6)
+from test_attention import D, H, LATENT, padded_batch
 CASES = [("mla", LATENT), ("mla", dict(LATENT, q_lora_rank=12))] + [
     ("mtla", dict(LATENT, down_rate=s)) for s in (1, 2, 3, 4)
 ]
@@ -49,16 +47,10 @@ def gradients(attention_type, conf, backend, inputs, prefix=None):
     return out.detach() * mask.unsqueeze(-1), grads
 
 
-def padded(lengths, seed=1):
-    torch.manual_seed(seed)
-    x = torch.randn(len(lengths), max(lengths), D)
-    return x, torch.arange(max(lengths)) < torch.tensor(lengths).unsqueeze(1)
-
-
 @pytest.mark.parametrize("with_prefix", [False, True], ids=["scratch", "after-prefix"])
 @pytest.mark.parametrize("attention_type,conf", CASES, ids=IDS)
 def test_gradients_equal_the_explicit_path(attention_type, conf, with_prefix, small_tiles):
-    inputs = padded([17, 11, 4])
+    inputs = padded_batch([17, 11, 4])
     prefix = torch.randn(3, 5, D) if with_prefix else None
     out, grads = gradients(attention_type, conf, "auto", inputs, prefix)
     expected_out, expected = gradients(attention_type, conf, "eager", inputs, prefix)

@@ -83,6 +83,7 @@ class StrideAwareAttention(torch.autograd.Function):
         d_r = own_rope.shape[-1]
         expansion = _Expansion(w_up, heads, d_qk - d_r, d_r)
         key_block, rows = _tiles(q.device, batch, heads, time)
+        bounds = _block_bounds(visible, key_block, slot_latent.shape[1])
         d_v = w_up.shape[0] // heads - (d_qk - d_r)
         acc = q.new_empty(batch, heads, time, d_v, dtype=stat)  # running sum of probability x value
         row_max = q.new_empty(batch, heads, time, dtype=stat)
@@ -92,7 +93,7 @@ class StrideAwareAttention(torch.autograd.Function):
             k_own, v_own = expansion.keys_values(own[:, a:b], own_rope[:, a:b])
             row_max[..., a:b] = (q[:, :, a:b] * k_own).sum(-1).to(stat) * scale
             acc[:, :, a:b] = v_own
-        for k0, k1, first, unmasked in _block_bounds(visible, key_block, slot_latent.shape[1]):
+        for k0, k1, first, unmasked in bounds:
             if first >= time:
                 continue
             k, v = expansion.keys_values(slot_latent[:, k0:k1], slot_rope[:, k0:k1])
@@ -111,24 +112,23 @@ class StrideAwareAttention(torch.autograd.Function):
         del acc
         log_sum_exp = row_max.add_(row_sum.log_())
         ctx.save_for_backward(q, own, own_rope, slot_latent, slot_rope, visible, w_up, out, log_sum_exp)
-        ctx.scale = scale
+        ctx.scale, ctx.rows, ctx.bounds = scale, rows, bounds  # the backward walks the same tiles
         return out
 
     @staticmethod
     def backward(ctx, d_out):
         q, own, own_rope, slot_latent, slot_rope, visible, w_up, out, log_sum_exp = ctx.saved_tensors
-        scale = ctx.scale
-        batch, heads, time, d_qk = q.shape
+        scale, rows = ctx.scale, ctx.rows
+        _, heads, time, d_qk = q.shape
         stat = torch.promote_types(q.dtype, torch.float32)
         d_r = own_rope.shape[-1]
         expansion = _Expansion(w_up, heads, d_qk - d_r, d_r)
-        key_block, rows = _tiles(q.device, batch, heads, time)
         # D_t = <dO_t, O_t>: the softmax gradient's per-row term (FlashAttention's backward).
         delta = torch.einsum("bthv,bthv->bht", d_out.to(stat), out.to(stat))
         d_q = torch.zeros(q.shape, dtype=stat, device=q.device)
         d_w = torch.zeros(w_up.shape, dtype=stat, device=w_up.device)
         d_slot_latent, d_slot_rope = torch.empty_like(slot_latent), torch.empty_like(slot_rope)
-        for k0, k1, first, unmasked in _block_bounds(visible, key_block, slot_latent.shape[1]):
+        for k0, k1, first, unmasked in ctx.bounds:
             if first >= time:  # no query sees these slots
                 d_slot_latent[:, k0:k1], d_slot_rope[:, k0:k1] = 0, 0
                 continue

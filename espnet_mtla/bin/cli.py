@@ -225,14 +225,6 @@ def check_batching(args, cmd: List[str]) -> bool:
     return args.batch_size > 1 or args.batch_frames is not None
 
 
-def count_keys(key_file: Optional[str]) -> Optional[int]:
-    """Utterances listed in ``--key_file`` (None without one)."""
-    if not key_file:
-        return None
-    with open(key_file, encoding="utf-8") as f:
-        return sum(1 for line in f if line.strip())
-
-
 def run_inference(task: str, cmd: Optional[List[str]] = None) -> None:
     import espnet_mtla.tasks  # noqa: F401  (registers)
     from espnet_mtla.bin import batch_inference
@@ -256,7 +248,7 @@ def run_inference(task: str, cmd: Optional[List[str]] = None) -> None:
     except UnsafeModelFileError as err:
         _fail(f"--{task}_model_file: {err}")
     device = "cuda" if args.ngpu >= 1 else "cpu"
-    recorder = EfficiencyRecorder(device, total=count_keys(args.key_file))
+    recorder = EfficiencyRecorder(device, total=len(batch_inference.input_keys(args)))
     # Everything goes to <output_dir>.partial, renamed to <output_dir> once complete: a killed
     # run never leaves an output dir that looks finished.
     output_dir = Path(args.output_dir)

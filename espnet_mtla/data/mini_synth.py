@@ -63,6 +63,12 @@ def random_voice(rng: random.Random) -> Voice:
     return Voice(language, variant, rate=rng.randint(140, 190), pitch=rng.randint(30, 70))
 
 
+def babble_track(task: str, split: str, seed: int):
+    """The split's babble: talkers reading the corpus' own grammar, from their own generator."""
+    return conditions.babble_track(random.Random(f"{seed}-{task}-{split}-babble"), speak, random_voice,
+                                   lambda rng: sentence(rng).english, SAMPLE_RATE)
+
+
 def synthesise(utt: Dict[str, str], audio_dir: Path, babble=None) -> str:
     path = audio_dir / f"{utt['utt_id']}.flac"
     if not path.exists():  # resumable: finished files are complete (written atomically)
@@ -99,8 +105,7 @@ def generate(task: str, out_dir, audio_dir, sizes: Dict[str, int], seed: int = 0
         if condition != "clean":
             table = "".join(f"{u['utt_id']}\t{u['condition'].describe()}\n" for u in utts)
             write_text_atomic(split_audio / "conditions.tsv", table)
-            babble = conditions.babble_track(random.Random(f"{seed}-{task}-{split}-babble"), speak, random_voice,
-                                             lambda rng: sentence(rng).english, SAMPLE_RATE)
+            babble = babble_track(task, split, seed)
         with ThreadPoolExecutor(max_workers=nj) as pool:  # espeak-ng runs as subprocesses
             paths = list(tqdm(pool.map(lambda u: synthesise(u, split_audio, babble), utts), total=len(utts),
                               desc=f"mini_synth {task} {split} ({condition})", unit="utt"))
