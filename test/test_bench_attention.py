@@ -43,6 +43,8 @@ def test_markdown_reports_ratios_to_mha():
 def test_bad_options_are_one_line_errors(tmp_path, capsys):
     for argv, message in [
         (["--steps", "0"], "argument --steps: must be an integer >= 1, got 0"),
+        (["--rounds", "0"], "argument --rounds: must be an integer >= 1, got 0"),
+        (["--variants", "MTLA s=3"], "argument --variants: invalid choice: 'MTLA s=3'"),
         (["--replot", "--out-dir", str(tmp_path)], f"--replot needs {tmp_path}/results.json: run the benchmark"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
