@@ -171,6 +171,17 @@ def test_batch_encoder_takes_true_or_false(tmp_path):
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
+def test_cuda_graphs_without_a_gpu_is_a_one_line_error(tmp_path, capsys):
+    make_model(tmp_path, "mt", "mtla")
+    data = make_data(tmp_path, "mt")
+    with pytest.raises(SystemExit):
+        decode(tmp_path, "mt", data, "out", "--batch_size", "2", "--cuda_graphs", "true")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --cuda_graphs true replays batched decoding steps on a GPU: it needs --ngpu 1 and "
+                   "--batch_frames N or --batch_size N > 1"]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
 def test_attn_backend_option_keeps_the_results(tmp_path, monkeypatch):
     """--attn_backend switches how the loaded model computes attention, never the hypotheses;
     triton runs its kernel in Triton's CPU interpreter here (see conftest.py)."""

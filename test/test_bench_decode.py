@@ -115,6 +115,15 @@ def test_paper_benchmark_refuses_a_missing_gpu_in_one_line(capsys):
     assert "--device cuda: no CUDA device here; use --device cpu" in capsys.readouterr().err
 
 
+def test_paper_benchmark_refuses_cuda_graphs_on_a_cpu_in_one_line(capsys, tmp_path):
+    from espnet_mtla.bin import bench_paper
+
+    with pytest.raises(SystemExit):
+        bench_paper.main(["--device", "cpu", "--cuda_graphs", "--out-dir", str(tmp_path / "out")])
+    assert "--cuda_graphs needs --device cuda" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("module", ["bench_decode", "bench_paper"])
 def test_variants_without_mha_are_a_one_line_error(module, capsys, tmp_path):
     import importlib

@@ -66,6 +66,10 @@ class CachedAttention(torch.nn.Module):
 
     tokens_per_slot = 1
 
+    def prepare_decode(self, num_tokens: int) -> None:
+        """Build now whatever decode steps up to ``num_tokens`` cached tokens would build lazily,
+        so that a step recorded in a CUDA graph allocates and computes nothing outside it."""
+
     def cache_shapes(self):
         raise NotImplementedError
 

@@ -15,7 +15,7 @@ Buffers have the time (slot) axis at dim -2: ``(B, *lead, capacity, dim)``.
 
 import copy
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -52,6 +52,10 @@ class AttentionCache:
         # Reordering copies into these (allocated once): fresh pages for every beam step
         # cost more than the copy itself.
         self._spare: Dict[str, torch.Tensor] = {}
+        # Set by a replayed decode step (decoder/step_graphs.py): views span this many slots
+        # whatever the lengths, so that one captured graph serves many steps (every reader
+        # masks slots past each row's length).
+        self.view_slots: Optional[int] = None
 
     # -- sizes ---------------------------------------------------------------------------
     def num_slots(self, num_tokens):
@@ -115,8 +119,9 @@ class AttentionCache:
         self.max_length += max_new
 
     def view(self, name: str) -> torch.Tensor:
-        """The buffer up to the longest row: (B, *lead, S, d)."""
-        return self.buffers[name][..., : self.num_slots(self.max_length), :]
+        """The buffer up to the longest row (or ``view_slots`` when set): (B, *lead, S, d)."""
+        slots = self.num_slots(self.max_length) if self.view_slots is None else self.view_slots
+        return self.buffers[name][..., :slots, :]
 
     # -- beam search ---------------------------------------------------------------------
     def reorder(self, index: torch.Tensor) -> None:

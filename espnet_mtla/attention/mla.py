@@ -110,6 +110,10 @@ class MultiHeadLatentAttention(CachedAttention):
     def tokens_per_slot(self) -> int:
         return self.down_rate
 
+    def prepare_decode(self, num_tokens: int) -> None:
+        if self.absorbed_decode:
+            absorbed_weights(self)
+
     def cache_shapes(self):
         # One buffer per slot: [latent c (d_c) ; rope key (d_r)], the absorbed key; its first
         # d_c columns are also the absorbed value.

@@ -11,6 +11,7 @@ exactly what step-by-step decoding computes. All the attention code lives in
 
 import torch
 
+from espnet_mtla.attention.absorbed import absorbed_weights
 from espnet_mtla.attention.base import check_positive
 from espnet_mtla.attention.hypernet import ChunkMergeHyperNetwork
 from espnet_mtla.attention.mla import MultiHeadLatentAttention
@@ -27,6 +28,12 @@ class MultiHeadTemporalLatentAttention(MultiHeadLatentAttention):
 
     def merge_weights(self, latent: torch.Tensor, chunk_index: torch.Tensor) -> torch.Tensor:
         return self.hypernet(latent, chunk_index)
+
+    def prepare_decode(self, num_tokens: int) -> None:
+        super().prepare_decode(num_tokens)
+        if self.absorbed_decode:
+            absorbed_weights(self).chunk_embeddings(self.hypernet, num_tokens // self.down_rate + 1,
+                                                    self.kv_down.weight.dtype)
 
     def merge_weights_step(self, latent, chunk_index, num_chunks: int, absorbed) -> torch.Tensor:
         table = absorbed.chunk_embeddings(self.hypernet, num_chunks, latent.dtype)

@@ -69,7 +69,7 @@ def build_inference_object(module, task: str, args):
     return cls(**{k: v for k, v in kwargs.items() if k in accepted})
 
 
-def build_search(inference, model, nbest: int):
+def build_search(inference, model, nbest: int, cuda_graphs: bool = False):
     """Our search with the scorers, weights and pre-beam of the inference object's ESPnet search,
     and the CTC module it scores with (None without CTC)."""
     espnet_search = inference.beam_search
@@ -87,7 +87,7 @@ def build_search(inference, model, nbest: int):
         model.decoder, model.sos, model.eos, espnet_search.beam_size, decoder_weight=weights["decoder"],
         ctc_weight=ctc_weight, pre_beam_size=espnet_search.pre_beam_size if espnet_search.do_pre_beam else None,
         penalty=weights.get("length_bonus", 0.0) if "length_bonus" in scorers else 0.0,
-        normalize_length=espnet_search.normalize_length, nbest=nbest)
+        normalize_length=espnet_search.normalize_length, nbest=nbest, cuda_graphs=cuda_graphs)
     return search, (scorers["ctc"].ctc if ctc_weight > 0 else None)
 
 
@@ -146,7 +146,8 @@ def input_keys(args) -> List[str]:
         return [line.split(maxsplit=1)[0] for line in f if line.strip()]
 
 
-def decode(module, task: str, args, recorder, batch_encoder: bool = False, attn_backend: str = None) -> None:
+def decode(module, task: str, args, recorder, batch_encoder: bool = False, attn_backend: str = None,
+           cuda_graphs: bool = False) -> None:
     from espnet2.fileio.datadir_writer import DatadirWriter
     from espnet2.torch_utils.device_funcs import to_device
     from espnet2.torch_utils.set_all_random_seed import set_all_random_seed
@@ -171,7 +172,7 @@ def decode(module, task: str, args, recorder, batch_encoder: bool = False, attn_
                             preprocess=task_class.build_preprocess_fn(train_args, False))
     task_class.check_task_requirements(dataset, args.allow_variable_data_keys, train=False, inference=True)
     collate = task_class.build_collate_fn(train_args, False)
-    search, ctc = build_search(inference, model, args.nbest)
+    search, ctc = build_search(inference, model, args.nbest, cuda_graphs)
     recorder.device = torch.device(inference.device)
     key_in = spec.input_name
     keys = input_keys(args)

@@ -111,7 +111,8 @@ def run_config(name, opts, queue):
     encoder, decoder, _ = build_model(*VARIANTS[name], vocab=VOCAB, torch_only=True)
     encoder, decoder = encoder.to(device, dtype), decoder.to(device, dtype)
     eos = VOCAB - 1
-    search = MultiUtteranceBeamSearch(NoEosDecoder(decoder, eos), eos, eos, opts["beam"], nbest=1)
+    search = MultiUtteranceBeamSearch(NoEosDecoder(decoder, eos), eos, eos, opts["beam"], nbest=1,
+                                      cuda_graphs=opts["cuda_graphs"])
     frames, tokens = test_set(opts["utts"])
     batches, _ = budget_batches(frames, opts["batch_frames"])
     gen = torch.Generator().manual_seed(1)
@@ -161,7 +162,8 @@ def markdown(results, opts, machine_name) -> str:
     lines = [
         f"Machine: {machine_name}; {opts['device']}, {opts['dtype']}. {base['utterances']} utterances of the "
         f"tst-COMMON-shaped draw ({base['tokens']} output tokens), beam {opts['beam']}, batches of <= "
-        f"{opts['batch_frames']} input frames ({base['batches']} batches). Kernels: launched by one decoder layer "
+        f"{opts['batch_frames']} input frames ({base['batches']} batches); decode steps "
+        f"{'replayed from CUDA graphs' if opts.get('cuda_graphs') else 'eager'}. Kernels: launched by one decoder layer "
         "(attention / whole layer) per decode step, inference path (training code's path in brackets).",
         "",
         f"| attention | time s | speed-up vs MHA | paper speed-up | {memory} | memory reduction vs MHA | "
@@ -221,6 +223,8 @@ def main(argv=None):
     parser.add_argument("--utts", type=positive_int, help=f"the first N utterances of the draw (of {TST_COMMON_SEGMENTS})")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--threads", type=positive_int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--cuda_graphs", action=argparse.BooleanOptionalAction, default=None,
+                        help="replay decode steps from CUDA graphs (default on cuda; --no-cuda_graphs: eager)")
     parser.add_argument("--out-dir", help="default: docs/bench_paper (cuda) or docs/bench_paper_cpu")
     parser.add_argument("--replot", action="store_true", help="redo the table and figure from --out-dir's results.json")
     opts = parser.parse_args(argv)
@@ -232,10 +236,13 @@ def main(argv=None):
         return
     if "MHA" not in opts.variants:
         parser.error("--variants must include MHA (every ratio is to MHA)")
+    if opts.cuda_graphs and opts.device != "cuda":
+        parser.error("--cuda_graphs needs --device cuda")
     mode = MODES[opts.device]
     conf = {"device": opts.device, "dtype": opts.dtype, "threads": opts.threads,
             "beam": opts.beam or mode["beam"], "batch_frames": opts.batch_frames or mode["batch_frames"],
-            "utts": min(opts.utts or mode["utts"], TST_COMMON_SEGMENTS)}
+            "utts": min(opts.utts or mode["utts"], TST_COMMON_SEGMENTS),
+            "cuda_graphs": opts.device == "cuda" and opts.cuda_graphs is not False}
     torch.set_num_threads(opts.threads)
     results = []
     for name in ["MHA"] + [v for v in opts.variants if v != "MHA"]:

@@ -5,7 +5,8 @@ checkpoint/config mismatches) end the run with one line on stderr instead of a t
 Inference also writes ``<output_dir>/1best_recog/efficiency.json`` (see
 espnet_mtla.metrics.efficiency) and takes options of ours: ``--batch_frames N`` (also from a
 decode config) or ``--batch_size N`` with ``--batch_encoder true|false``
-(espnet_mtla.bin.batch_inference) and ``--attn_backend
+(espnet_mtla.bin.batch_inference), ``--cuda_graphs true|false`` (batched decoding on a GPU:
+decode steps replayed from CUDA graphs, espnet_mtla.search.decode_step) and ``--attn_backend
 auto|eager|sdpa|triton`` (espnet_mtla.attention.backends; the model's config otherwise).
 Training and inference run inside espnet_mtla.safe_load.safe_loading: no model file can run
 code when loaded unless ``--trust_model_file true``.
@@ -236,11 +237,15 @@ def run_inference(task: str, cmd: Optional[List[str]] = None) -> None:
     cmd = unpack_model_option(task, list(sys.argv[1:] if cmd is None else cmd))
     cmd, batch_encoder = pop_option(cmd, "--batch_encoder", "false", ("true", "false"))
     cmd, attn_backend = pop_option(cmd, "--attn_backend", None, ATTN_BACKENDS)
+    cmd, cuda_graphs = pop_option(cmd, "--cuda_graphs", "false", ("true", "false"))
     cmd, trust = pop_option(cmd, TRUST_OPTION, "false", ("true", "false"))
     trust = trust == "true"
     module = importlib.import_module(get_task(task).espnet_module("inference"))
     args = inference_parser(module).parse_args(cmd)
     batched = check_batching(args, cmd)
+    if cuda_graphs == "true" and not (batched and args.ngpu >= 1):
+        _fail("--cuda_graphs true replays batched decoding steps on a GPU: it needs --ngpu 1 and "
+              "--batch_frames N or --batch_size N > 1")
     check_inference_inputs(task, args)
     model_file = getattr(args, f"{task}_model_file")
     try:  # loaded here once, checked, and handed to ESPnet's loader
@@ -261,7 +266,8 @@ def run_inference(task: str, cmd: Optional[List[str]] = None) -> None:
                 logging.basicConfig(level=args.log_level,
                                     format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
                 args.output_dir = str(partial)
-                batch_inference.decode(module, task, args, recorder, batch_encoder == "true", attn_backend)
+                batch_inference.decode(module, task, args, recorder, batch_encoder == "true", attn_backend,
+                                       cuda_graphs == "true")
             else:
                 with recording_efficiency(module, task, recorder, attn_backend):
                     # ESPnet's main() minus its parser, which does not know our options

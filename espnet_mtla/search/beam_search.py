@@ -28,6 +28,7 @@ import torch
 
 from espnet_mtla.search.candidates import BeamState, initial_state, select_candidates
 from espnet_mtla.search.ctc_prefix import BatchedCTCPrefixScorer
+from espnet_mtla.search.decode_step import DecodeStep, GraphedDecodeStep
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +76,14 @@ class MultiUtteranceBeamSearch:
         normalize_length: rank ended hypotheses by score / length.
         nbest: ended hypotheses returned per utterance.
         blank: the CTC blank id.
+        cuda_graphs: replay the decoder's step from CUDA graphs (``decode_step.GraphedDecodeStep``;
+            on a CPU the same fixed-shape step runs eagerly).
     """
 
     def __init__(self, decoder, sos: int, eos: int, beam_size: int, decoder_weight: float = 1.0,
                  ctc_weight: float = 0.0, pre_beam_size: Optional[int] = None, penalty: float = 0.0,
-                 normalize_length: bool = False, nbest: Optional[int] = None, blank: int = 0):
+                 normalize_length: bool = False, nbest: Optional[int] = None, blank: int = 0,
+                 cuda_graphs: bool = False):
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         self.decoder = decoder
@@ -90,6 +94,7 @@ class MultiUtteranceBeamSearch:
         self.penalty = penalty
         self.normalize_length = normalize_length
         self.nbest = nbest or beam_size
+        self.cuda_graphs = cuda_graphs
 
     @torch.no_grad()
     def __call__(self, enc: torch.Tensor, enc_lens: torch.Tensor, maxlenratio: float = 0.0,
@@ -135,12 +140,13 @@ class MultiUtteranceBeamSearch:
         if self.ctc_weight > 0:
             ctc = BatchedCTCPrefixScorer(ctc_logp.to(enc.dtype), enc_lens, self.blank, self.eos)
             ctc_state = ctc.initial_state(utt)
+        decoder_step = GraphedDecodeStep(decoder) if self.cuda_graphs else DecodeStep(decoder)
         active = list(range(num_utts))  # original index of each utterance still searching
         finished_states = []  # (state of utterances that are done, their original indices)
         step = 0
         while True:
             width = state.scores.shape[1]
-            logp = decoder.run_tokens(caches, state.tokens[:, step: step + 1])[:, -1].log_softmax(dim=-1)  # (R, V)
+            logp = decoder_step(caches, state.tokens[:, step: step + 1])  # (R, V)
             caches.note_peak()
             # ESPnet's order of additions: 0 + w_dec * decoder + w_len * 1 (+ w_ctc * ctc) + score
             weighted = self.decoder_weight * logp + self.penalty
@@ -171,7 +177,7 @@ class MultiUtteranceBeamSearch:
                 if ctc is not None:
                     ctc_state = type(ctc_state)(*(t[..., kept_rows] for t in ctc_state))
                     utt = utt[kept_rows]
-            caches.reorder(rows)
+            decoder_step.reorder(caches, rows)
             step += 1
         # one read back for the whole batch, utterances in the order they finished
         finished = BeamState(*(torch.cat(parts) for parts in zip(*(s for s, _ in finished_states))))
