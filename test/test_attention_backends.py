@@ -136,8 +136,8 @@ def test_training_with_triton_backend_trains_through_the_stride_aware_attention(
     (attn(torch.randn(2, 7, 32)) ** 2).sum().backward()
     assert attn.kv_up.weight.grad.abs().sum() > 0
     assert [r.getMessage() for r in caplog.records] == [
-        "attn_backend triton: no Triton kernel for the MLA/MTLA parallel pass; using the stride-aware attention "
-        "(PyTorch ops)"
+        "attn_backend triton: the MLA/MTLA parallel pass has Triton kernels (FlexAttention) on GPUs only; using "
+        "the stride-aware attention (PyTorch ops)"
     ]
 
 

@@ -17,7 +17,7 @@ def fake_report(bandwidth=None):
 
     report = {
         "machine": "test machine",
-        "options": {"batch": 4, "contexts": [1024], "train_length": 512},
+        "options": {"batch": 4, "contexts": [1024], "train_lengths": [512, 1024]},
         "backends": ["eager", "sdpa", "triton"],
         "decode": [],
         "train": [],
@@ -26,8 +26,10 @@ def fake_report(bandwidth=None):
         for backend, factor in [("eager", 1.0), ("sdpa", 0.5), ("triton", 0.25)]:
             if backend != "triton" or name != "MHA":
                 report["decode"].append(decode(name, backend, 1024, 4.0 * factor, 2.0 * factor))
-        for backend, factor in [("eager", 1.0), ("sdpa", 0.5)]:
-            report["train"].append({"name": name, "backend": backend, "length": 512, "seconds": factor, "peak_mib": 100 * factor})
+        for backend, factor in [("eager", 1.0), ("sdpa", 0.5), ("auto", 0.4)]:
+            for length in (512, 1024):
+                report["train"].append({"name": name, "backend": backend, "length": length, "seconds": factor * length / 512,
+                                        "peak_mib": 100 * factor})
     if bandwidth:
         report["copy_bandwidth"] = bandwidth
     return report
@@ -39,7 +41,8 @@ def test_markdown_reports_speedups_over_eager_and_the_cache_read_bound():
     assert "| MTLA s=2 | triton | 1.000 (4.00x) | 0.500 (4.00x) | 1.0 | 0.50 |" in table
     assert "| MHA | sdpa | 2.000 (2.00x) | - | 1.0 | - |" in table
     assert "| MHA | triton" not in table  # triton has no MHA kernel: not reported as if it had
-    assert "| MLA | sdpa | 0.500 (2.00x) | 50 (0.50) |" in table
+    assert "| MLA | auto | 0.400 (0.80x) | 0.800 (0.80x) | 40 (0.80x) | 40 (0.80x) |" in table  # ratios to MHA sdpa
+    assert "| MHA | sdpa | 0.500 (1.00x) | 1.000 (1.00x) | 50 (1.00x) | 50 (1.00x) |" in table
     assert "Device-to-device copy bandwidth: 0.00 TB/s" in table
 
 
@@ -47,14 +50,26 @@ def test_quick_cpu_run_writes_every_type_and_backend(tmp_path):
     main(["--device", "cpu", "--quick", "--out-dir", str(tmp_path)])
     report = json.loads((tmp_path / "results.json").read_text())
     assert {(r["name"], r["backend"]) for r in report["decode"]} == {(n, b) for n in VARIANTS for b in ("eager", "sdpa")}
+    assert {(r["name"], r["backend"]) for r in report["train"]} == {
+        (n, b) for n in VARIANTS for b in ("eager", "sdpa", "auto")}
     assert all(r["step_ms"] > 0 and r["cache_bytes"] > 0 for r in report["decode"])
     assert all("core_ms" in r for r in report["decode"] if r["name"] != "MHA")
     assert (tmp_path / "results.png").stat().st_size > 0
     assert (tmp_path / "results.md").read_text() == markdown(report)
 
 
+def test_quick_cpu_run_of_one_part_and_some_types(tmp_path):
+    main(["--device", "cpu", "--quick", "--part", "train", "--variants", "MHA", "MTLA s=2", "--out-dir", str(tmp_path)])
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["decode"] == [] and {r["name"] for r in report["train"]} == {"MHA", "MTLA s=2"}
+    table = (tmp_path / "results.md").read_text()
+    assert "| MTLA s=2 | auto |" in table and "step ms" not in table and "| MLA |" not in table
+
+
 def test_bad_options_are_one_line_errors(tmp_path, capsys):
     cases = [
+        (["--device", "cpu", "--variants", "MLA", "--out-dir", str(tmp_path / "new")],
+         "--variants must include MHA (the ratios are to MHA)"),
         (["--device", "cpu", "--tune", "--out-dir", str(tmp_path / "new")], "--tune times the Triton kernel: it needs --device cuda"),
         (["--replot", "--out-dir", str(tmp_path)], f"--replot needs {tmp_path}/results.json"),
     ]

@@ -30,11 +30,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from espnet_mtla.attention.absorbed import absorbed_weights
-from espnet_mtla.attention.backends import attention_function, check_backend, notice_once, resolve_backend
+from espnet_mtla.attention.backends import (attention_function, check_backend, notice_once, resolve_backend,
+                                           triton_installed)
 from espnet_mtla.attention.base import CachedAttention, check_dropout, check_positive, linear_weight_bias
 from espnet_mtla.attention.norms import NORM_TYPES, build_norm
 from espnet_mtla.attention.rope import RotaryEmbedding, check_rope_dim
 from espnet_mtla.attention.stride_attention import stride_aware_attention
+from espnet_mtla.attention.stride_flex import flex_stride_attention
 
 
 class MultiHeadLatentAttention(CachedAttention):
@@ -300,14 +302,18 @@ class MultiHeadLatentAttention(CachedAttention):
             out = torch.bmm(out.transpose(0, 1), w.w_uv_t).transpose(0, 1)  # (B, H, d_v)
         return nn.functional.linear(out.reshape(batch, -1), w.w_out, w.b_out).unsqueeze(1)
 
-    def _stride_aware(self) -> bool:
-        """Whether parallel passes run ``stride_aware_attention`` (it has no attention dropout)."""
+    def _stride_aware(self, tensor):
+        """The stride-aware attention that parallel passes run, or None (the sdpa/eager paths;
+        attention dropout): ``flex_stride_attention`` for ``triton`` on a GPU, else
+        ``stride_aware_attention`` (PyTorch ops)."""
         if self.attn_backend not in ("auto", "triton") or (self.training and self.dropout > 0):
-            return False
+            return None
         if self.attn_backend == "triton":
-            notice_once("attn_backend triton: no Triton kernel for the MLA/MTLA parallel pass; "
-                        "using the stride-aware attention (PyTorch ops)")
-        return True
+            if tensor.is_cuda and triton_installed():
+                return flex_stride_attention
+            notice_once("attn_backend triton: the MLA/MTLA parallel pass has Triton kernels (FlexAttention) on "
+                        "GPUs only; using the stride-aware attention (PyTorch ops)")
+        return stride_aware_attention
 
     @staticmethod
     def _head_major_queries(q_nope, q_rope):
@@ -335,10 +341,11 @@ class MultiHeadLatentAttention(CachedAttention):
         """
         s, heads = self.down_rate, self.num_heads
         batch, width = partial.shape[:2]
-        if self._stride_aware():
+        stride_aware = self._stride_aware(partial)
+        if stride_aware is not None:
             complete = slice(s - 1, time // s * s, s)  # last token of every complete chunk: its summary
             visible = torch.div(torch.arange(time, device=partial.device), s, rounding_mode="floor")
-            return stride_aware_attention(self._head_major_queries(q_nope, q_rope), partial[:, :time], k_rope,
+            return stride_aware(self._head_major_queries(q_nope, q_rope), partial[:, :time], k_rope,
                                           partial[:, complete], k_rope[:, complete], visible.expand(batch, time),
                                           linear_weight_bias(self.kv_up)[0], self.scale)
         num_chunks = width // s
@@ -388,9 +395,10 @@ class MultiHeadLatentAttention(CachedAttention):
         slots = cache.view("kv")  # (B, S, d_c + d_r)
         rank = start.unsqueeze(1) + torch.arange(time, device=start.device)
         completed = torch.div(rank, self.down_rate, rounding_mode="floor")  # (B, T)
-        if time > 1 and self._stride_aware():
+        stride_aware = self._stride_aware(own) if time > 1 else None
+        if stride_aware is not None:
             slot_latent, slot_rope = slots.to(own.dtype).split([self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
-            return stride_aware_attention(self._head_major_queries(q_nope, q_rope), own, k_rope, slot_latent, slot_rope,
+            return stride_aware(self._head_major_queries(q_nope, q_rope), own, k_rope, slot_latent, slot_rope,
                                           completed, linear_weight_bias(self.kv_up)[0], self.scale)
         w_uk, w_uv = self._up_weights()
         q_latent = torch.einsum("bthn,hnc->bthc", q_nope, w_uk)  # (B, T, H, d_c)

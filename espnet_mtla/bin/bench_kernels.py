@@ -8,9 +8,12 @@ kv_lora_rank 256, qk_nope 64, qk_rope 32, v_head 64) and each backend:
   1k/4k/16k tokens of random content (filled directly: no prefill pass), median wall time.
   For MLA/MTLA also the attention core alone (``_decode_step``: the absorbed attention of
   the 8 heads over the shared latent slots), where the backends differ.
-- training: forward+backward of the layer at T=4096, batch 2: median time and peak memory
-  above the step's baseline (the CUDA allocator's peak on a GPU, profiler allocator events on
-  a CPU).
+- training: forward+backward of the layer at T=4096 (on a GPU also 16384), batch 2: median
+  time and peak memory above the step's baseline (the CUDA allocator's peak on a GPU, profiler
+  allocator events on a CPU), with ratios to MHA on sdpa. Backends: eager, sdpa, auto (MLA/MTLA:
+  the stride-aware attention in PyTorch ops) and on a GPU triton (MLA/MTLA: FlexAttention's
+  Triton kernels, ``stride_flex.py``; MHA: sdpa).
+``--part decode|train`` runs one half, ``--variants`` some of the types (MHA first).
 On a GPU it also measures the device-to-device copy bandwidth and reports each MLA/MTLA
 core time against the time to read that cache once at that bandwidth. Backends the device
 cannot run (triton on a CPU) are left out. Writes ``results.json``, ``results.md`` and
@@ -40,8 +43,11 @@ VARIANTS = {
 }
 
 
-# Triton covers only the MLA/MTLA decode step; elsewhere attn_backend: triton runs sdpa.
-TRAIN_BACKENDS = ("eager", "sdpa")
+
+
+def train_backends(device) -> list:
+    """Training backends: triton (FlexAttention for MLA/MTLA's parallel pass) only on a GPU."""
+    return ["eager", "sdpa", "auto"] + (["triton"] if device == "cuda" else [])
 
 
 def decode_backends(name, backends):
@@ -117,9 +123,9 @@ def bench_decode(name, backend, context, opts, device, dtype, timer):
     return result
 
 
-def bench_train(name, backend, opts, device, dtype, timer):
+def bench_train(name, backend, length, opts, device, dtype, timer):
     layer = build(name, backend, device, dtype).train()
-    x = torch.randn(2, opts["train_length"], EMBED, device=device, dtype=dtype, requires_grad=True)
+    x = torch.randn(2, length, EMBED, device=device, dtype=dtype, requires_grad=True)
 
     def step():
         layer.zero_grad(set_to_none=True)
@@ -149,8 +155,8 @@ def run(opts) -> dict:
     if device.type == "cuda":
         report["copy_bandwidth"] = copy_bandwidth(device, timer)
         print(f"device-to-device copy: {report['copy_bandwidth'] / 1e12:.2f} TB/s (read + write)", flush=True)
-    for name in VARIANTS:
-        for context in opts["contexts"]:
+    for name in opts["variants"]:
+        for context in (opts["contexts"] if opts["part"] in ("decode", "both") else []):
             for backend in decode_backends(name, backends):
                 row = {"name": name, "backend": backend, "context": context}
                 row.update(bench_decode(name, backend, context, opts, device, dtype, timer))
@@ -159,11 +165,15 @@ def run(opts) -> dict:
                 print(f"decode {name:9s} ctx={context:6d} {backend:6s} step {row['step_ms']:.3f} ms{core}", flush=True)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-        for backend in TRAIN_BACKENDS:
-            row = {"name": name, "backend": backend, "length": opts["train_length"]}
-            row.update(bench_train(name, backend, opts, device, dtype, timer))
-            report["train"].append(row)
-            print(f"train  {name:9s} T={opts['train_length']} {backend:6s} {row['seconds']:.4f} s, peak {row['peak_mib']:.0f} MiB", flush=True)
+        for length in (opts["train_lengths"] if opts["part"] in ("train", "both") else []):
+            for backend in train_backends(device.type):
+                row = {"name": name, "backend": backend, "length": length}
+                row.update(bench_train(name, backend, length, opts, device, dtype, timer))
+                report["train"].append(row)
+                print(f"train  {name:9s} T={length} {backend:6s} {row['seconds']:.4f} s, peak {row['peak_mib']:.0f} MiB",
+                      flush=True)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
     return report
 
 
@@ -210,21 +220,47 @@ def machine_name(device, dtype) -> str:
 
 # -- report -------------------------------------------------------------------------------
 def markdown(report) -> str:
+    opts = report["options"]
+    names = [n for n in VARIANTS if n in opts.get("variants", VARIANTS)]
+    lengths = opts.get("train_lengths", [opts.get("train_length")])
+    lines = [f"Machine: {report['machine']}."]
+    if report["decode"]:
+        lines[0] += (f" Decode: batch {opts['batch']}, one layer, median ms per step (core = the absorbed MLA/MTLA "
+                     "attention alone).")
+        lines += ["", *decode_table(report, names)]
+    if report["train"]:
+        train = {(r["name"], r["backend"], r["length"]): r for r in report["train"]}
+        used = list(dict.fromkeys(r["backend"] for r in report["train"]))
+        lines += ["", f"Training: batch 2, forward+backward of one layer; ratios to MHA on sdpa (triton: FlexAttention "
+                      "for MLA/MTLA, sdpa for MHA; auto: the stride-aware attention in PyTorch ops for MLA/MTLA).", ""]
+        head = ["attention", "backend"] + [f"train s T={t} (x MHA sdpa)" for t in lengths]
+        head += [f"peak MiB T={t} (x MHA sdpa)" for t in lengths]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for name in names:
+            for backend in used:
+                cells = [name, backend]
+                for key, fmt in (("seconds", "{:.3f}"), ("peak_mib", "{:.0f}")):
+                    for t in lengths:
+                        r, base = train.get((name, backend, t)), train.get(("MHA", "sdpa", t))
+                        cells.append("-" if r is None else fmt.format(r[key]) + (
+                            "" if base is None else f" ({r[key] / max(base[key], 1e-9):.2f}x)"))
+                lines.append("| " + " | ".join(cells) + " |")
+    bandwidth = report.get("copy_bandwidth")
+    if bandwidth:
+        lines += ["", f"Device-to-device copy bandwidth: {bandwidth / 1e12:.2f} TB/s (bytes read + written)."]
+    return "\n".join(lines) + "\n"
+
+
+def decode_table(report, names) -> list:
     opts, backends = report["options"], report["backends"]
     decode = {(r["name"], r["backend"], r["context"]): r for r in report["decode"]}
-    lines = [
-        f"Machine: {report['machine']}. Decode: batch {opts['batch']}, one layer, median ms per step "
-        f"(core = the absorbed MLA/MTLA attention alone). Training: batch 2, T={opts['train_length']}, "
-        "forward+backward.",
-        "",
-    ]
     head = ["attention", "backend"] + [f"step ms ctx={c} (x eager)" for c in opts["contexts"]]
     head += [f"core ms ctx={c} (x eager)" for c in opts["contexts"]] + ["cache MB ctx=" + str(opts["contexts"][-1])]
     bandwidth = report.get("copy_bandwidth")
     if bandwidth:
         head += [f"core / cache read ctx={c}" for c in opts["contexts"]]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in VARIANTS:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in names:
         for backend in decode_backends(name, backends):
             row = [name, backend]
             for key in ("step_ms", "core_ms"):
@@ -239,19 +275,7 @@ def markdown(report) -> str:
                     # Reading the cache once: bytes / (copy bandwidth / 2), the copy counting read + write.
                     row.append(f"{r['core_ms'] / (1000 * 2 * r['cache_bytes'] / bandwidth):.2f}" if "core_ms" in r else "-")
             lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Training (triton has no training kernel: it runs sdpa):", ""]
-    lines += ["| attention | backend | train s (x eager) | peak MiB (x eager) |", "|---|---|---|---|"]
-    train = {(r["name"], r["backend"]): r for r in report["train"]}
-    for name in VARIANTS:
-        for backend in TRAIN_BACKENDS:
-            r, base = train[(name, backend)], train[(name, "eager")]
-            lines.append(
-                f"| {name} | {backend} | {r['seconds']:.3f} ({base['seconds'] / r['seconds']:.2f}x) "
-                f"| {r['peak_mib']:.0f} ({r['peak_mib'] / max(base['peak_mib'], 1e-9):.2f}) |"
-            )
-    if bandwidth:
-        lines += ["", f"Device-to-device copy bandwidth: {bandwidth / 1e12:.2f} TB/s (bytes read + written)."]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plot(report, path: Path) -> None:
@@ -259,11 +283,15 @@ def plot(report, path: Path) -> None:
 
     plt = pyplot()
 
+    if not report["decode"]:
+        return
     contexts = report["options"]["contexts"]
-    fig, axes = plt.subplots(1, len(VARIANTS), figsize=(4 * len(VARIANTS), 4), sharey=True)
+    names = [n for n in VARIANTS if n in report["options"].get("variants", VARIANTS)]
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 4), sharey=True, squeeze=False)
+    axes = axes[0]
     decode = {(r["name"], r["backend"], r["context"]): r for r in report["decode"]}
     colors = {"eager": "tab:blue", "sdpa": "tab:orange", "triton": "tab:green"}
-    for ax, name in zip(axes, VARIANTS):
+    for ax, name in zip(axes, names):
         for backend in decode_backends(name, report["backends"]):
             color = colors[backend]
             ax.plot(contexts, [decode[(name, backend, c)]["step_ms"] for c in contexts], color=color, marker="o",
@@ -300,6 +328,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=positive_int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--tune", action="store_true", help="GPU: time the Triton kernel's tuning knobs first (tune.md)")
     parser.add_argument("--replot", action="store_true", help="redo the table and plot from --out-dir's results.json")
+    parser.add_argument("--part", choices=["decode", "train", "both"], default="both")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     opts = parser.parse_args(argv)
     if opts.replot:
         out = Path(opts.out_dir or f"docs/bench_kernels_{opts.device}")
@@ -309,6 +339,8 @@ def main(argv=None):
         return
     if opts.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
+    if "MHA" not in opts.variants:
+        parser.error("--variants must include MHA (the ratios are to MHA)")
     torch.set_num_threads(opts.threads)
     cuda = opts.device == "cuda"
     settings = {
@@ -316,7 +348,9 @@ def main(argv=None):
         "dtype": opts.dtype or ("bfloat16" if cuda else "float32"),
         "batch": 8 if opts.quick else 64,
         "contexts": [1024, 4096] if opts.quick else [1024, 4096, 16384],
-        "train_length": 512 if opts.quick else 4096,
+        "train_lengths": [512] if opts.quick else ([4096, 16384] if cuda else [4096]),
+        "part": opts.part,
+        "variants": [n for n in VARIANTS if n in opts.variants],
         "decode_repeats": 3 if opts.quick else (50 if cuda else 5),
         "core_repeats": 3 if opts.quick else (100 if cuda else 5),
         "train_repeats": 1 if opts.quick else (10 if cuda else 2),
