@@ -246,6 +246,22 @@ def test_cache_grows_geometrically():
     assert cache.nbytes() == 2 * 30 * (16 + 4) * 4
 
 
+def test_beam_reorder_copies_only_the_used_slots_and_leaves_zeros_past_them():
+    """A reorder copies the slots up to the longest row (the rest of the capacity is never read
+    unmasked): what rows hold is exactly index_select's; fresh buffers hold zeros past them, so
+    readers that mask by weighting (0 x value) never meet NaN."""
+    from espnet_mtla.attention.cache import AttentionCache
+
+    cache = AttentionCache(4, {"kv": (3,)}, tokens_per_slot=2, capacity=40)
+    cache.buffers["kv"][:, :5] = torch.randn(4, 5, 3)
+    cache.buffers["kv"][:, 5:] = float("nan")  # past every row: must not be copied
+    cache.advance(torch.tensor([9, 7, 9, 8]), 9)  # 5 slots used
+    expected = cache.buffers["kv"][:, :5].index_select(0, torch.tensor([2, 2, 0]))
+    cache.reorder(torch.tensor([2, 2, 0]))
+    assert torch.equal(cache.view("kv"), expected)
+    assert torch.equal(cache.buffers["kv"][:, 5:], torch.zeros(3, 15, 3))
+
+
 def test_mtla_cache_is_smaller():
     sizes = {}
     for name, attention_type, conf in [("mha", "mha", {}), ("mla", "mla", LATENT)] + [

@@ -128,14 +128,17 @@ class AttentionCache:
         """Keep rows ``index`` (B',), e.g. the surviving beams; B' may differ from B."""
         index = index.to(self.lengths.device)
         self.lengths = self.lengths.index_select(0, index)
+        used = self.num_slots(self.max_length)  # slots past every row's length are not copied
         for name, buf in self.buffers.items():
             if buf.requires_grad:
                 self.buffers[name] = buf.index_select(0, index)
                 continue
             spare = self._spare.get(name)
             if spare is None or spare.shape != (index.shape[0], *buf.shape[1:]):
-                spare = buf.new_empty(index.shape[0], *buf.shape[1:])
-            torch.index_select(buf, 0, index, out=spare)
+                # zeros: the slots past ``used`` are never copied, and masked readers must not
+                # meet NaN there (0 x NaN in a weighted sum is NaN)
+                spare = buf.new_zeros(index.shape[0], *buf.shape[1:])
+            torch.index_select(buf[..., :used, :], 0, index, out=spare[..., :used, :])
             self.buffers[name], self._spare[name] = spare, buf
 
     def select(self, index: torch.Tensor) -> "AttentionCache":
