@@ -108,6 +108,7 @@ class GraphedDecodeStep(DecodeStep):
             self.reorder(caches, torch.arange(rows, device=tokens.device))
         bucket = self.buckets.get(bucket_rows)
         if bucket is None:
+            self._drop_larger(bucket_rows)
             bucket = self.buckets[bucket_rows] = _Bucket(bucket_rows, self.vocab, self.decoder.output.weight)
         first = caches.layers[0]
         view_slots = min(first.capacity_slots, -(-first.num_slots(first.max_length + 1) // SLOT_BUCKET) * SLOT_BUCKET)
@@ -121,6 +122,14 @@ class GraphedDecodeStep(DecodeStep):
             cache.lengths = bucket.new_lengths.clone()
             cache.view_slots = None
         return bucket.logp[:rows]
+
+    def _drop_larger(self, rows: int) -> None:
+        """Free the buckets (and their graphs) of more rows: hypotheses only fall in number
+        after a search's first step, and the static log-probs of 1000s of rows weigh 100s of MB."""
+        for larger in [r for r in self.buckets if r > rows]:
+            del self.buckets[larger]
+        for key in [k for k in self.graphs if k[0] > rows]:
+            del self.graphs[key]
 
     # -- the fixed-shape step ----------------------------------------------------------------
     def _step(self, caches, bucket: _Bucket, view_slots: int) -> None:
