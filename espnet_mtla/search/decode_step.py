@@ -102,6 +102,7 @@ class GraphedDecodeStep(DecodeStep):
 
     @torch.no_grad()
     def __call__(self, caches, tokens: torch.Tensor) -> torch.Tensor:
+        """As ``DecodeStep``'s; the log-probs are a view of a static buffer, valid until the next call."""
         rows = tokens.shape[0]
         bucket_rows = row_bucket(rows)
         if caches.batch_size != bucket_rows:  # a search's first step: caches hold one row per hypothesis
