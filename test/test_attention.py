@@ -262,6 +262,31 @@ def test_beam_reorder_copies_only_the_used_slots_and_leaves_zeros_past_them():
     assert torch.equal(cache.buffers["kv"][:, 5:], torch.zeros(3, 15, 3))
 
 
+@pytest.mark.parametrize("attention_type,conf", [("mha", {}), ("mtla", dict(LATENT, down_rate=2))])
+def test_caches_know_without_a_sync_when_rows_are_equally_long(attention_type, conf):
+    """Decode steps skip the mask only while every row holds max_length tokens: unmasked input
+    keeps rows equal, a mask or a direct advance makes them unknown (masked from then on), and
+    a step over equal rows computes what the masked step computes."""
+    attn = make(attention_type, conf)
+    cache = attn.new_cache(3)
+    attn(torch.randn(3, 4, D), cache=cache)
+    assert cache.view_is_visible()
+    cache.reorder(torch.tensor([2, 0, 0]))
+    assert cache.view_is_visible()
+    masked = cache.select(torch.arange(3))
+    masked.equal_rows = False  # the same rows, read through the mask
+    x = torch.randn(3, 1, D)
+    assert torch.allclose(attn(x, cache=cache), attn(x, cache=masked), atol=1e-6)
+    with torch.no_grad():  # MLA/MTLA: the absorbed decode step
+        assert torch.allclose(attn(x, cache=cache), attn(x, cache=masked), atol=1e-6)
+    assert cache.view_is_visible()
+    attn(torch.randn(3, 2, D), torch.tensor([[True, True], [True, False], [True, True]]), cache=cache)
+    assert not cache.view_is_visible()
+    other = attn.new_cache(3)
+    other.advance(torch.tensor([1, 1, 1]), 1)
+    assert not other.view_is_visible()
+
+
 def test_mtla_cache_is_smaller():
     sizes = {}
     for name, attention_type, conf in [("mha", "mha", {}), ("mla", "mla", LATENT)] + [

@@ -90,8 +90,8 @@ def notice_once(message: str) -> None:
 
 
 # cuDNN's fused attention builds an execution plan for every new shape (~40 ms per call on an
-# H200, measured with bench_kernels), and a cache grows by one token per decode step: masked
-# calls (attention over a cache) use the other fused GPU kernels.
+# H200, measured with bench_kernels), and a cache grows by one token per decode step: calls
+# over a cache (masked, or fewer queries than keys) use the other fused GPU kernels.
 _CACHED_ATTENTION_KERNELS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
 
 
@@ -109,7 +109,7 @@ def sdpa(q, k, v, **kwargs) -> torch.Tensor:
         q = torch.nn.functional.pad(q, (0, d_v - d_qk))
         k = torch.nn.functional.pad(k, (0, d_v - d_qk))
         kwargs.setdefault("scale", d_qk**-0.5)
-    cached = q.is_cuda and kwargs.get("attn_mask") is not None
+    cached = q.is_cuda and (kwargs.get("attn_mask") is not None or q.shape[-2] != k.shape[-2])
     with sdpa_kernel(_CACHED_ATTENTION_KERNELS) if cached else contextlib.nullcontext():
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, **kwargs)[..., :d_v]
 

@@ -125,6 +125,8 @@ class CachedAttention(torch.nn.Module):
                 restore = _unpack(order, packed_mask)
         if positions is None:
             positions = start.unsqueeze(1) + torch.arange(time, device=x.device)
+        if cache is not None:
+            cache.equal_rows_step = mask is None  # every row gets all ``time`` tokens
         return x, positions, lengths, start, restore
 
     def _attend(self, x, positions, lengths, start, cache) -> torch.Tensor:

@@ -56,6 +56,12 @@ class AttentionCache:
         # whatever the lengths, so that one captured graph serves many steps (every reader
         # masks slots past each row's length).
         self.view_slots: Optional[int] = None
+        # Whether every row holds exactly max_length tokens, known without a device sync (then
+        # a new token's attention over the view needs no mask). ``advance`` keeps it only when
+        # the caller vouches that all rows got the same tokens (``equal_rows_step``, set by the
+        # attention layers from their input mask): a direct ``advance`` clears it.
+        self.equal_rows = True
+        self.equal_rows_step = False
 
     # -- sizes ---------------------------------------------------------------------------
     def num_slots(self, num_tokens):
@@ -117,6 +123,13 @@ class AttentionCache:
         """Count ``new_tokens`` (B,) more tokens per row; ``max_new`` bounds them (no sync)."""
         self.lengths = self.lengths + new_tokens
         self.max_length += max_new
+        self.equal_rows = self.equal_rows and self.equal_rows_step
+        self.equal_rows_step = False
+
+    def view_is_visible(self) -> bool:
+        """Whether the newest token of every row sees the whole ``view``: rows are equally long
+        and the view ends at them (no ``view_slots`` past the lengths)."""
+        return self.equal_rows and self.view_slots is None
 
     def view(self, name: str) -> torch.Tensor:
         """The buffer up to the longest row (or ``view_slots`` when set): (B, *lead, S, d)."""

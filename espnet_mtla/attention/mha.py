@@ -90,7 +90,10 @@ class MultiHeadAttention(CachedAttention):
         else:
             self._write(cache, k, v, lengths, start)
             keys, values = cache.view("k"), cache.view("v")  # (B, H_kv, S, d)
-            rank = start.unsqueeze(1) + torch.arange(time, device=x.device)  # (B, T)
-            visible = torch.arange(keys.shape[2], device=x.device) <= rank.unsqueeze(-1)  # (B, T, S)
-            out = attend(q, keys, values, attn_mask=visible.unsqueeze(1), enable_gqa=gqa, dropout_p=dropout)
+            if time == 1 and cache.view_is_visible():
+                visible = None  # one new token per row, every row as long as the view: it sees all
+            else:
+                rank = start.unsqueeze(1) + torch.arange(time, device=x.device)  # (B, T)
+                visible = (torch.arange(keys.shape[2], device=x.device) <= rank.unsqueeze(-1)).unsqueeze(1)  # (B, 1, T, S)
+            out = attend(q, keys, values, attn_mask=visible, enable_gqa=gqa, dropout_p=dropout)
         return self.out_proj(out.transpose(1, 2).reshape(batch, time, -1))

@@ -297,7 +297,8 @@ class MultiHeadLatentAttention(CachedAttention):
         cache.write("kv", slot.unsqueeze(1), new.unsqueeze(1))
         cache.advance(lengths, 1)
 
-        out = self._decode_step(query.unsqueeze(1), cache.view("kv"), slot.unsqueeze(1))[:, 0]  # (B, H, d_c)
+        out = self._decode_step(query.unsqueeze(1), cache.view("kv"), slot.unsqueeze(1),
+                                cache.view_is_visible())[:, 0]  # (B, H, d_c)
         if not w.merged:
             out = torch.bmm(out.transpose(0, 1), w.w_uv_t).transpose(0, 1)  # (B, H, d_v)
         return nn.functional.linear(out.reshape(batch, -1), w.w_out, w.b_out).unsqueeze(1)
@@ -403,15 +404,17 @@ class MultiHeadLatentAttention(CachedAttention):
         w_uk, w_uv = self._up_weights()
         q_latent = torch.einsum("bthn,hnc->bthc", q_nope, w_uk)  # (B, T, H, d_c)
         if time == 1:
-            out_latent = self._decode_step(torch.cat([q_latent, q_rope], dim=-1), slots, completed)
+            out_latent = self._decode_step(torch.cat([q_latent, q_rope], dim=-1), slots, completed,
+                                           cache.view_is_visible())
         else:
             out_latent = self._attend_block(q_latent, q_rope, own, k_rope, slots, completed)
         return torch.einsum("bthc,hvc->bthv", out_latent, w_uv)
 
-    def _decode_step(self, query, slots, completed):
+    def _decode_step(self, query, slots, completed, all_visible: bool = False):
         """One new token per row: its own partial state is exactly the slot just written.
 
-        query (B, 1, H, d_c + d_r) absorbed; slots (B, S, d_c + d_r); completed (B, 1).
+        query (B, 1, H, d_c + d_r) absorbed; slots (B, S, d_c + d_r); completed (B, 1);
+        ``all_visible``: every row sees all S slots (no mask needed).
         The heads act as the query rows of a single-head attention over the shared slots,
         so a fused kernel reads the cache once for all heads; the value is the slot itself
         (its rope columns give outputs that are dropped). -> (B, 1, H, d_c).
@@ -427,10 +430,11 @@ class MultiHeadLatentAttention(CachedAttention):
 
             out = latent_decode(query[:, 0], slots, completed[:, 0] + 1, self.scale, self.kv_lora_rank)
             return out.unsqueeze(1).to(dtype)
-        visible = torch.arange(slots.shape[1], device=slots.device) <= completed.unsqueeze(-1)  # (B, 1, S)
+        visible = None if all_visible else (
+            torch.arange(slots.shape[1], device=slots.device) <= completed.unsqueeze(-1)).unsqueeze(1)  # (B, 1, 1, S)
         attend = attention_function(backend)
-        out = attend(query, slots.unsqueeze(1), slots.unsqueeze(1), attn_mask=visible.unsqueeze(1),
-                     dropout_p=dropout, scale=self.scale)
+        out = attend(query, slots.unsqueeze(1), slots.unsqueeze(1), attn_mask=visible, dropout_p=dropout,
+                     scale=self.scale)
         return out[..., : self.kv_lora_rank].to(dtype)
 
     def _attend_block(self, q_latent, q_rope, own, k_rope, slots, completed):

@@ -120,6 +120,8 @@ class DecoderOnlyStack(nn.Module):
         """Project encoder output (B, T, D_enc) to the prefix and write it into every layer."""
         prefix, prefix_lens = self.projector(hs, hlens)
         mask = torch.arange(prefix.shape[1], device=prefix.device) < prefix_lens.unsqueeze(1)
+        if bool(mask.all()):  # one host read here instead of one per layer; equal rows need no masks later
+            mask = None
         for layer, cache in zip(self.layers, caches.layers):
             if self.prefix_mode == "kv_only":
                 layer.prefill(cache, prefix, mask)
