@@ -40,11 +40,23 @@ def test_markdown_reports_ratios_to_mha():
     assert "| MTLA s=2 | 1.500 (1.50) | 10 (1.00) | 1.00 (0.25) | 2.00 |" in table
 
 
+def test_markdown_of_one_part():
+    def result(name, ms):
+        return {"name": name, "train": {}, "decode": {1024: {"ms_per_step": ms, "cache_bytes": 2_000_000}}}
+
+    table = markdown([result("MHA", 4.0), result("MTLA s=2", 1.0)], {"train_lengths": [], "contexts": [1024]})
+    assert "| MTLA s=2 | 1.00 (0.25) | 2.00 |" in table and "train" not in table
+    table = markdown([{"name": "MHA", "train": {512: {"seconds": 1.0, "peak_mib": 10.0}}, "decode": {}}],
+                     {"train_lengths": [512], "contexts": []})
+    assert "| MHA | 1.000 (1.00) | 10 (1.00) |" in table and "cache MB" not in table
+
+
 def test_bad_options_are_one_line_errors(tmp_path, capsys):
     for argv, message in [
         (["--steps", "0"], "argument --steps: must be an integer >= 1, got 0"),
         (["--rounds", "0"], "argument --rounds: must be an integer >= 1, got 0"),
         (["--variants", "MTLA s=3"], "argument --variants: invalid choice: 'MTLA s=3'"),
+        (["--part", "kernels"], "argument --part: invalid choice: 'kernels'"),
         (["--replot", "--out-dir", str(tmp_path)], f"--replot needs {tmp_path}/results.json: run the benchmark"),
     ]:
         with pytest.raises(SystemExit) as exit_info:

@@ -186,11 +186,13 @@ def markdown(results, args, machine_name=None) -> str:
     base = next((r for r in results if r["name"] == "MHA"), results[0])
     rounds = args.get("rounds", 1)
     medians = f" Times: medians of {rounds} interleaved rounds." if rounds > 1 else ""
-    lines = [f"Machine: {machine_name or machine()}. Batch 2 for training; batch 16 (4 utterances x beam 4) for "
-             f"decoding.{medians}", ""]
+    parts = (["batch 2 for training"] if args["train_lengths"] else []) + (
+        ["batch 16 (4 utterances x beam 4) for decoding"] if args["contexts"] else [])
+    lines = [f"Machine: {machine_name or machine()}. {'; '.join(parts).capitalize()}.{medians}", ""]
     head = ["attention"] + [f"train T={t} s (x MHA)" for t in args["train_lengths"]]
     head += [f"peak MiB T={t} (x MHA)" for t in args["train_lengths"]]
-    head += [f"decode ms/step ctx={c} (x MHA)" for c in args["contexts"]] + [f"cache MB ctx={args['contexts'][-1]}"]
+    head += [f"decode ms/step ctx={c} (x MHA)" for c in args["contexts"]]
+    head += [f"cache MB ctx={args['contexts'][-1]}"] if args["contexts"] else []
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         row = [r["name"]]
@@ -199,7 +201,7 @@ def markdown(results, args, machine_name=None) -> str:
         row += [f"{r['train'][t]['peak_mib']:.0f} ({r['train'][t]['peak_mib'] / max(base['train'][t]['peak_mib'], 1e-9):.2f})"
                 if t in r["train"] else "-" for t in args["train_lengths"]]
         row += [f"{r['decode'][c]['ms_per_step']:.2f} ({r['decode'][c]['ms_per_step'] / base['decode'][c]['ms_per_step']:.2f})" for c in args["contexts"]]
-        row += [f"{r['decode'][args['contexts'][-1]]['cache_bytes'] / 1e6:.2f}"]
+        row += [f"{r['decode'][args['contexts'][-1]]['cache_bytes'] / 1e6:.2f}"] if args["contexts"] else []
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -209,19 +211,22 @@ def plot(results, args, path: Path, machine_name=None) -> None:
 
     plt = pyplot()
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for r in results:
-        style = "--" if "reference" in r["name"] else "-"
-        t = [x for x in args["train_lengths"] if x in r["train"]]
-        axes[0].plot(t, [r["train"][x]["seconds"] for x in t], style, marker="o", label=r["name"])
-        axes[1].plot(t, [r["train"][x]["peak_mib"] for x in t], style, marker="o", label=r["name"])
-        c = args["contexts"]
-        axes[2].plot(c, [r["decode"][x]["ms_per_step"] for x in c], style, marker="o", label=r["name"])
-    for ax, title, ylabel, xlabel in [
-        (axes[0], "training forward+backward (B=2)", "seconds", "sequence length T"),
-        (axes[1], "training peak allocation above baseline", "MiB", "sequence length T"),
-        (axes[2], "decode step incl. beam reorder (B=16)", "ms / step", "cache context"),
-    ]:
+    panels = []  # (title, ylabel, xlabel, x values, y of a result at x)
+    if args["train_lengths"]:
+        panels += [("training forward+backward (B=2)", "seconds", "sequence length T", args["train_lengths"],
+                    lambda r, x: r["train"][x]["seconds"] if x in r["train"] else None),
+                   ("training peak allocation above baseline", "MiB", "sequence length T", args["train_lengths"],
+                    lambda r, x: r["train"][x]["peak_mib"] if x in r["train"] else None)]
+    if args["contexts"]:
+        panels += [("decode step incl. beam reorder (B=16)", "ms / step", "cache context", args["contexts"],
+                    lambda r, x: r["decode"][x]["ms_per_step"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.3 * len(panels), 4.5), squeeze=False)
+    axes = axes[0]
+    for ax, (title, ylabel, xlabel, xs, value) in zip(axes, panels):
+        for r in results:
+            points = [(x, value(r, x)) for x in xs if value(r, x) is not None]
+            ax.plot([x for x, _ in points], [y for _, y in points], "--" if "reference" in r["name"] else "-",
+                    marker="o", label=r["name"])
         ax.set_title(title)
         ax.set_ylabel(ylabel)
         ax.set_xlabel(xlabel)
@@ -244,6 +249,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=positive_int, default=1,
                         help="run every configuration this many times, round-robin, and report median times")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="only these of our variants (MHA first)")
+    parser.add_argument("--part", choices=["train", "decode", "both"], default="both",
+                        help="only the training or the decoding measurements")
     opts = parser.parse_args(argv)
     out = Path(opts.out_dir)
     if opts.replot:
@@ -257,8 +264,8 @@ def main(argv=None):
         plot(report["results"], report["settings"], out / "results.png", report["machine"])
         return
     args = {
-        "train_lengths": [512] if opts.quick else [512, 2048, 4096, 8192],
-        "contexts": [1024] if opts.quick else [1024, 4096],
+        "train_lengths": [] if opts.part == "decode" else ([512] if opts.quick else [512, 2048, 4096, 8192]),
+        "contexts": [] if opts.part == "train" else ([1024] if opts.quick else [1024, 4096]),
         "repeats": 2 if opts.quick else 3,
         "steps": opts.steps or (10 if opts.quick else 50),
         "threads": opts.threads,
