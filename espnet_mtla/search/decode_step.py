@@ -26,6 +26,7 @@ eagerly from then on. On a CPU the same fixed-shape step runs eagerly (tests use
 give exactly what ``DecodeStep`` gives).
 """
 
+import contextlib
 import logging
 from typing import Dict, Optional, Tuple
 
@@ -176,29 +177,39 @@ class GraphedDecodeStep(DecodeStep):
                 for name, (index, saved) in slots.items():
                     cache.buffers[name].scatter_(-2, index, saved)
 
-        if self.stream is None:
-            self.stream, self.pool = torch.cuda.Stream(), torch.cuda.graph_pool_handle()
         shape = (bucket.tokens.shape[0], view_slots)
-        graph = torch.cuda.CUDAGraph()
-        self.stream.wait_stream(torch.cuda.current_stream())
-        # torch.cuda.graph() would also empty the allocator's cache at every capture (tens per
-        # search): capture_begin/end on a stream of our own do without.
-        with torch.cuda.stream(self.stream):
+        with self._capture_stream():
             if shape not in self.warmed:  # library handles, Triton compilation: once per shape
                 self._step(caches, bucket, view_slots)  # it writes one slot per row, put back by restore()
                 restore()
                 self.warmed.add(shape)
-            graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
             try:
-                self._step(caches, bucket, view_slots)
+                graph = self._capture(lambda: self._step(caches, bucket, view_slots))
             finally:
-                try:
-                    graph.capture_end()
-                finally:
-                    restore()  # capture runs no kernel: only the Python state moved
-        torch.cuda.current_stream().wait_stream(self.stream)
+                restore()  # capture runs no kernel: only the Python state moved
         self.captures += 1
         log.debug("captured the decode step: %d rows, %d slots", *shape)
+        return graph
+
+    @contextlib.contextmanager
+    def _capture_stream(self):
+        """Warm-up and capture run on a stream of our own (capture needs a non-default stream)."""
+        if self.stream is None:
+            self.stream, self.pool = torch.cuda.Stream(), torch.cuda.graph_pool_handle()
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            yield
+        torch.cuda.current_stream().wait_stream(self.stream)
+
+    def _capture(self, step) -> "torch.cuda.CUDAGraph":
+        """``step()`` recorded in a CUDA graph. torch.cuda.graph() would also empty the
+        allocator's cache at every capture (tens per search): capture_begin/end do without."""
+        graph = torch.cuda.CUDAGraph()
+        graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
+        try:
+            step()
+        finally:
+            graph.capture_end()
         return graph
 
     @staticmethod
