@@ -23,7 +23,8 @@ Capture runs one eager warm-up step first (library handles, Triton compilation) 
 back the only cache contents a step changes: the slot it writes in each row. Where capture
 fails (an operation that synchronises, for example), the step logs one notice and runs
 eagerly from then on. On a CPU the same fixed-shape step runs eagerly (tests use it: it must
-give exactly what ``DecodeStep`` gives).
+give exactly what ``DecodeStep`` gives; they also emulate capture through ``_capture_stream``
+and ``_capture``).
 """
 
 import contextlib
