@@ -66,6 +66,18 @@ def test_quick_cpu_run_of_one_part_and_some_types(tmp_path):
     assert "| MTLA s=2 | auto |" in table and "step ms" not in table and "| MLA |" not in table
 
 
+def test_rows_are_saved_one_by_one():
+    """A run cut off by a time limit (utils/gpu_checks.sh) keeps every row that finished."""
+    from espnet_mtla.bin.bench_kernels import run
+
+    saved = []
+    opts = {"device": "cpu", "dtype": "float32", "batch": 2, "contexts": [64], "train_lengths": [32],
+            "decode_repeats": 1, "core_repeats": 1, "train_repeats": 1, "part": "both", "variants": ["MHA", "MLA"]}
+    report = run(opts, lambda r: saved.append((len(r["decode"]), len(r["train"]))))
+    assert saved == [(1, 0), (2, 0), (2, 1), (2, 2), (2, 3), (3, 3), (4, 3), (4, 4), (4, 5), (4, 6)]
+    assert len(report["decode"]) == 4 and len(report["train"]) == 6
+
+
 def test_bad_options_are_one_line_errors(tmp_path, capsys):
     cases = [
         (["--device", "cpu", "--variants", "MLA", "--out-dir", str(tmp_path / "new")],

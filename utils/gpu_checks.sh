@@ -31,6 +31,9 @@ paper 75 bench_paper_bfloat16 --dtype bfloat16
 paper 40 bench_paper_float32_eager --dtype float32 --no-cuda_graphs --variants MHA "MTLA s=2"
 timeout 70 python3 -m espnet_mtla.bin.bench_kernels --device cuda --part train --variants MHA "MTLA s=2" \
   --out-dir "$out/bench_train" 2>&1 | tee "$out/bench_train.txt"
+# its rows are saved one by one: a run cut off by the limit still gets its table
+[ -f "$out/bench_train/results.json" ] && python3 -m espnet_mtla.bin.bench_kernels --replot \
+  --out-dir "$out/bench_train" && cat "$out/bench_train/results.md"
 tune=
 [ "${TUNE:-0}" = 1 ] && tune=--tune
 timeout 40 python3 -m espnet_mtla.bin.bench_kernels --device cuda --part decode $tune --out-dir "$out/bench" 2>&1 \

@@ -52,7 +52,7 @@ class AttentionCache:
         # Reordering copies into these (allocated once): fresh pages for every beam step
         # cost more than the copy itself.
         self._spare: Dict[str, torch.Tensor] = {}
-        # Set by a replayed decode step (decoder/step_graphs.py): views span this many slots
+        # Set by a replayed decode step (search/decode_step.py): views span this many slots
         # whatever the lengths, so that one captured graph serves many steps (every reader
         # masks slots past each row's length).
         self.view_slots: Optional[int] = None

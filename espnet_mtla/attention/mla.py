@@ -347,8 +347,8 @@ class MultiHeadLatentAttention(CachedAttention):
             complete = slice(s - 1, time // s * s, s)  # last token of every complete chunk: its summary
             visible = torch.div(torch.arange(time, device=partial.device), s, rounding_mode="floor")
             return stride_aware(self._head_major_queries(q_nope, q_rope), partial[:, :time], k_rope,
-                                          partial[:, complete], k_rope[:, complete], visible.expand(batch, time),
-                                          linear_weight_bias(self.kv_up)[0], self.scale)
+                                partial[:, complete], k_rope[:, complete], visible.expand(batch, time),
+                                linear_weight_bias(self.kv_up)[0], self.scale)
         num_chunks = width // s
         dropout = self.dropout if self.training else 0.0
         attend = attention_function(resolve_backend(self.attn_backend, partial, "MLA/MTLA parallel pass"))
@@ -400,7 +400,7 @@ class MultiHeadLatentAttention(CachedAttention):
         if stride_aware is not None:
             slot_latent, slot_rope = slots.to(own.dtype).split([self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
             return stride_aware(self._head_major_queries(q_nope, q_rope), own, k_rope, slot_latent, slot_rope,
-                                          completed, linear_weight_bias(self.kv_up)[0], self.scale)
+                                completed, linear_weight_bias(self.kv_up)[0], self.scale)
         w_uk, w_uv = self._up_weights()
         q_latent = torch.einsum("bthn,hnc->bthc", q_nope, w_uk)  # (B, T, H, d_c)
         if time == 1:

@@ -144,7 +144,8 @@ def bench_train(name, backend, length, opts, device, dtype, timer):
     return {"seconds": seconds, "peak_mib": peak}
 
 
-def run(opts) -> dict:
+def run(opts, save=lambda report: None) -> dict:
+    """Every row of the benchmark; ``save(report)`` after each (a run cut off keeps what finished)."""
     from espnet_mtla.attention.backends import triton_installed
 
     device = torch.device(opts["device"])
@@ -161,6 +162,7 @@ def run(opts) -> dict:
                 row = {"name": name, "backend": backend, "context": context}
                 row.update(bench_decode(name, backend, context, opts, device, dtype, timer))
                 report["decode"].append(row)
+                save(report)
                 core = f", core {row['core_ms']:.3f} ms" if "core_ms" in row else ""
                 print(f"decode {name:9s} ctx={context:6d} {backend:6s} step {row['step_ms']:.3f} ms{core}", flush=True)
                 if device.type == "cuda":
@@ -170,6 +172,7 @@ def run(opts) -> dict:
                 row = {"name": name, "backend": backend, "length": length}
                 row.update(bench_train(name, backend, length, opts, device, dtype, timer))
                 report["train"].append(row)
+                save(report)
                 print(f"train  {name:9s} T={length} {backend:6s} {row['seconds']:.4f} s, peak {row['peak_mib']:.0f} MiB",
                       flush=True)
                 if device.type == "cuda":
@@ -362,8 +365,11 @@ def main(argv=None):
     if opts.tune:
         tune(settings, out)
     print(f"benchmarking attention backends on {opts.device}", flush=True)
-    report = run(settings)
-    write_atomic(out / "results.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+    def save(report):
+        write_atomic(out / "results.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+
+    report = run(settings, save)
+    save(report)
     print("\n" + write_tables(out, report))
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}")
 
