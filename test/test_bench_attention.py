@@ -57,8 +57,12 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
         (["--rounds", "0"], "argument --rounds: must be an integer >= 1, got 0"),
         (["--variants", "MTLA s=3"], "argument --variants: invalid choice: 'MTLA s=3'"),
         (["--part", "kernels"], "argument --part: invalid choice: 'kernels'"),
+        (["--device", "cuda", "--out-dir", str(tmp_path / "new")], "--device cuda times decode steps only: add --part decode"),
         (["--replot", "--out-dir", str(tmp_path)], f"--replot needs {tmp_path}/results.json: run the benchmark"),
-    ]:
+    ] + ([] if torch.cuda.is_available() else [
+        (["--device", "cuda", "--part", "decode", "--out-dir", str(tmp_path / "new")],
+         "--device cuda: no CUDA device is visible"),
+    ]):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2

@@ -12,6 +12,8 @@ Every configuration runs in its own subprocess. Peak memory is PyTorch's CPU all
 peak during one training step above what was allocated before it (profiler allocator events).
 ``--reference`` adds the reference implementation (pip ``mtla==0.3.2``), installed with
 ``--no-deps`` into ``.venv-bench/mtla`` (``make bench`` does it) and loaded by file path.
+``--device cuda`` times the decode steps on a GPU (``--part decode``; synchronised), where
+the reference's layer and ours run on the same shapes.
 Writes ``results.json``, ``results.md`` and ``results.png`` to ``--out-dir``.
 """
 
@@ -66,10 +68,10 @@ def load_reference():
 class ReferenceLayer:
     """Adapter giving the reference layer the benchmark's train/decode calls."""
 
-    def __init__(self, down_rate):
+    def __init__(self, down_rate, device="cpu"):
         module = load_reference()
-        self.layer = module.MultiheadTemporalLatentAttention(EMBED, HEADS, down_rate=down_rate, **LATENT)
-        self.down_rate = down_rate
+        self.layer = module.MultiheadTemporalLatentAttention(EMBED, HEADS, down_rate=down_rate, **LATENT).to(device)
+        self.down_rate, self.device = down_rate, device
 
     def train_step(self, x):
         position = torch.arange(x.shape[1], dtype=torch.float).expand(x.shape[0], -1)
@@ -82,16 +84,16 @@ class ReferenceLayer:
         self.layer._set_input_buffer(
             state,
             {
-                "prev_kv_t": torch.randn(batch, slots, LATENT["kv_lora_rank"]),
-                "prev_k_pe": torch.randn(batch, slots, LATENT["qk_rope_head_dim"]),
-                "infer_steps": torch.zeros(batch) + context,
+                "prev_kv_t": torch.randn(batch, slots, LATENT["kv_lora_rank"], device=self.device),
+                "prev_k_pe": torch.randn(batch, slots, LATENT["qk_rope_head_dim"], device=self.device),
+                "infer_steps": torch.zeros(batch, device=self.device) + context,
             },
         )
         self.state, self.step_index = state, context
         return lambda: sum(t.numel() * t.element_size() for t in self.layer._get_input_buffer(state).values() if t.dim() > 1)
 
     def decode_step(self, x, order):
-        position = torch.full((x.shape[0], 1), float(self.step_index))
+        position = torch.full((x.shape[0], 1), float(self.step_index), device=x.device)
         self.step_index += 1
         out = self.layer(x, x, x, position=position, incremental_state=self.state)
         self.layer.reorder_incremental_state(self.state, order)
@@ -99,10 +101,10 @@ class ReferenceLayer:
 
 
 class OurLayer:
-    def __init__(self, attention_type, conf):
+    def __init__(self, attention_type, conf, device="cpu"):
         from espnet_mtla.attention import build_attention
 
-        self.layer = build_attention(attention_type, EMBED, HEADS, **conf)
+        self.layer = build_attention(attention_type, EMBED, HEADS, **conf).to(device)
 
     def train_step(self, x):
         return self.layer(x)
@@ -110,7 +112,7 @@ class OurLayer:
     def start_decoding(self, batch, context):
         self.cache = self.layer.new_cache(batch, capacity=context + 64)
         with torch.no_grad():
-            for chunk in torch.randn(batch, context, EMBED).split(512, dim=1):
+            for chunk in torch.randn(batch, context, EMBED, device=self.layer.out_proj.weight.device).split(512, dim=1):
                 self.layer.prefill(self.cache, chunk)
         return self.cache.nbytes
 
@@ -120,12 +122,18 @@ class OurLayer:
         return out
 
 
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 # -- one configuration per subprocess -------------------------------------------------------
 def run_config(config, args, queue):
     name, kind = config
     torch.manual_seed(0)
     torch.set_num_threads(args["threads"])
-    layer = ReferenceLayer(REFERENCE[name]) if kind == "reference" else OurLayer(*VARIANTS[name])
+    device = torch.device(args.get("device", "cpu"))
+    layer = ReferenceLayer(REFERENCE[name], device) if kind == "reference" else OurLayer(*VARIANTS[name], device)
     result = {"name": name, "train": {}, "decode": {}}
     for length in args["train_lengths"]:
         if kind == "reference" and length > REFERENCE_MAX_TRAIN:
@@ -144,16 +152,19 @@ def run_config(config, args, queue):
         with torch.no_grad():
             cache_bytes = layer.start_decoding(batch, context)
             gen = torch.Generator().manual_seed(context)
-            tokens = torch.randn(args["steps"] + 1, batch, 1, EMBED)
+            tokens = torch.randn(args["steps"] + 1, batch, 1, EMBED).to(device)
             # Each utterance's beams pick random parents among that utterance's beams.
             orders = [
-                (torch.randint(0, beams, (utts, beams), generator=gen) + torch.arange(utts).unsqueeze(1) * beams).flatten()
+                (torch.randint(0, beams, (utts, beams), generator=gen) + torch.arange(utts).unsqueeze(1) * beams
+                 ).flatten().to(device)
                 for _ in range(args["steps"] + 1)
             ]
             layer.decode_step(tokens[0], orders[0])  # warm-up step
+            synchronize(device)
             start = time.perf_counter()
             for i in range(1, args["steps"] + 1):
                 layer.decode_step(tokens[i], orders[i])
+            synchronize(device)
             per_step = (time.perf_counter() - start) / args["steps"]
         result["decode"][context] = {"ms_per_step": per_step * 1000, "cache_bytes": cache_bytes()}
     queue.put(result)
@@ -251,6 +262,8 @@ def main(argv=None):
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="only these of our variants (MHA first)")
     parser.add_argument("--part", choices=["train", "decode", "both"], default="both",
                         help="only the training or the decoding measurements")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: decode steps on a GPU (with --part decode)")
     opts = parser.parse_args(argv)
     out = Path(opts.out_dir)
     if opts.replot:
@@ -263,7 +276,13 @@ def main(argv=None):
         write_atomic(out / "results.md", lambda tmp: tmp.write_text(markdown(report["results"], report["settings"], report["machine"])))
         plot(report["results"], report["settings"], out / "results.png", report["machine"])
         return
+    if opts.device == "cuda" and not opts.replot:
+        if opts.part != "decode":
+            parser.error("--device cuda times decode steps only: add --part decode")
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA device is visible")
     args = {
+        "device": opts.device,
         "train_lengths": [] if opts.part == "decode" else ([512] if opts.quick else [512, 2048, 4096, 8192]),
         "contexts": [] if opts.part == "train" else ([1024] if opts.quick else [1024, 4096]),
         "repeats": 2 if opts.quick else 3,
@@ -273,15 +292,16 @@ def main(argv=None):
     names = [(n, "ours") for n in (opts.variants or VARIANTS)]
     if opts.reference:
         names += [(n, "reference") for n in REFERENCE]
-    print(f"benchmarking on {machine()}", flush=True)
+    host = machine() if opts.device == "cpu" else f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, fp32"
+    print(f"benchmarking on {host}", flush=True)
     args["rounds"] = opts.rounds
     results = run_all(names, args, opts.rounds)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"machine": machine(), "settings": args, "results": results}
+    report = {"machine": host, "settings": args, "results": results}
     write_atomic(out / "results.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
-    table = markdown(results, args)
+    table = markdown(results, args, host)
     write_atomic(out / "results.md", lambda tmp: tmp.write_text(table))
-    plot(results, args, out / "results.png")
+    plot(results, args, out / "results.png", host)
     print("\n" + table)
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}")
 
