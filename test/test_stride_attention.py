@@ -165,6 +165,14 @@ def test_flex_forward_equals_the_pytorch_op_function():
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
+def test_compiled_flex_forward_skips_blocks_and_equals_the_pytorch_op_function():
+    """Compiled FlexAttention (inductor's CPU kernel, which walks the block lists) over rows
+    whose visibility starts and rises differently: the block-sparse path itself, forward only."""
+    args = flex_inputs(time=150, slots=70)
+    expected = stride_aware_attention(*args)
+    torch.testing.assert_close(stride_flex.flex_stride_attention(*args, block=32), expected, rtol=0, atol=1e-5)
+
+
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("with_prefix", [False, True], ids=["scratch", "after-prefix"])
 @pytest.mark.parametrize("attention_type,conf", CASES, ids=IDS)
