@@ -3,14 +3,16 @@
 Gradients of every parameter (hyper-network included) and of the input equal the explicit
 path's (eager); float64 gradcheck of the autograd Function itself with tiles small enough that
 every loop runs several blocks; and what it keeps for backward is O(T) and, at the paper's
-dimensions, less than MHA keeps.
+dimensions, less than MHA keeps. On GPUs (``attn_backend`` triton) the same through
+FlexAttention (``stride_flex.py``): its block lists and compiled forward are checked here on
+CPUs, its gradients and memory on a GPU.
 """
-
-import pytest
-import torch
 
 import math
 import shutil
+
+import pytest
+import torch
 
 from espnet_mtla.attention import build_attention, stride_attention, stride_flex
 from espnet_mtla.attention.stride_attention import stride_aware_attention
