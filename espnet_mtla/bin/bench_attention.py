@@ -29,7 +29,8 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # silence the profiler backend's
 import torch  # noqa: E402
 
 from espnet_mtla.bin import reference_package  # noqa: E402
-from espnet_mtla.bin.bench_common import machine, peak_allocated_mib, positive_int, run_in_subprocess, save_figure  # noqa: E402
+from espnet_mtla.bin.bench_common import (machine, peak_allocated_mib, positive_int, run_in_subprocess, save_figure,
+                                          synchronize)  # noqa: E402
 from espnet_mtla.fileio import write_atomic  # noqa: E402
 
 EMBED, HEADS = 512, 8
@@ -105,6 +106,7 @@ class OurLayer:
         from espnet_mtla.attention import build_attention
 
         self.layer = build_attention(attention_type, EMBED, HEADS, **conf).to(device)
+        self.device = device
 
     def train_step(self, x):
         return self.layer(x)
@@ -112,7 +114,7 @@ class OurLayer:
     def start_decoding(self, batch, context):
         self.cache = self.layer.new_cache(batch, capacity=context + 64)
         with torch.no_grad():
-            for chunk in torch.randn(batch, context, EMBED, device=self.layer.out_proj.weight.device).split(512, dim=1):
+            for chunk in torch.randn(batch, context, EMBED, device=self.device).split(512, dim=1):
                 self.layer.prefill(self.cache, chunk)
         return self.cache.nbytes
 
@@ -120,11 +122,6 @@ class OurLayer:
         out = self.layer(x, cache=self.cache)
         self.cache.reorder(order)
         return out
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # -- one configuration per subprocess -------------------------------------------------------

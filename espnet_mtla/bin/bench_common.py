@@ -96,6 +96,12 @@ def positive_int(text: str) -> int:
     return value
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on CPUs): wall-clock timing of GPU work needs it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def run_in_subprocess(target, name, opts):
     """``target(name, opts, queue)`` in a fresh spawned process; returns what it put on the queue.
 

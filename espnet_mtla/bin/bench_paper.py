@@ -40,7 +40,7 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 import torch  # noqa: E402
 
 from espnet_mtla.bin.bench_common import (decoder_variants, machine, positive_int, replot, run_in_subprocess,
-                                          save_report)  # noqa: E402
+                                          save_report, synchronize)  # noqa: E402
 from espnet_mtla.bin.bench_decode import kernel_cell, layer_step_kernels  # noqa: E402
 
 VOCAB = 8000
@@ -118,10 +118,6 @@ def run_config(name, opts, queue):
     gen = torch.Generator().manual_seed(1)
     feats = [torch.randn(n, 80, generator=gen).to(device, dtype) for n in frames]
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     def infer(indices):
         x = torch.nn.utils.rnn.pad_sequence([feats[i] for i in indices], batch_first=True)
         enc, enc_lens, _ = encoder(x, torch.tensor([frames[i] for i in indices], device=device))
@@ -133,7 +129,7 @@ def run_config(name, opts, queue):
 
     with torch.no_grad():
         infer(batches[-1][:1])  # warm-up (kernels, allocator)
-        sync()
+        synchronize(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         peak_cache = 0
@@ -142,7 +138,7 @@ def run_config(name, opts, queue):
             for indices in batches:
                 start = time.perf_counter()
                 cache_bytes_peak = infer(indices)
-                sync()
+                synchronize(device)
                 elapsed += time.perf_counter() - start
                 peak_cache = max(peak_cache, cache_bytes_peak)
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else max(memory.samples)
