@@ -39,7 +39,7 @@ demo: install
 # its wheel also installs top-level `experiments` and `assets` packages.
 bench: install
 	test -f .venv-bench/mtla/mtla/MTLA.py || $(PY) -m pip install -q --no-deps --target .venv-bench/mtla mtla==0.3.2
-	$(PY) -m espnet_mtla.bin.bench_attention --reference --out-dir docs/bench
+	$(PY) -m espnet_mtla.bench.attention --reference --out-dir docs/bench
 
 clean-venv:
 	rm -rf $(VENV)

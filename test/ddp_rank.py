@@ -12,10 +12,10 @@ import torch
 
 
 def main() -> None:
-    import espnet_mtla.tasks  # noqa: F401  (registers our classes before ESPnet's parser is built)
+    import espnet_mtla.tasks.registration  # noqa: F401  (registers our classes before ESPnet's parser is built)
     from espnet2.train.trainer import Trainer
 
-    from espnet_mtla.bin.cli import run_training
+    from espnet_mtla.cli.training import run_training
 
     rank, world = int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
     run = Trainer.run.__func__

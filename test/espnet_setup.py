@@ -5,7 +5,7 @@ import copy
 
 import yaml
 
-import espnet_mtla.tasks as registry
+import espnet_mtla.tasks.registration as registry
 from espnet_mtla.attention.registry import attention_types
 
 CHARS = list("abcdefgh")

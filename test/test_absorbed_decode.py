@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from espnet_mtla.attention import build_attention
-from espnet_mtla.bin.bench_common import kernels_launched
+from espnet_mtla.bench.common import kernels_launched
 
 D, H = 32, 4
 LATENT = dict(kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=6)

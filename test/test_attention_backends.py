@@ -12,7 +12,7 @@ import torch
 
 from espnet_mtla.attention import backends, build_attention, set_attention_backend
 from espnet_mtla.attention.backends import resolve_backend
-from espnet_mtla.errors import ConfigError
+from espnet_mtla.storage.errors import ConfigError
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")

@@ -8,8 +8,8 @@ import soundfile
 import torch
 
 from espnet_setup import ATTENTION_TYPES, TASKS, config, parse, write_yaml
-import espnet_mtla.tasks as registry
-from espnet_mtla.bin.cli import run_inference
+import espnet_mtla.tasks.registration as registry
+from espnet_mtla.cli.inference import run_inference
 
 # Very different lengths, in an order that is not sorted, so that batches mix them.
 SECONDS = [0.35, 2.4, 0.8, 1.6, 0.25, 3.1, 1.1]

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from espnet_mtla.bin.bench_attention import OurLayer, main, markdown, peak_allocated_mib
+from espnet_mtla.bench.attention import OurLayer, main, markdown, peak_allocated_mib
 
 
 def test_peak_allocation_counts_a_known_tensor():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from espnet_mtla.bin import bench_decode
+from espnet_mtla.bench import decode as bench_decode
 
 COMMITTED = Path(__file__).resolve().parent.parent / "docs" / "bench_decode" / "results.json"
 
@@ -31,7 +31,7 @@ def test_replot_without_results_names_the_file(tmp_path, capsys):
 
 
 def test_batch_decode_replot_from_the_committed_results(tmp_path):
-    from espnet_mtla.bin import bench_batch_decode
+    from espnet_mtla.bench import batch_decode as bench_batch_decode
 
     committed = COMMITTED.parent.parent / "bench_batch_decode" / "results.json"
     shutil.copy(committed, tmp_path / "results.json")
@@ -53,7 +53,7 @@ def test_batch_decode_replot_from_the_committed_results(tmp_path):
 
 # -- the paper-protocol benchmark (bench_paper) ----------------------------------------------
 def test_paper_test_set_is_tst_common_shaped_and_fixed():
-    from espnet_mtla.bin import bench_paper
+    from espnet_mtla.bench import paper as bench_paper
 
     frames, tokens = bench_paper.test_set(bench_paper.TST_COMMON_SEGMENTS)
     assert len(frames) == 2641 and (frames, tokens) == bench_paper.test_set(2641)
@@ -80,14 +80,14 @@ def test_paper_benchmark_cpu_mode_runs_every_type_side_by_side(tmp_path):
     import subprocess
     import sys
 
-    from espnet_mtla.bin import bench_paper
+    from espnet_mtla.bench import paper as bench_paper
 
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(BLOCK_ESPNET)
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ, PYTHONPATH=f"{site}{os.pathsep}{root}")
-    result = subprocess.run([sys.executable, "-m", "espnet_mtla.bin.bench_paper", "--device", "cpu", "--utts", "2",
+    result = subprocess.run([sys.executable, "-m", "espnet_mtla.bench.paper", "--device", "cpu", "--utts", "2",
                              "--beam", "2", "--threads", "1", "--variants", "MHA", "MTLA s=2", "--out-dir", str(tmp_path)],
                             env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -106,7 +106,7 @@ def test_paper_benchmark_cpu_mode_runs_every_type_side_by_side(tmp_path):
 def test_paper_benchmark_refuses_a_missing_gpu_in_one_line(capsys):
     import torch
 
-    from espnet_mtla.bin import bench_paper
+    from espnet_mtla.bench import paper as bench_paper
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is here")
@@ -116,7 +116,7 @@ def test_paper_benchmark_refuses_a_missing_gpu_in_one_line(capsys):
 
 
 def test_paper_benchmark_refuses_cuda_graphs_on_a_cpu_in_one_line(capsys, tmp_path):
-    from espnet_mtla.bin import bench_paper
+    from espnet_mtla.bench import paper as bench_paper
 
     with pytest.raises(SystemExit):
         bench_paper.main(["--device", "cpu", "--cuda_graphs", "--out-dir", str(tmp_path / "out")])
@@ -124,13 +124,13 @@ def test_paper_benchmark_refuses_cuda_graphs_on_a_cpu_in_one_line(capsys, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("module", ["bench_decode", "bench_paper"])
+@pytest.mark.parametrize("module", ["decode", "paper"])
 def test_variants_without_mha_are_a_one_line_error(module, capsys, tmp_path):
     import importlib
 
-    bench = importlib.import_module(f"espnet_mtla.bin.{module}")
+    bench = importlib.import_module(f"espnet_mtla.bench.{module}")
     with pytest.raises(SystemExit):
         bench.main(["--variants", "MTLA s=2", "--out-dir", str(tmp_path / "out")]
-                   + (["--device", "cpu"] if module == "bench_paper" else []))
+                   + (["--device", "cpu"] if module == "paper" else []))
     assert "--variants must include MHA (every ratio is to MHA)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing written

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from espnet_mtla.bin.bench_kernels import VARIANTS, main, markdown
+from espnet_mtla.bench.kernels import VARIANTS, main, markdown
 
 
 def fake_report(bandwidth=None):
@@ -68,7 +68,7 @@ def test_quick_cpu_run_of_one_part_and_some_types(tmp_path):
 
 def test_rows_are_saved_one_by_one():
     """A run cut off by a time limit (utils/gpu_checks.sh) keeps every row that finished."""
-    from espnet_mtla.bin.bench_kernels import run
+    from espnet_mtla.bench.kernels import run
 
     saved = []
     opts = {"device": "cpu", "dtype": "float32", "batch": 2, "contexts": [64], "train_lengths": [32],

@@ -64,7 +64,7 @@ def test_queue_jobs_runs_jobs_and_names_the_failed_ones(slurm, tmp_path):
 
 
 def test_missing_sbatch_is_a_one_line_error_naming_the_option(tmp_path, monkeypatch):
-    from espnet_mtla.pipeline import Pipeline, StageError, get_parser
+    from espnet_mtla.recipe.pipeline import Pipeline, StageError, get_parser
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
     pipeline = Pipeline(get_parser().parse_args(["--task", "asr", "--decode_cmd", "slurm --mem 4G"]))
@@ -196,7 +196,7 @@ def test_ddp_two_cpu_ranks_train_one_model_that_decodes(slurm, local_recipe):
 
 
 def test_stage7_passes_espnets_distributed_options():
-    from espnet_mtla.pipeline import Pipeline, get_parser
+    from espnet_mtla.recipe.pipeline import Pipeline, get_parser
 
     def dist(*options):
         return [str(x) for x in Pipeline(get_parser().parse_args(["--task", "asr", *options])).distributed_args()]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from espnet_mtla import datadir
+from espnet_mtla.data import datadir
 from espnet_mtla.data import ami, corpus, mustc, slurp, xsum, zip_features
 from espnet_mtla.data.format_audio import format_dir
 from mini_corpora import write_ami, write_mustc, write_slurp, write_xsum_jsonl, write_xsum_original
@@ -211,7 +211,7 @@ def test_db_sh_corpus_paths(tmp_path, capsys):
 # -- fairseq-style zip storage ----------------------------------------------------------------------
 def test_zip_storage_reads_back_what_the_ark_holds(corpora, tmp_path):
     """The same fbank features through ESPnet's dataset from kaldi ark and from the zip."""
-    import espnet_mtla.tasks  # noqa: F401  (registers the zip_npy data type)
+    import espnet_mtla.tasks.registration  # noqa: F401  (registers the zip_npy data type)
     from espnet2.train.dataset import ESPnetDataset
 
     mustc.prepare(corpora["mustc"][0], tmp_path / "data", splits=["dev"])

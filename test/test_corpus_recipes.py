@@ -52,7 +52,7 @@ def asr_model_file(st_config: Path, out: Path) -> dict:
     import yaml
 
     from espnet_setup import TOKENS, parse
-    import espnet_mtla.tasks as registry
+    import espnet_mtla.tasks.registration as registry
 
     config = yaml.safe_load(st_config.read_text())
     config.update(model="decoder_only", model_conf={"ctc_weight": 0.3}, token_list=TOKENS, token_type="char",

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from espnet_mtla import datadir
+from espnet_mtla.data import datadir
 
 
 def make_dir(path, n=4, fs=16000):
@@ -45,7 +45,7 @@ def test_all_problems_in_one_pass_then_fix(tmp_path, capsys):
     assert problems.bad_utts == {"spk0-utt0", "spk1-utt1", "spk0-utt2", "spk1-utt3", "spk1-utt5"}
 
     assert datadir.main(["validate", str(d), "--audio", "--fs", "16000"]) == 1
-    assert f"python -m espnet_mtla.datadir fix {d} --audio --fs 16000" in capsys.readouterr().err
+    assert f"python -m espnet_mtla.data.datadir fix {d} --audio --fs 16000" in capsys.readouterr().err
     assert datadir.fix(d, check_audio=True, fs=16000) == 5
     problems = datadir.validate(d, check_audio=True, fs=16000)
     assert not problems, problems.report(d)

@@ -9,7 +9,7 @@ from espnet.nets.scorers.length_bonus import LengthBonus
 from decoder_reference import RecomputingScorer
 from espnet_mtla.decoder import DecoderOnlyDecoder
 from espnet_mtla.attention.registry import attention_types
-from espnet_mtla.errors import ConfigError
+from espnet_mtla.storage.errors import ConfigError
 
 TYPES = attention_types()
 VOCAB, ENC_DIM, EOS = 13, 16, 12

@@ -217,7 +217,7 @@ def test_shared_rope_key_is_exact_for_one_kv_head():
 
 
 def test_bench_from_llama_writes_its_table(tmp_path):
-    from espnet_mtla.bin import bench_from_llama
+    from espnet_mtla.bench import from_llama as bench_from_llama
 
     bench_from_llama.main(["--steps", "3", "--out-dir", str(tmp_path), "--threads", "1"])
     import json

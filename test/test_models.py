@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from espnet_setup import ATTENTION_TYPES, INTENTS, SLU_TOKENS, TASKS, TOKENS, config, parse, write_yaml
-import espnet_mtla.tasks as registry
+import espnet_mtla.tasks.registration as registry
 from espnet_mtla.decoder import DecoderOnlyDecoder
-from espnet_mtla.errors import ConfigError
+from espnet_mtla.storage.errors import ConfigError
 from espnet_mtla.models.asr import DecoderOnlyASRModel
 from espnet_mtla.models.common import CheckpointMismatchError
 from espnet_mtla.models.mt import DecoderOnlyMTModel

@@ -3,8 +3,8 @@
 import numpy as np
 import soundfile
 
-from espnet_mtla import datadir
-from espnet_mtla.pipeline import Pipeline, get_parser
+from espnet_mtla.data import datadir
+from espnet_mtla.recipe.pipeline import Pipeline, get_parser
 
 
 def make_data(path, durations, rates=None):
@@ -70,7 +70,7 @@ def test_format_logs_what_it_resampled(tmp_path, monkeypatch, caplog):
 
 
 def test_decoding_before_training_is_a_one_line_error(tmp_path, monkeypatch, capsys):
-    from espnet_mtla.pipeline import main
+    from espnet_mtla.recipe.pipeline import main
 
     monkeypatch.chdir(tmp_path)
     code = main(["--task", "asr", "--stage", "8", "--stop_stage", "8", "--train_config", "conf/train_{attention}.yaml",
@@ -83,7 +83,7 @@ def test_decoding_before_training_is_a_one_line_error(tmp_path, monkeypatch, cap
 
 
 def test_data_stage_outside_a_recipe_dir(tmp_path, monkeypatch, capsys):
-    from espnet_mtla.pipeline import main
+    from espnet_mtla.recipe.pipeline import main
 
     monkeypatch.chdir(tmp_path)
     assert main(["--task", "asr", "--stage", "1", "--stop_stage", "1", "--expdir", str(tmp_path / "exp")]) == 1
@@ -94,15 +94,16 @@ def test_data_stage_outside_a_recipe_dir(tmp_path, monkeypatch, capsys):
 def test_missing_packed_model_is_a_one_line_error(tmp_path):
     import pytest
 
-    from espnet_mtla.bin.cli import unpack_model_option
+    from espnet_mtla.cli.options import unpack_model_option
+    from espnet_mtla.tasks.specs import get_task
 
     with pytest.raises(SystemExit, match=f"^error: --packed_model: no such file: {tmp_path / 'x.zip'}$"):
-        unpack_model_option("asr", ["--packed_model", str(tmp_path / "x.zip"), "--output_dir", "out"])
-    assert unpack_model_option("asr", ["--output_dir", "out"]) == ["--output_dir", "out"]
+        unpack_model_option(get_task("asr"), ["--packed_model", str(tmp_path / "x.zip"), "--output_dir", "out"])
+    assert unpack_model_option(get_task("asr"), ["--output_dir", "out"]) == ["--output_dir", "out"]
 
 
 def test_missing_symbols_file_and_ssl_checkpoint_are_one_line_errors(tmp_path, monkeypatch, capsys):
-    from espnet_mtla.pipeline import main
+    from espnet_mtla.recipe.pipeline import main
 
     monkeypatch.chdir(tmp_path)
     common = ["--task", "slu", "--expdir", str(tmp_path / "exp"), "--train_config", "train.yaml"]
@@ -163,7 +164,7 @@ def test_report_renders_results_md_from_results_json(tmp_path, monkeypatch):
 
 
 def test_results_figure_has_one_bar_per_experiment_in_each_panel(tmp_path):
-    from espnet_mtla.results import plot_results
+    from espnet_mtla.recipe.results import plot_results
 
     rows = [{"experiment": f"asr_train_{a}", "test_set": t, "model": "m", "scores": {"wer": w},
              "utterances_per_s": 3.0, "peak_memory_bytes": 2**20, "cache_bytes_peak": None if a == "mha" else 10**6}

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from espnet_mtla.attention import build_attention
-from espnet_mtla.bin import reference_package
+from espnet_mtla.interop import reference_package
 from espnet_mtla.bin.import_reference import main as import_reference
 from test_reference_layer import DIMS, H, D, TOL, reference, reference_layer, reference_parallel, inputs  # noqa: F401
 

@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from espnet_mtla.attention import MultiheadTemporalLatentAttention, build_attention
-from espnet_mtla.attention.reference_compat import (
+from espnet_mtla.interop.reference_layer import (
     ReferenceFormatError,
     build_from_reference,
     convert_reference_layer,
     reference_layer_config,
     rope_rows,
 )
-from espnet_mtla.bin import reference_package
+from espnet_mtla.interop import reference_package
 
 ROOT = Path(__file__).resolve().parents[1]
 D, H, T = 48, 4, 11

@@ -18,7 +18,7 @@ import pytest
 import soundfile
 import torch
 
-from espnet_mtla.stage_record import StageRecord
+from espnet_mtla.recipe.records import StageRecord
 from espnet_setup import config, parse, write_yaml
 from test_pipeline_stages import make_data
 from test_recipes import SCLITE, recipe_copy, table
@@ -28,7 +28,7 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
 
 
 def pipeline_cmd(*args):
-    return [sys.executable, "-m", "espnet_mtla.pipeline", "--task", "asr", *map(str, args)]
+    return [sys.executable, "-m", "espnet_mtla.recipe.pipeline", "--task", "asr", *map(str, args)]
 
 
 def run_ok(cmd, cwd):
@@ -58,7 +58,7 @@ def pipeline_log(cwd: Path) -> str:
 
 # -- stage records -------------------------------------------------------------------------------
 def test_finished_stages_are_skipped_and_redone_when_options_or_inputs_change(tmp_path, monkeypatch):
-    from espnet_mtla.pipeline import main
+    from espnet_mtla.recipe.pipeline import main
 
     monkeypatch.chdir(tmp_path)
     for name in ("train", "dev", "test"):
@@ -95,7 +95,7 @@ def test_finished_stages_are_skipped_and_redone_when_options_or_inputs_change(tm
 
 
 def test_a_stage_after_an_interrupted_one_refuses_to_run(tmp_path, monkeypatch, capsys):
-    from espnet_mtla.pipeline import main
+    from espnet_mtla.recipe.pipeline import main
 
     monkeypatch.chdir(tmp_path)
     for name in ("train", "dev", "test"):
@@ -128,7 +128,7 @@ def make_decode_setup(root: Path, durations, tags=("tiny",)):
         (test / name).write_text("\n".join(content) + "\n")
     write_yaml(root / "train.yaml", config("asr", "mtla"))
     args = parse("asr", root / "train.yaml")
-    import espnet_mtla.tasks as registry
+    import espnet_mtla.tasks.registration as registry
 
     torch.manual_seed(0)
     model = registry.ESPNET_TASKS["asr"].build_model(args)
@@ -255,7 +255,7 @@ def test_training_killed_mid_epoch_resumes_to_the_same_model(tmp_path):
 def test_repair_before_resume_restores_the_files_a_kill_can_leave_behind(tmp_path):
     from espnet2.train.reporter import Reporter
 
-    from espnet_mtla.training_files import atomic_torch_save, repair_before_resume
+    from espnet_mtla.storage.training_files import atomic_torch_save, repair_before_resume
 
     reporter = Reporter()
     for epoch, acc in ((1, 0.5), (2, 0.7)):

@@ -22,8 +22,8 @@ import pytest
 import torch
 import yaml
 
-from espnet_mtla import safe_load
-from espnet_mtla.packed_model import PackedModelError, pack, unpack, unpacked_folder, write_safetensors_copy
+from espnet_mtla.storage import safe_load
+from espnet_mtla.storage.packed_model import PackedModelError, pack, unpack, unpacked_folder, write_safetensors_copy
 from test_cli import write_asr_setup
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,23 +7,23 @@ import sys
 import pytest
 
 from espnet_mtla.metrics.scoring import METRICS
-from espnet_mtla.task_specs import TASKS, get_task
+from espnet_mtla.tasks.specs import TASKS, get_task
 
 
 def test_table_imports_neither_espnet_nor_torch_and_the_cli_cycle_is_gone():
-    code = ("import sys, espnet_mtla.task_specs, espnet_mtla.bin.batch_inference\n"
+    code = ("import sys, espnet_mtla.tasks.specs, espnet_mtla.cli.batch_inference\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('espnet', 'espnet2')),"
-            " 'espnet_mtla.bin.cli' in sys.modules)")
+            " 'espnet_mtla.cli.inference' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[] False"
-    code = "import sys, espnet_mtla.task_specs; print('torch' in sys.modules)"
+    code = "import sys, espnet_mtla.tasks.specs; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_every_spec_names_what_espnet_and_we_have(name):
-    import espnet_mtla.tasks as registered
+    import espnet_mtla.tasks.registration as registered
 
     spec = get_task(name)
     assert registered.ESPNET_TASKS[name].__name__ == spec.espnet_task

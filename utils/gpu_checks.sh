@@ -25,22 +25,22 @@ timeout 90 python3 -m pytest -q -p no:cacheprovider test/test_decode_step.py tes
 paper() {  # paper <seconds> <out name> <bench_paper options...>
   local limit=$1 name=$2
   shift 2
-  timeout "$limit" python3 -m espnet_mtla.bin.bench_paper --device cuda --utts "$utts" --out-dir "$out/$name" "$@" \
+  timeout "$limit" python3 -m espnet_mtla.bench.paper --device cuda --utts "$utts" --out-dir "$out/$name" "$@" \
     2>&1 | tail -20 | tee "$out/$name.txt"
 }
 paper 100 bench_paper_float32 --dtype float32
 paper 65 bench_paper_bfloat16 --dtype bfloat16
 paper 40 bench_paper_float32_eager --dtype float32 --no-cuda_graphs --variants MHA "MTLA s=2"
-timeout 70 python3 -m espnet_mtla.bin.bench_kernels --device cuda --part train --variants MHA "MTLA s=2" \
+timeout 70 python3 -m espnet_mtla.bench.kernels --device cuda --part train --variants MHA "MTLA s=2" \
   --out-dir "$out/bench_train" 2>&1 | tee "$out/bench_train.txt"
 # its rows are saved one by one: a run cut off by the limit still gets its table
-[ -f "$out/bench_train/results.json" ] && python3 -m espnet_mtla.bin.bench_kernels --replot \
+[ -f "$out/bench_train/results.json" ] && python3 -m espnet_mtla.bench.kernels --replot \
   --out-dir "$out/bench_train" && cat "$out/bench_train/results.md"
 if [ -f .venv-bench/mtla/mtla/MTLA.py ]; then
-  timeout 30 python3 -m espnet_mtla.bin.bench_attention --reference --device cuda --part decode \
+  timeout 30 python3 -m espnet_mtla.bench.attention --reference --device cuda --part decode \
     --variants MHA "MTLA s=2" --out-dir "$out/bench_reference" 2>&1 | tail -8 | tee "$out/bench_reference.txt"
 fi
 tune=
 [ "${TUNE:-0}" = 1 ] && tune=--tune
-timeout 30 python3 -m espnet_mtla.bin.bench_kernels --device cuda --part decode $tune --out-dir "$out/bench" 2>&1 \
+timeout 30 python3 -m espnet_mtla.bench.kernels --device cuda --part decode $tune --out-dir "$out/bench" 2>&1 \
   | tee "$out/bench.txt"

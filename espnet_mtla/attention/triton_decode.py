@@ -123,7 +123,7 @@ def latent_decode(
     Returns softmax(scale * query . slots) @ slots[..., :d_c]: (B, H, d_c) in query's dtype.
     ``num_splits`` overrides the split count (tests); by default about two programs per SM.
     ``block_s`` (slots per loop step), ``num_warps`` and ``num_stages`` are tuning knobs
-    (``espnet_mtla.bin.bench_kernels --tune`` times them).
+    (``espnet_mtla.bench.kernels --tune`` times them).
     """
     batch, heads, width = query.shape
     if slots.shape[0] != batch or slots.shape[-1] != width or slots.dtype != query.dtype:

@@ -2,11 +2,12 @@
 
 from typing import List, Optional
 
-from espnet_mtla.bin.cli import run_training
+from espnet_mtla.cli.training import run_training
+from espnet_mtla.tasks.specs import get_task
 
 
 def main(cmd: Optional[List[str]] = None) -> None:
-    run_training("asr", cmd)
+    run_training(get_task("asr"), cmd)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ layer: a ``MultiheadTemporalLatentAttention`` (or fairseq ``MultiheadLatentAtten
 dict, or a larger one whose layer sits under ``--prefix``; writes ``{"config": ..., "state_dict":
 ...}`` where ``build_attention(**config).load_state_dict(state_dict)`` rebuilds it.
 hf: a ``LlamaMTLAForCausalLM`` directory -> ours, loadable with ``from_pretrained(OUT_DIR)``.
-fairseq: see ``espnet_mtla.decoder.fairseq_checkpoint`` (decoder stack -> ``DecoderOnlyDecoder``).
-Input files are read without unpickling code (espnet_mtla.safe_load); outputs appear whole or
+fairseq: see ``espnet_mtla.interop.fairseq_checkpoint`` (decoder stack -> ``DecoderOnlyDecoder``).
+Input files are read without unpickling code (espnet_mtla.storage.safe_load); outputs appear whole or
 not at all. A file that is not what it claims gives one line naming it and the first bad key.
 """
 
@@ -20,15 +20,15 @@ from pathlib import Path
 
 import torch
 
-from espnet_mtla import safe_load
-from espnet_mtla.attention.reference_compat import (
+from espnet_mtla.storage import safe_load
+from espnet_mtla.interop.reference_layer import (
     ReferenceFormatError,
     convert_reference_layer,
     reference_layer_config,
     strip_prefix,
 )
-from espnet_mtla.errors import one_line_errors
-from espnet_mtla.fileio import write_atomic, write_directory_atomic
+from espnet_mtla.storage.errors import one_line_errors
+from espnet_mtla.storage.fileio import write_atomic, write_directory_atomic
 
 
 def import_layer(source: Path, out: Path, num_heads: int, down_rate: int = 2, prefix: str = "") -> dict:
@@ -49,7 +49,7 @@ def import_layer(source: Path, out: Path, num_heads: int, down_rate: int = 2, pr
 
 
 def import_hf(source: Path, out: Path) -> None:
-    from espnet_mtla.hf.reference import convert_reference_checkpoint, copy_tokenizer_files
+    from espnet_mtla.interop.hf_checkpoint import convert_reference_checkpoint, copy_tokenizer_files
 
     model = convert_reference_checkpoint(source)
     write_directory_atomic(out, lambda tmp: (model.save_pretrained(tmp), copy_tokenizer_files(source, tmp)))
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
             import_hf(args.source, args.out)
             print(f"wrote {args.out}: LlamaMTLAForCausalLM.from_pretrained({str(args.out)!r}) loads it")
         else:
-            from espnet_mtla.decoder.fairseq_checkpoint import import_fairseq
+            from espnet_mtla.interop.fairseq_checkpoint import import_fairseq
 
             import_fairseq(args.source, args.out)
 

@@ -16,7 +16,7 @@ from typing import Optional
 import yaml
 
 from espnet_mtla.attention.registry import attention_types
-from espnet_mtla.fileio import write_text_atomic
+from espnet_mtla.storage.fileio import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[2]
 # recipe conf dir -> [(train template, decode template, file prefix)], paths relative to the repository

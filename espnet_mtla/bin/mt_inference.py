@@ -2,11 +2,12 @@
 
 from typing import List, Optional
 
-from espnet_mtla.bin.cli import run_inference
+from espnet_mtla.cli.inference import run_inference
+from espnet_mtla.tasks.specs import get_task
 
 
 def main(cmd: Optional[List[str]] = None) -> None:
-    run_inference("mt", cmd)
+    run_inference(get_task("mt"), cmd)
 
 
 if __name__ == "__main__":

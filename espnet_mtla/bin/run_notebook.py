@@ -12,7 +12,7 @@ def run_notebook(path: Path, out: Path, timeout: int = 600) -> None:
     import nbformat
     from nbclient import NotebookClient
 
-    from espnet_mtla.fileio import write_atomic
+    from espnet_mtla.storage.fileio import write_atomic
 
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()

@@ -28,7 +28,7 @@ from xml.parsers import expat
 
 from espnet_mtla.data.corpus import CorpusError
 from espnet_mtla.data.kaldi_dir import Utterance, write_data_dir
-from espnet_mtla.errors import one_line_errors
+from espnet_mtla.storage.errors import one_line_errors
 
 DEV = ("ES2011a ES2011b ES2011c ES2011d IB4001 IB4002 IB4003 IB4004 IB4010 IB4011 "
        "IS1008a IS1008b IS1008c IS1008d TS3004a TS3004b TS3004c TS3004d").split()

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, Sequence, Tuple
 
-from espnet_mtla.errors import one_line_errors
+from espnet_mtla.storage.errors import one_line_errors
 
 
 class CorpusError(RuntimeError):

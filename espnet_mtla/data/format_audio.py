@@ -28,8 +28,8 @@ import soxr
 from tqdm import tqdm
 
 from espnet_mtla.data.zip_features import ZipNpyWriter
-from espnet_mtla.errors import one_line_errors
-from espnet_mtla.fileio import write_atomic, write_text_atomic
+from espnet_mtla.storage.errors import one_line_errors
+from espnet_mtla.storage.fileio import write_atomic, write_text_atomic
 
 AUDIO_FORMATS = ("flac", "wav", "flac.ark", "wav.ark")
 
@@ -127,7 +127,7 @@ def format_dir(src: Path, dump: Path, audio_format: str, fs: int, feats_type: st
                 samples, rate = soxr.resample(samples, rate, fs).astype(np.float32), fs
             if len(samples) == 0:
                 raise RuntimeError(f"{src / 'wav.scp'} ({utt}): zero-length audio; drop it with "
-                                   f"python -m espnet_mtla.datadir fix {src} --audio")
+                                   f"python -m espnet_mtla.data.datadir fix {src} --audio")
             if feats_type == "fbank":
                 feats = fbank(samples, rate)
                 writer(utt, feats)

@@ -30,7 +30,7 @@ from espnet_mtla.data import conditions
 from espnet_mtla.data.grammar import command, sentence
 from espnet_mtla.data.kaldi_dir import Utterance, write_data_dir
 from espnet_mtla.data.speech_synth import SAMPLE_RATE, VOICES, Voice, check_espeak, speak
-from espnet_mtla.fileio import write_atomic, write_text_atomic
+from espnet_mtla.storage.fileio import write_atomic, write_text_atomic
 
 TASKS = ("asr", "st", "slu", "mt")
 SPLITS = ("train", "dev", "test")

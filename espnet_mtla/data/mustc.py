@@ -22,7 +22,7 @@ import yaml
 
 from espnet_mtla.data.corpus import CorpusError, read_lines
 from espnet_mtla.data.kaldi_dir import Utterance, write_data_dir
-from espnet_mtla.errors import one_line_errors
+from espnet_mtla.storage.errors import one_line_errors
 
 SPLITS = ("train", "dev", "tst-COMMON", "tst-HE")
 OPTIONAL = ("tst-HE",)  # not in every release: skipped, with a notice, when absent

@@ -21,8 +21,8 @@ from typing import List
 
 from espnet_mtla.data.corpus import CorpusError, read_json_lines
 from espnet_mtla.data.kaldi_dir import Utterance, write_data_dir
-from espnet_mtla.errors import one_line_errors
-from espnet_mtla.fileio import write_text_atomic
+from espnet_mtla.storage.errors import one_line_errors
+from espnet_mtla.storage.fileio import write_text_atomic
 
 SPLITS = {"train": ["train"], "devel": ["devel"], "test": ["test"]}
 

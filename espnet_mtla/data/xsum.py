@@ -22,7 +22,7 @@ from typing import Dict, List, Tuple
 
 from espnet_mtla.data.corpus import CorpusError, read_json_lines, read_lines
 from espnet_mtla.data.kaldi_dir import Utterance, write_data_dir
-from espnet_mtla.errors import one_line_errors
+from espnet_mtla.storage.errors import one_line_errors
 
 SPLIT_FILE = "XSum-TRAINING-DEV-TEST-SPLIT-90-5-5.json"
 SPLITS = {"train": "train", "dev": "validation", "test": "test"}  # our name -> the release's

@@ -6,7 +6,7 @@ addressed by byte offset, so that a reader seeks straight to an utterance.
 
 ``python -m espnet_mtla.data.format_audio ... --feats_type fbank --feats_storage zip`` writes
 them (pipeline: ``--feats_type fbank --feats_storage zip``); training and decoding read them
-through the ESPnet data type ``zip_npy``, registered by ``import espnet_mtla.tasks``.
+through the ESPnet data type ``zip_npy``, registered by ``import espnet_mtla.tasks.registration``.
 """
 
 import io
@@ -103,8 +103,8 @@ def register_data_type() -> None:
 
 def write_manifest(dump_dir: Path, text_file: str = "text") -> None:
     """fairseq's speech-to-text manifest (``manifest.tsv``) of a dump dir with zip features."""
-    from espnet_mtla import datadir
-    from espnet_mtla.fileio import write_text_atomic
+    from espnet_mtla.data import datadir
+    from espnet_mtla.storage.fileio import write_text_atomic
 
     problems = datadir.Problems()
     feats = datadir.read_table(dump_dir / "feats.scp", problems)

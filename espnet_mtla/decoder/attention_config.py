@@ -17,7 +17,7 @@ The sections and what each holds come from the attention registry
 from typing import Dict, Optional
 
 from espnet_mtla.attention.registry import attention_types, build_attention, config_sections
-from espnet_mtla.errors import ConfigError, check_known_keys
+from espnet_mtla.storage.errors import ConfigError, check_known_keys
 
 
 def attention_kwargs(attention_type: str, sections: Dict[str, Optional[dict]]) -> dict:

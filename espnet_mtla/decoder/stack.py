@@ -22,7 +22,7 @@ from espnet_mtla.attention.cache import LayerCaches
 from espnet_mtla.attention.registry import config_sections
 from espnet_mtla.decoder.attention_config import build_layer_attention
 from espnet_mtla.decoder.layers import DecoderLayer, PrefixProjector, build_norm
-from espnet_mtla.errors import ConfigError, check_dropout_rate, check_known_keys
+from espnet_mtla.storage.errors import ConfigError, check_dropout_rate, check_known_keys
 
 PREFIX_MODES = ("kv_only", "causal_lm")
 

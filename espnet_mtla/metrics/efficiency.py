@@ -13,8 +13,8 @@ from typing import Dict, Optional
 import torch
 
 from espnet_mtla.metrics.memory import PeakMemory
-from espnet_mtla.fileio import write_text_atomic
-from espnet_mtla.progress import DECODED
+from espnet_mtla.storage.fileio import write_text_atomic
+from espnet_mtla.recipe.progress import DECODED
 
 
 def _best(results):
@@ -66,7 +66,7 @@ class EfficiencyRecorder:
         self.total = total  # utterances this job decodes, for its progress lines (when known)
 
     def _progress(self) -> None:
-        if self.total:  # the pipeline sums these lines over its jobs (espnet_mtla.progress)
+        if self.total:  # the pipeline sums these lines over its jobs (espnet_mtla.recipe.progress)
             logging.info(DECODED.format(done=len(self.utterances), total=self.total))
 
     def timed(self, fn):

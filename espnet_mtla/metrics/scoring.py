@@ -1,7 +1,7 @@
 """Scoring: sclite WER/CER, sacrebleu BLEU/chrF, SLU intent accuracy, ROUGE.
 
 ``METRICS`` is the registry the pipeline's ``--metrics`` picks from (a task's defaults are in
-``espnet_mtla.task_specs``). Every scorer has one signature: ``scorer(refs, hyps, out_dir)``,
+``espnet_mtla.tasks.specs``). Every scorer has one signature: ``scorer(refs, hyps, out_dir)``,
 references and hypotheses as {utt_id: text}; it writes its detailed output files to
 ``out_dir`` and returns a flat dict of numbers (percentages where usual). ``score`` runs
 several into ``<decode dir>/score_<metric>/``.
@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Callable, Dict, Sequence
 
-from espnet_mtla.fileio import write_text_atomic
+from espnet_mtla.storage.fileio import write_text_atomic
 
 SCLITE_CANDIDATES = ("/usr/lib/sctk/bin/sclite", "sclite")
 

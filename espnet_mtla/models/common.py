@@ -3,7 +3,7 @@
 import torch
 
 from espnet_mtla.decoder import DecoderOnlyDecoder
-from espnet_mtla.errors import ConfigError
+from espnet_mtla.storage.errors import ConfigError
 
 
 class CheckpointMismatchError(RuntimeError):

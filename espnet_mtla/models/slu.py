@@ -11,7 +11,7 @@ from espnet2.slu.espnet_model import ESPnetSLUModel
 from espnet.nets.pytorch_backend.nets_utils import th_accuracy
 from espnet.nets.pytorch_backend.transformer.add_sos_eos import add_sos_eos
 
-from espnet_mtla.errors import ConfigError
+from espnet_mtla.storage.errors import ConfigError
 from espnet_mtla.models.common import DecoderOnlyModelMixin
 from espnet_mtla.models.losses import weighted_label_smoothing_loss
 

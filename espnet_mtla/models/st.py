@@ -1,7 +1,7 @@
 """Speech translation with the decoder-only stack.
 
 ESPnet's st task has no ``model`` choice: ``STTask.build_model`` always constructs
-``ESPnetSTModel``. Registration (espnet_mtla.tasks) makes it construct this subclass when
+``ESPnetSTModel``. Registration (espnet_mtla.tasks.registration) makes it construct this subclass when
 the decoder is ``decoder_only``.
 """
 

@@ -1,6 +1,6 @@
 """The recipe pipeline shared by every egs2 recipe (ESPnet2-style stages).
 
-    python -m espnet_mtla.pipeline --task asr --stage 1 --stop_stage 10 --train_config conf/train.yaml ...
+    python -m espnet_mtla.recipe.pipeline --task asr --stage 1 --stop_stage 10 --train_config conf/train.yaml ...
 
 Run from a recipe dir (egs2/<corpus>/<task>1/), normally through its run.sh. Stages:
  1 data preparation (local/data.sh -> data/<set>/)     7 training
@@ -11,7 +11,7 @@ Run from a recipe dir (egs2/<corpus>/<task>1/), normally through its run.sh. Sta
  6 statistics collection (ESPnet collect_stats)
 Each stage logs to a file under exp/ (named when the stage starts) and stops the run with
 that file's name if a job fails. Each stage records that it finished, with the options and
-input files it depends on (espnet_mtla.stage_record): re-running the same command skips
+input files it depends on (espnet_mtla.recipe.records): re-running the same command skips
 finished stages, redoes those whose options or inputs changed, resumes an interrupted
 training from its checkpoint and an interrupted decoding from its finished jobs.
 """
@@ -29,17 +29,17 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from espnet_mtla import datadir
+from espnet_mtla.data import datadir
 from espnet_mtla.attention.registry import attention_types
-from espnet_mtla.fileio import write_text_atomic
+from espnet_mtla.storage.fileio import write_text_atomic
 from espnet_mtla.metrics.scoring import METRICS, check_metrics
-from espnet_mtla.progress import DecodingProgress, TrainingProgress
-from espnet_mtla.results import (RESULT_FIELDS, comparisons, figure_path, learning_curves, plot_results,
+from espnet_mtla.recipe.progress import DecodingProgress, TrainingProgress
+from espnet_mtla.recipe.results import (RESULT_FIELDS, comparisons, figure_path, learning_curves, plot_results,
                                  render_results)
-from espnet_mtla.stage_record import StageRecord, make_key, table_files
-from espnet_mtla.task_specs import TASKS, get_task
+from espnet_mtla.recipe.records import StageRecord, make_key, table_files
+from espnet_mtla.tasks.specs import TASKS, get_task
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # Job backends of --cmd/--train_cmd/--decode_cmd: the runner of each (Kaldi's names too)
 JOB_BACKENDS = {"local": ["run_jobs.py"], "slurm": ["queue_jobs.py", "--backend", "slurm"],
                 "sge": ["queue_jobs.py", "--backend", "sge"]}
@@ -695,7 +695,7 @@ class Pipeline:
             return ((yaml.safe_load(f) or {}).get("decoder_conf") or {}).get("attention_type")
 
     def stage11_pack(self) -> None:
-        from espnet_mtla.packed_model import pack, write_safetensors_copy
+        from espnet_mtla.storage.packed_model import pack, write_safetensors_copy
 
         model = self.exp / self.args.inference_model
         extras = [p for p in (self.token_dir("tgt") / "bpe.model", self.token_dir("src") / "bpe.model",

@@ -2,7 +2,7 @@
 
 ESPnet's inference loops decode one utterance at a time. With a frame budget (``--batch_frames
 N``, which the recipes' decode configs set) or ``--batch_size N`` (N > 1) the
-``espnet_mtla.bin.<task>_inference`` CLIs come here instead: ESPnet's own inference object
+``espnet_mtla.bin.<task>_inference`` CLIs (``espnet_mtla.cli.inference``) come here instead: ESPnet's own inference object
 (``Speech2Text``, ``Speech2Understand``, ``Text2Text``) is built from the same options and
 supplies the model, its beam-search configuration (weights, pre-beam, CTC), token converter
 and tokenizer; ``MultiUtteranceBeamSearch`` (espnet_mtla.search) searches all utterances of
@@ -32,10 +32,10 @@ from typing import Dict, List
 
 import torch
 
-from espnet_mtla.errors import BatchDecodingError
+from espnet_mtla.storage.errors import BatchDecodingError
 from espnet_mtla.search import MultiUtteranceBeamSearch
 from espnet_mtla.search.batching import budget_batches, speech_frames
-from espnet_mtla.task_specs import get_task
+from espnet_mtla.tasks.specs import TaskSpec
 
 SCORERS = ("decoder", "ctc", "length_bonus")  # what the multi-utterance search scores
 
@@ -51,18 +51,18 @@ def check_supported(args) -> None:
                                  f"for CTC-only decoding")
 
 
-def use_attention_backend(inference, task: str, attn_backend: str) -> None:
+def use_attention_backend(inference, spec: TaskSpec, attn_backend: str) -> None:
     """``--attn_backend``: how the loaded model computes attention (never what it computes)."""
     from espnet_mtla.attention import set_attention_backend
 
-    layers = set_attention_backend(getattr(inference, f"{get_task(task).model_attribute}_model"), attn_backend)
+    layers = set_attention_backend(getattr(inference, f"{spec.model_attribute}_model"), attn_backend)
     logging.info("attn_backend %s for %d attention layers", attn_backend, layers)
     inference._attn_backend = attn_backend
 
 
-def build_inference_object(module, task: str, args):
+def build_inference_object(module, spec: TaskSpec, args):
     """ESPnet's inference object from the parsed options (only those its constructor takes)."""
-    cls = getattr(module, get_task(task).inference_class)
+    cls = getattr(module, spec.inference_class)
     accepted = inspect.signature(cls.__init__).parameters
     kwargs = {k: v for k, v in vars(args).items() if k in accepted}
     kwargs.update(device="cuda" if args.ngpu >= 1 else "cpu", batch_size=1)
@@ -146,7 +146,7 @@ def input_keys(args) -> List[str]:
         return [line.split(maxsplit=1)[0] for line in f if line.strip()]
 
 
-def decode(module, task: str, args, recorder, batch_encoder: bool = False, attn_backend: str = None,
+def decode(module, spec: TaskSpec, args, recorder, batch_encoder: bool = False, attn_backend: str = None,
            cuda_graphs: bool = False) -> None:
     from espnet2.fileio.datadir_writer import DatadirWriter
     from espnet2.torch_utils.device_funcs import to_device
@@ -157,15 +157,14 @@ def decode(module, task: str, args, recorder, batch_encoder: bool = False, attn_
 
     check_supported(args)
     set_all_random_seed(args.seed)
-    spec = get_task(task)
-    inference = build_inference_object(module, task, args)
+    inference = build_inference_object(module, spec, args)
     name = spec.model_attribute
     model = getattr(inference, f"{name}_model")
     if not isinstance(model.decoder, DecoderOnlyDecoder):
         raise BatchDecodingError(f"batched decoding needs a decoder_only model; this one's decoder is "
                                  f"{type(model.decoder).__name__}: use --batch_size 1")
     if attn_backend:
-        use_attention_backend(inference, task, attn_backend)
+        use_attention_backend(inference, spec, attn_backend)
     train_args = getattr(inference, f"{name}_train_args")
     task_class = getattr(module, spec.espnet_task)
     dataset = ESPnetDataset(args.data_path_and_name_and_type, float_dtype=args.dtype,

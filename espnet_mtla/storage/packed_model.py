@@ -31,7 +31,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Union
 
 import yaml
 
-from espnet_mtla.fileio import write_atomic
+from espnet_mtla.storage.fileio import write_atomic
 
 META = "meta.yaml"
 STAMP = ".unpacked-from"  # sha256 of the archive a folder was unpacked from
@@ -333,7 +333,7 @@ def write_safetensors_copy(model_file: Path, out: Path) -> Path:
     """``out``: the state dict of ``model_file`` in safetensors format (for :func:`pack`)."""
     from safetensors.torch import save_file
 
-    from espnet_mtla.safe_load import load_state_dict_file
+    from espnet_mtla.storage.safe_load import load_state_dict_file
 
     # Clones: safetensors refuses tensors that share storage (tied embeddings).
     state = {k: v.clone().contiguous() for k, v in load_state_dict_file(model_file).items()}

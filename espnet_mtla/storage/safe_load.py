@@ -24,6 +24,8 @@ from typing import Any, Dict, Iterator, Optional
 import numpy as np
 import torch
 
+from espnet_mtla.storage.patches import patched
+
 log = logging.getLogger(__name__)
 
 TRUST_OPTION = "--trust_model_file"
@@ -135,9 +137,5 @@ def safe_loading(trust: bool = False, preloaded: Optional[Dict[str, Any]] = None
             return waiting.pop(os.path.realpath(f))
         return load(f, map_location=map_location, trust=trust)
 
-    previous = torch.load
-    torch.load = guarded_load
-    try:
+    with patched(torch, "load", guarded_load):
         yield
-    finally:
-        torch.load = previous

@@ -27,15 +27,15 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from espnet_mtla import safe_load
-from espnet_mtla.attention.reference_compat import (
+from espnet_mtla.storage import safe_load
+from espnet_mtla.interop.reference_layer import (
     ReferenceFormatError,
     convert_reference_layer,
     permute_rope_rows,
     reference_layer_config,
     strip_prefix,
 )
-from espnet_mtla.fileio import write_directory_atomic
+from espnet_mtla.storage.fileio import write_directory_atomic
 
 # arch -> our attention type (the reference's GQA layers have 2 kv heads, fixed in its code)
 ARCHS = {

@@ -1,7 +1,7 @@
 """The paper's efficiency table (MuST-C en-de ST inference), reproduced with our code.
 
-    python -m espnet_mtla.bin.bench_paper                       # GPU: beam 50, 50,000-frame batches
-    python -m espnet_mtla.bin.bench_paper --device cpu          # CPU mode: beam 10, fewer utterances
+    python -m espnet_mtla.bench.paper                       # GPU: beam 50, 50,000-frame batches
+    python -m espnet_mtla.bench.paper --device cpu          # CPU mode: beam 10, fewer utterances
 
 Protocol (Deng & Woodland 2025, Table 1 and its efficiency columns): the ST model of the paper
 with random weights (80-d fbank -> conv2d x4 subsampling -> 12-layer 512-d Transformer encoder
@@ -39,9 +39,9 @@ from pathlib import Path
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 import torch  # noqa: E402
 
-from espnet_mtla.bin.bench_common import (decoder_variants, machine, positive_int, replot, run_in_subprocess,
+from espnet_mtla.bench.common import (decoder_variants, machine, positive_int, replot, run_in_subprocess,
                                           save_report, synchronize)  # noqa: E402
-from espnet_mtla.bin.bench_decode import kernel_cell, layer_step_kernels  # noqa: E402
+from espnet_mtla.bench.decode import kernel_cell, layer_step_kernels  # noqa: E402
 
 VOCAB = 8000
 TST_COMMON_SEGMENTS = 2641
@@ -101,7 +101,7 @@ class MemorySampler:
 
 
 def run_config(name, opts, queue):
-    from espnet_mtla.bin.bench_batch_decode import NoEosDecoder, build_model
+    from espnet_mtla.bench.batch_decode import NoEosDecoder, build_model
     from espnet_mtla.search import MultiUtteranceBeamSearch
     from espnet_mtla.search.batching import budget_batches
 
@@ -187,7 +187,7 @@ def plot(results, opts, machine_name, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from espnet_mtla.bin.bench_common import save_figure
+    from espnet_mtla.bench.common import save_figure
 
     names = [r["name"] for r in results]
     base = next(r for r in results if r["name"] == "MHA")

@@ -1,6 +1,6 @@
 """Beam-search decoding benchmark of the paper-size model, every attention type side by side.
 
-    python -m espnet_mtla.bin.bench_decode [--quick] [--seconds S] [--steps N] [--out-dir docs/bench_decode]
+    python -m espnet_mtla.bench.decode [--quick] [--seconds S] [--steps N] [--out-dir docs/bench_decode]
 
 Model (random weights, fp32): 80-d fbank -> conv2d subsampling (x4) -> 12-layer 512-d
 Transformer encoder -> projector (stack 2 frames) -> 9-layer 512-d decoder-only stack,
@@ -28,7 +28,7 @@ from pathlib import Path
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 import torch  # noqa: E402
 
-from espnet_mtla.bin.bench_common import (decoder_variants, kernels_launched, machine, peak_allocated_mib,
+from espnet_mtla.bench.common import (decoder_variants, kernels_launched, machine, peak_allocated_mib,
                                           positive_int, replot, run_in_subprocess, save_figure,
                                           save_report)  # noqa: E402
 
@@ -105,7 +105,7 @@ def make_search(decoder, opts):
             return len(best.yseq), best.states["decoder"].caches.peak_nbytes  # the search's shared caches
 
         return espnet
-    from espnet_mtla.bin.bench_batch_decode import NoEosDecoder
+    from espnet_mtla.bench.batch_decode import NoEosDecoder
     from espnet_mtla.search import MultiUtteranceBeamSearch
 
     search = MultiUtteranceBeamSearch(NoEosDecoder(decoder, eos), eos, eos, opts["beam"], nbest=1)
@@ -119,7 +119,7 @@ def make_search(decoder, opts):
 
 def run_config(name, opts, queue):
     from espnet_mtla.attention import MultiHeadLatentAttention
-    from espnet_mtla.bin.bench_batch_decode import build_model
+    from espnet_mtla.bench.batch_decode import build_model
 
     torch.manual_seed(0)
     torch.set_num_threads(opts["threads"])
@@ -223,7 +223,7 @@ def bar_color(name: str) -> str:
 
 
 def plot(results, opts, machine_name, path: Path) -> None:
-    from espnet_mtla.figures import pyplot
+    from espnet_mtla.recipe.figures import pyplot
 
     plt = pyplot()
 

@@ -10,7 +10,7 @@ The mt task serves summarisation (XSum, hence ROUGE) and translation alike: a re
 its metrics with the pipeline's ``--metrics`` (the MT mini recipe: ``--metrics bleu``).
 
 This module imports nothing from ESPnet (nor torch): the recipe driver, the CLIs and the
-ESPnet registration (``espnet_mtla.tasks``) all read it; classes are named, and loaded where
+ESPnet registration (``espnet_mtla.tasks.registration``) all read it; classes are named, and loaded where
 ESPnet is.
 """
 

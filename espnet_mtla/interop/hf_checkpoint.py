@@ -18,8 +18,8 @@ from typing import Dict, Tuple
 
 import torch
 
-from espnet_mtla import safe_load
-from espnet_mtla.attention.reference_compat import (
+from espnet_mtla.storage import safe_load
+from espnet_mtla.interop.reference_layer import (
     ReferenceFormatError,
     convert_reference_layer,
     reference_layer_config,

@@ -1,9 +1,9 @@
 """Kaldi data directories: validate (all problems in one pass), fix, subset, split.
 
-    python -m espnet_mtla.datadir validate data/train [--audio] [--fs 16000]
-    python -m espnet_mtla.datadir fix data/train            # drops bad utterances, says how many
-    python -m espnet_mtla.datadir subset data/train data/train_100 --first 100 | --utt-list ids.txt
-    python -m espnet_mtla.datadir split data/train 4        # data/train/split4/{1..4}
+    python -m espnet_mtla.data.datadir validate data/train [--audio] [--fs 16000]
+    python -m espnet_mtla.data.datadir fix data/train            # drops bad utterances, says how many
+    python -m espnet_mtla.data.datadir subset data/train data/train_100 --first 100 | --utt-list ids.txt
+    python -m espnet_mtla.data.datadir split data/train 4        # data/train/split4/{1..4}
 
 A data dir holds ``wav.scp`` (or ``feats.scp``), ``utt2spk``, ``spk2utt`` and text files
 (``text``, ``text.<lang>``, ``transcript``, ...), each "<utt-id> <value>" per line, sorted by
@@ -18,7 +18,7 @@ from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from espnet_mtla.fileio import write_text_atomic
+from espnet_mtla.storage.fileio import write_text_atomic
 
 PER_UTT_FILES = ("utt2spk", "feats.scp", "utt2num_frames", "utt2dur", "utt2category")
 AUDIO_FILES = ("wav.scp", "feats.scp")
@@ -108,7 +108,7 @@ def validate(data_dir, check_audio: bool = False, fs: Optional[int] = None, need
         problems.add("missing wav.scp or feats.scp", str(data_dir))
     for name in ("utt2spk", "spk2utt"):
         if not (data_dir / name).exists():
-            problems.add(f"missing {name} (utils: python -m espnet_mtla.datadir fix creates spk2utt)", str(data_dir / name))
+            problems.add(f"missing {name} (utils: python -m espnet_mtla.data.datadir fix creates spk2utt)", str(data_dir / name))
 
     utt2spk = read_table(data_dir / "utt2spk", problems) if (data_dir / "utt2spk").exists() else OrderedDict()
     utts = set(utt2spk)
@@ -322,7 +322,7 @@ def main(argv=None) -> int:
             print(problems.report(args.data_dir), file=sys.stderr)
             audio = f" --audio{f' --fs {args.fs}' if args.fs else ''}" if args.audio else ""
             print(f"to drop the {len(problems.bad_utts)} affected utterance(s): "
-                  f"python -m espnet_mtla.datadir fix {args.data_dir}{audio}", file=sys.stderr)
+                  f"python -m espnet_mtla.data.datadir fix {args.data_dir}{audio}", file=sys.stderr)
             return 1
         print(f"{args.data_dir}: OK")
     elif args.command == "fix":

@@ -15,8 +15,9 @@ from typing import Dict, Iterator, List, Tuple
 
 import torch
 
-from espnet_mtla import safe_load
-from espnet_mtla.errors import ConfigError
+from espnet_mtla.storage import safe_load
+from espnet_mtla.storage.errors import ConfigError
+from espnet_mtla.storage.patches import patched
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,5 @@ def checked_init_param() -> Iterator[None]:
         check_init_param(init_param, model, ignore_init_mismatch)
         return original(init_param, model, ignore_init_mismatch, map_location)
 
-    abs_task.load_pretrained_model = load
-    try:
+    with patched(abs_task, "load_pretrained_model", load):
         yield
-    finally:
-        abs_task.load_pretrained_model = original

@@ -48,7 +48,7 @@ def _panels(rows: List[dict]):
 
 def plot_results(rows: List[dict], results: Path) -> Dict[str, List[str]]:
     """One figure per test set next to ``results``; returns {test set: experiments, in bar order}."""
-    from espnet_mtla.figures import pyplot, save_figure
+    from espnet_mtla.recipe.figures import pyplot, save_figure
 
     plt = pyplot()
     drawn = {}

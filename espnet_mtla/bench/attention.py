@@ -1,6 +1,6 @@
 """Benchmark one attention layer of every type, side by side in one run.
 
-    python -m espnet_mtla.bin.bench_attention [--reference] [--quick] [--rounds R] [--variants ...] [--out-dir DIR]
+    python -m espnet_mtla.bench.attention [--reference] [--quick] [--rounds R] [--variants ...] [--out-dir DIR]
 
 Measures, for a 512-d, 8-head layer in fp32 (paper dims for MLA/MTLA):
 - training: forward+backward wall time and peak memory above the pre-step baseline at
@@ -28,10 +28,10 @@ from pathlib import Path
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # silence the profiler backend's GPU probing on CPU machines
 import torch  # noqa: E402
 
-from espnet_mtla.bin import reference_package  # noqa: E402
-from espnet_mtla.bin.bench_common import (machine, peak_allocated_mib, positive_int, run_in_subprocess, save_figure,
+from espnet_mtla.interop import reference_package  # noqa: E402
+from espnet_mtla.bench.common import (machine, peak_allocated_mib, positive_int, run_in_subprocess, save_figure,
                                           synchronize)  # noqa: E402
-from espnet_mtla.fileio import write_atomic  # noqa: E402
+from espnet_mtla.storage.fileio import write_atomic  # noqa: E402
 
 EMBED, HEADS = 512, 8
 LATENT = dict(kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64)
@@ -215,7 +215,7 @@ def markdown(results, args, machine_name=None) -> str:
 
 
 def plot(results, args, path: Path, machine_name=None) -> None:
-    from espnet_mtla.figures import pyplot
+    from espnet_mtla.recipe.figures import pyplot
 
     plt = pyplot()
 

@@ -1,6 +1,6 @@
 """Benchmark the attention backends (eager, sdpa, triton) side by side in one run.
 
-    python -m espnet_mtla.bin.bench_kernels [--device cpu|cuda] [--quick] [--out-dir DIR]
+    python -m espnet_mtla.bench.kernels [--device cpu|cuda] [--quick] [--out-dir DIR]
 
 For a 512-d, 8-head layer of each attention type (MLA/MTLA with the paper's dims:
 kv_lora_rank 256, qk_nope 64, qk_rope 32, v_head 64) and each backend:
@@ -30,8 +30,8 @@ from pathlib import Path
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 import torch  # noqa: E402
 
-from espnet_mtla.bin.bench_common import machine, peak_allocated_mib, positive_int, save_figure  # noqa: E402
-from espnet_mtla.fileio import write_atomic  # noqa: E402
+from espnet_mtla.bench.common import machine, peak_allocated_mib, positive_int, save_figure  # noqa: E402
+from espnet_mtla.storage.fileio import write_atomic  # noqa: E402
 
 EMBED, HEADS = 512, 8
 LATENT = dict(kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64)
@@ -282,7 +282,7 @@ def decode_table(report, names) -> list:
 
 
 def plot(report, path: Path) -> None:
-    from espnet_mtla.figures import pyplot
+    from espnet_mtla.recipe.figures import pyplot
 
     plt = pyplot()
 

@@ -11,7 +11,7 @@ import warnings
 
 import torch
 
-from espnet_mtla.figures import save_figure  # noqa: F401  (the benchmarks' figures)
+from espnet_mtla.recipe.figures import save_figure  # noqa: F401  (the benchmarks' figures)
 
 def peak_allocated_mib(fn) -> float:
     """Peak of PyTorch's CPU allocations during ``fn`` above what was allocated before, MiB.
@@ -129,7 +129,7 @@ def replot(parser, out, markdown, plot) -> None:
     """``--replot``: redo ``out``'s results.md and results.png from its results.json."""
     from pathlib import Path
 
-    from espnet_mtla.fileio import write_text_atomic
+    from espnet_mtla.storage.fileio import write_text_atomic
 
     out = Path(out)
     if not (out / "results.json").is_file():
@@ -144,7 +144,7 @@ def save_report(out, machine_name: str, options: dict, results: list, markdown, 
     ``results.png`` (``plot(...)``) to ``out``; returns the table."""
     from pathlib import Path
 
-    from espnet_mtla.fileio import write_text_atomic
+    from espnet_mtla.storage.fileio import write_text_atomic
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """How close ``LlamaMTLAForCausalLM.from_llama`` starts to the Llama it converts, before any fine-tuning.
 
-    python -m espnet_mtla.bin.bench_from_llama [--steps 500] [--out-dir docs/bench_from_llama]
+    python -m espnet_mtla.bench.from_llama [--steps 500] [--out-dir docs/bench_from_llama]
 
 Next-token KL divergence KL(Llama || converted), in nats per token, for every attention type,
 with the attention initialised from the Llama's (``attention_init="llama"``: copies for MHA/GQA,
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from espnet_mtla.attention.registry import attention_types
-from espnet_mtla.fileio import write_text_atomic
+from espnet_mtla.storage.fileio import write_text_atomic
 
 
 def kl_per_token(reference: torch.Tensor, logits: torch.Tensor) -> float:

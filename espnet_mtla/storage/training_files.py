@@ -17,8 +17,9 @@ from typing import Iterator, List, Sequence
 
 import torch
 
-from espnet_mtla import safe_load
-from espnet_mtla.fileio import write_atomic
+from espnet_mtla.storage import safe_load
+from espnet_mtla.storage.fileio import write_atomic
+from espnet_mtla.storage.patches import patched
 
 
 @contextlib.contextmanager
@@ -32,11 +33,8 @@ def atomic_torch_save() -> Iterator[None]:
         else:
             original(obj, f, *args, **kwargs)
 
-    torch.save = save
-    try:
+    with patched(torch, "save", save):
         yield
-    finally:
-        torch.save = original
 
 
 def _link(output_dir: Path, name: str, target: str) -> bool:

@@ -1,6 +1,6 @@
 """Throughput of the multi-utterance beam search (frame budgets, joint CTC), attention types side by side.
 
-    python -m espnet_mtla.bin.bench_batch_decode [--quick] [--utts 64] [--budgets 1 7000 36000] \\
+    python -m espnet_mtla.bench.batch_decode [--quick] [--utts 64] [--budgets 1 7000 36000] \\
         [--ctc_weights 0 0.3] [--steps 20] [--out-dir docs/bench_batch_decode]
 
 The paper-size model of ``bench_decode`` (random weights, fp32): 12-layer 512-d encoder (ESPnet's
@@ -27,9 +27,9 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from espnet_mtla.bin.bench_common import (machine, peak_allocated_mib, positive_int, replot, run_in_subprocess,
+from espnet_mtla.bench.common import (machine, peak_allocated_mib, positive_int, replot, run_in_subprocess,
                                           save_figure, save_report)  # noqa: E402
-from espnet_mtla.bin.bench_decode import VARIANTS, VOCAB  # noqa: E402
+from espnet_mtla.bench.decode import VARIANTS, VOCAB  # noqa: E402
 
 DEFAULT_BUDGETS = [1, 7000, 36000]  # about 1, 8 and 32 utterances per batch for the default draw
 
@@ -104,7 +104,7 @@ def espnet_per_utterance(decoder, ctc_layer, encoded, opts, ctc_weight):
     from espnet.nets.scorers.ctc import CTCPrefixScorer
     from espnet2.asr.ctc import CTC
 
-    from espnet_mtla.bin.bench_decode import espnet_search
+    from espnet_mtla.bench.decode import espnet_search
 
     ctc_scorer = None
     if ctc_weight > 0:
@@ -212,7 +212,7 @@ def markdown(results, opts, machine_name) -> str:
 
 
 def plot(results, opts, machine_name, path: Path) -> None:
-    from espnet_mtla.figures import pyplot
+    from espnet_mtla.recipe.figures import pyplot
 
     plt = pyplot()
 

@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Union
 
-from espnet_mtla.fileio import write_atomic
+from espnet_mtla.storage.fileio import write_atomic
 
 
 def pyplot():

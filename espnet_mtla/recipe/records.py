@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
-from espnet_mtla.fileio import write_text_atomic
+from espnet_mtla.storage.fileio import write_text_atomic
 
 
 def file_digest(path: Path) -> Optional[str]:
