@@ -75,7 +75,7 @@ def test_toy_type_reaches_the_hf_config(toy):
 
 def test_toy_type_reaches_the_pipeline_and_make_confs(toy, tmp_path):
     from espnet_mtla.bin.make_confs import make_confs
-    from espnet_mtla.recipe.pipeline import get_parser
+    from espnet_mtla.recipe.options import get_parser
 
     assert get_parser().parse_args(["--task", "asr", "--attention", "toy"]).attention == "toy"
     template = tmp_path / "t.yaml"
@@ -91,7 +91,7 @@ def test_unknown_type_and_section_are_one_line_errors():
     with pytest.raises(ConfigError, match=r"decoder_conf: unknown key 'toy_conf'"):
         DecoderOnlyStack(11, 8, attention_type="mha", toy_conf={})
     with pytest.raises(SystemExit):
-        from espnet_mtla.recipe.pipeline import get_parser
+        from espnet_mtla.recipe.options import get_parser
 
         get_parser().parse_args(["--task", "asr", "--attention", "toy"])
 
@@ -114,7 +114,7 @@ def run_python(code: str) -> str:
 
 
 def test_registry_and_pipeline_import_without_torch():
-    code = ("import sys, espnet_mtla.attention.registry as r, espnet_mtla.recipe.pipeline\n"
+    code = ("import sys, espnet_mtla.attention.registry as r, espnet_mtla.recipe.runner\n"
             "print(','.join(r.attention_types()), 'torch' in sys.modules)")
     assert run_python(code) == "mha,mqa,gqa,mla,mtla False"
 

@@ -12,7 +12,7 @@ import pytest
 from slurm_cluster import SlurmCluster, missing_tools
 from test_recipes import ROOT, TINY, pytestmark as recipe_marks, recipe_copy, run_recipe
 
-QUEUE_JOBS = [sys.executable, str(ROOT / "utils" / "queue_jobs.py")]
+QUEUE_JOBS = [sys.executable, str(ROOT / "espnet_mtla" / "recipe" / "backends" / "queue_jobs.py")]
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +64,16 @@ def test_queue_jobs_runs_jobs_and_names_the_failed_ones(slurm, tmp_path):
 
 
 def test_missing_sbatch_is_a_one_line_error_naming_the_option(tmp_path, monkeypatch):
-    from espnet_mtla.recipe.pipeline import Pipeline, StageError, get_parser
+    from espnet_mtla.recipe.errors import StageError
+    from espnet_mtla.recipe.jobs import Jobs
+    from espnet_mtla.recipe.options import get_parser
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
-    pipeline = Pipeline(get_parser().parse_args(["--task", "asr", "--decode_cmd", "slurm --mem 4G"]))
+    jobs = Jobs(get_parser().parse_args(["--task", "asr", "--decode_cmd", "slurm --mem 4G"]))
     with pytest.raises(StageError, match=r"^--decode_cmd slurm --mem 4G: sbatch not found \(install the scheduler's "
                                          r"client tools, or use --decode_cmd local\)$"):
-        pipeline.check_backend("decode_cmd")
-    pipeline.check_backend("cmd")  # local: nothing to check
+        jobs.check("decode_cmd")
+    jobs.check("cmd")  # local: nothing to check
     with pytest.raises(SystemExit):
         get_parser().parse_args(["--task", "asr", "--cmd", "pbs"])
 
@@ -196,10 +198,11 @@ def test_ddp_two_cpu_ranks_train_one_model_that_decodes(slurm, local_recipe):
 
 
 def test_stage7_passes_espnets_distributed_options():
-    from espnet_mtla.recipe.pipeline import Pipeline, get_parser
+    from espnet_mtla.recipe.experiment import Experiment
+    from espnet_mtla.recipe.options import get_parser
 
     def dist(*options):
-        return [str(x) for x in Pipeline(get_parser().parse_args(["--task", "asr", *options])).distributed_args()]
+        return [str(x) for x in Experiment(get_parser().parse_args(["--task", "asr", *options])).distributed_args()]
 
     assert dist() == []  # one process: nothing (and older stage-7 records keep their key)
     assert dist("--ngpu", "4", "--num_nodes", "2", "--dist_launcher", "slurm", "--dist_backend", "nccl") == [
@@ -213,7 +216,7 @@ def test_submission_commands_carry_the_resources():
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("queue_jobs", ROOT / "utils" / "queue_jobs.py")
+    spec = importlib.util.spec_from_file_location("queue_jobs", ROOT / "espnet_mtla" / "recipe" / "backends" / "queue_jobs.py")
     queue_jobs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(queue_jobs)
     opts = argparse.Namespace(mem="4G", gpu=2, time="1:00:00", partition="p", cpus=3, nodes=0)

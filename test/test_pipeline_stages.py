@@ -4,7 +4,11 @@ import numpy as np
 import soundfile
 
 from espnet_mtla.data import datadir
-from espnet_mtla.recipe.pipeline import Pipeline, get_parser
+from espnet_mtla.recipe.experiment import Experiment
+from espnet_mtla.recipe.jobs import Jobs
+from espnet_mtla.recipe.options import get_parser
+from espnet_mtla.recipe.stage import StageRun
+from espnet_mtla.recipe.stages import STAGES
 
 
 def make_data(path, durations, rates=None):
@@ -22,8 +26,13 @@ def make_data(path, durations, rates=None):
     datadir.fix(path)  # spk2utt
 
 
+def run_alone(x, number):
+    """Stage ``number`` alone, its jobs on this machine (no record)."""
+    STAGES[number].run(x, StageRun(Jobs(x.args, STAGES[number].jobs)))
+
+
 def pipeline(tmp_path, *args):
-    return Pipeline(get_parser().parse_args(["--task", "asr", "--dumpdir", str(tmp_path / "dump"),
+    return Experiment(get_parser().parse_args(["--task", "asr", "--dumpdir", str(tmp_path / "dump"),
                                              "--expdir", str(tmp_path / "exp"), *args]))
 
 
@@ -31,7 +40,7 @@ def test_speed_perturbation_copies_with_prefixed_ids(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     make_data(tmp_path / "data" / "train", [0.5, 0.6])
     p = pipeline(tmp_path, "--speed_perturb_factors", "0.9 1.0 1.1")
-    p.stage2_speed_perturb()
+    run_alone(p, 2)
     sp = tmp_path / "data" / "train_sp"
     wav = datadir.read_table(sp / "wav.scp", datadir.Problems())
     assert list(wav) == ["sp0.9-spk-u0", "sp0.9-spk-u1", "sp1.1-spk-u0", "sp1.1-spk-u1", "spk-u0", "spk-u1"]
@@ -45,8 +54,8 @@ def test_length_filter_drops_short_and_long(tmp_path, monkeypatch):
     for name in ("train", "dev", "test"):
         make_data(tmp_path / "data" / name, [0.05, 1.0, 2.0, 9.0])
     p = pipeline(tmp_path, "--min_wav_duration", "0.1", "--max_wav_duration", "5")
-    p.stage3_format()
-    p.stage4_filter()
+    run_alone(p, 3)
+    run_alone(p, 4)
     kept = list(datadir.read_table(tmp_path / "dump" / "flac" / "train" / "utt2spk", datadir.Problems()))
     assert kept == ["spk-u1", "spk-u2"]  # u0 too short, u3 too long
     assert not datadir.validate(tmp_path / "dump" / "flac" / "train")
@@ -61,7 +70,7 @@ def test_format_logs_what_it_resampled(tmp_path, monkeypatch, caplog):
     for name in ("dev", "test"):
         make_data(tmp_path / "data" / name, [0.5, 0.5])
     with caplog.at_level(logging.INFO, logger="pipeline"):
-        pipeline(tmp_path, "--nj", "2").stage3_format()
+        run_alone(pipeline(tmp_path, "--nj", "2"), 3)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stage 3:")]
     assert lines == ["stage 3: train: 3 of 4 utterances resampled to 16000 Hz (2 from 8000 Hz, 1 from 44100 Hz)",
                      "stage 3: dev: all 2 utterances at 16000 Hz, none resampled",
@@ -70,7 +79,7 @@ def test_format_logs_what_it_resampled(tmp_path, monkeypatch, caplog):
 
 
 def test_decoding_before_training_is_a_one_line_error(tmp_path, monkeypatch, capsys):
-    from espnet_mtla.recipe.pipeline import main
+    from espnet_mtla.recipe.runner import main
 
     monkeypatch.chdir(tmp_path)
     code = main(["--task", "asr", "--stage", "8", "--stop_stage", "8", "--train_config", "conf/train_{attention}.yaml",
@@ -83,7 +92,7 @@ def test_decoding_before_training_is_a_one_line_error(tmp_path, monkeypatch, cap
 
 
 def test_data_stage_outside_a_recipe_dir(tmp_path, monkeypatch, capsys):
-    from espnet_mtla.recipe.pipeline import main
+    from espnet_mtla.recipe.runner import main
 
     monkeypatch.chdir(tmp_path)
     assert main(["--task", "asr", "--stage", "1", "--stop_stage", "1", "--expdir", str(tmp_path / "exp")]) == 1
@@ -103,7 +112,7 @@ def test_missing_packed_model_is_a_one_line_error(tmp_path):
 
 
 def test_missing_symbols_file_and_ssl_checkpoint_are_one_line_errors(tmp_path, monkeypatch, capsys):
-    from espnet_mtla.recipe.pipeline import main
+    from espnet_mtla.recipe.runner import main
 
     monkeypatch.chdir(tmp_path)
     common = ["--task", "slu", "--expdir", str(tmp_path / "exp"), "--train_config", "train.yaml"]
@@ -142,7 +151,7 @@ def test_report_renders_results_md_from_results_json(tmp_path, monkeypatch):
             (p.exp / "images" / f"{curve}.png").write_bytes(b"png")
         (decode / "efficiency.json").write_text(json.dumps(efficiency))
         (decode / "scores.json").write_text(json.dumps({"wer": wer, "cer": 1.0}))
-        p.stage10_report()
+        run_alone(p, 10)
         if attention == "mha":
             text = (tmp_path / "RESULTS.md").read_text()
             (tmp_path / "RESULTS.md").write_text(text + "\n## Notes\n\nkept as written\n")

@@ -28,7 +28,7 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
 
 
 def pipeline_cmd(*args):
-    return [sys.executable, "-m", "espnet_mtla.recipe.pipeline", "--task", "asr", *map(str, args)]
+    return [sys.executable, "-m", "espnet_mtla.recipe", "--task", "asr", *map(str, args)]
 
 
 def run_ok(cmd, cwd):
@@ -58,7 +58,7 @@ def pipeline_log(cwd: Path) -> str:
 
 # -- stage records -------------------------------------------------------------------------------
 def test_finished_stages_are_skipped_and_redone_when_options_or_inputs_change(tmp_path, monkeypatch):
-    from espnet_mtla.recipe.pipeline import main
+    from espnet_mtla.recipe.runner import main
 
     monkeypatch.chdir(tmp_path)
     for name in ("train", "dev", "test"):
@@ -95,7 +95,7 @@ def test_finished_stages_are_skipped_and_redone_when_options_or_inputs_change(tm
 
 
 def test_a_stage_after_an_interrupted_one_refuses_to_run(tmp_path, monkeypatch, capsys):
-    from espnet_mtla.recipe.pipeline import main
+    from espnet_mtla.recipe.runner import main
 
     monkeypatch.chdir(tmp_path)
     for name in ("train", "dev", "test"):

@@ -40,7 +40,7 @@ def test_parse_options_errors(tmp_path):
 
 
 def run_jobs(*args):
-    return subprocess.run([sys.executable, str(ROOT / "utils" / "run_jobs.py"), *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, str(ROOT / "espnet_mtla" / "recipe" / "backends" / "run_jobs.py"), *args], capture_output=True, text=True)
 
 
 def test_run_jobs_substitutes_job_and_names_failed_logs(tmp_path):
@@ -79,7 +79,7 @@ def test_corpus_path_from_db_sh_is_checked(tmp_path):
 
 
 def test_run_jobs_runs_listed_jobs_and_appends_to_logs(tmp_path):
-    runner = [sys.executable, str(ROOT / "utils" / "run_jobs.py")]
+    runner = [sys.executable, str(ROOT / "espnet_mtla" / "recipe" / "backends" / "run_jobs.py")]
     log = tmp_path / "log" / "job.JOB.log"
     out = subprocess.run(runner + ["JOB=1:3", str(log), "echo", "run", "JOB"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The shared stage script every recipe's run.sh calls (symlinked into each recipe dir).
-# All options are the pipeline's: python -m espnet_mtla.recipe.pipeline --help
+# All options are the pipeline's: python -m espnet_mtla.recipe --help
 set -euo pipefail
 . ./path.sh
 # Job backends from the recipe's cmd.sh only (never from variables the shell happened to export).
@@ -10,4 +10,4 @@ backends=()
 [ -n "${cmd:-}" ] && backends+=(--cmd "$cmd")
 [ -n "${train_cmd:-}" ] && backends+=(--train_cmd "$train_cmd")
 [ -n "${decode_cmd:-}" ] && backends+=(--decode_cmd "$decode_cmd")
-exec python -m espnet_mtla.recipe.pipeline "${backends[@]}" "$@"
+exec python -m espnet_mtla.recipe "${backends[@]}" "$@"

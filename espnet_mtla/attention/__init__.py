@@ -23,7 +23,8 @@ _EXPORTS = {
     "MultiHeadAttention": "mha",
     "MultiHeadLatentAttention": "mla",
     "MultiHeadTemporalLatentAttention": "mtla",
-    "MultiheadTemporalLatentAttention": "reference_compat",
+    # the reference implementation's layer, a drop-in (it lives with the rest of the interop)
+    "MultiheadTemporalLatentAttention": "espnet_mtla.interop.reference_layer",
     "RotaryEmbedding": "rope",
     "AttentionType": "registry",
     "attention_options": "registry",
@@ -38,4 +39,5 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name):
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    module = _EXPORTS[name]
+    return getattr(importlib.import_module(module if "." in module else f"{__name__}.{module}"), name)

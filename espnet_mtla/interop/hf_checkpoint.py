@@ -5,7 +5,7 @@ whose attention is the reference MTLA layer with LayerNorm latents, rotating RoP
 Llama's ``apply_rotary_pos_emb`` as we do. ``convert_reference_checkpoint`` reads its
 directory (``config.json`` with ``model_type: llama-mtla``, and ``model.safetensors`` or
 ``pytorch_model.bin``, sharded or not) and returns our ``LlamaMTLAForCausalLM`` with the same
-function: attention through ``reference_compat``, norms and MLP copied (our MLP's biases zero).
+function: attention through ``reference_layer``, norms and MLP copied (our MLP's biases zero).
 
     python -m espnet_mtla.bin.import_reference hf path/to/reference_model out_dir
     LlamaMTLAForCausalLM.from_pretrained("out_dir")
@@ -88,7 +88,7 @@ def our_config(reference: dict, source: str) -> LlamaMTLAConfig:
 
 def convert_weights(weights: Dict[str, torch.Tensor], config: LlamaMTLAConfig,
                     source: str) -> Dict[str, torch.Tensor]:
-    """The reference port's tensors under our names (attention via reference_compat)."""
+    """The reference port's tensors under our names (attention via reference_layer)."""
     out, used = {}, set()
 
     def take(ref, ours):

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Run a command as N parallel jobs, Kaldi run.pl style, each with its own log file.
 
-    utils/run_jobs.py [--max-jobs-run M] JOB=1:N exp/decode/log/decode.JOB.log command args...
-    utils/run_jobs.py JOB=2,5 exp/decode/log/decode.JOB.log command args...   # only jobs 2 and 5
-    utils/run_jobs.py exp/x/log/stats.log command args...          # one job
+    espnet_mtla/recipe/backends/run_jobs.py [--max-jobs-run M] JOB=1:N exp/decode/log/decode.JOB.log command args...
+    espnet_mtla/recipe/backends/run_jobs.py JOB=2,5 exp/decode/log/decode.JOB.log command args...   # only jobs 2 and 5
+    espnet_mtla/recipe/backends/run_jobs.py exp/x/log/stats.log command args...          # one job
 
 Every "JOB" in the log path and in the command is replaced by the job number. The command
 runs through bash, so pipes and redirections work; its stdout and stderr are appended to the

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Run a command as N jobs on a cluster (Slurm or SGE), with run_jobs.py's interface and logs.
 
-    utils/queue_jobs.py --backend slurm [--mem 4G] [--gpu 1] [--time 4:00:00] [--partition P] \\
+    espnet_mtla/recipe/backends/queue_jobs.py --backend slurm [--mem 4G] [--gpu 1] [--time 4:00:00] [--partition P] \\
         [--cpus 2] [--nodes N] [--max-jobs-run M] JOB=1:N exp/decode/log/decode.JOB.log command args...
-    utils/queue_jobs.py --backend sge ...        # the same, through qsub
+    espnet_mtla/recipe/backends/queue_jobs.py --backend sge ...        # the same, through qsub
 
 Kaldi's slurm.pl / queue.pl, for our pipeline: each job is one submission (``sbatch --wait`` or
-``qsub -sync y``) of a script that runs ``utils/run_jobs.py JOB=<n> <log> <command>`` on the
+``qsub -sync y``) of a script that runs ``espnet_mtla/recipe/backends/run_jobs.py JOB=<n> <log> <command>`` on the
 node, so a job's log is exactly what a local run writes, and the submission returns the job's
 exit code (a job killed by ``scancel``/``qdel`` fails). The submitting environment goes with
 the job. The scheduler's own output (what a job printed before run_jobs.py started, or why it

@@ -1,0 +1,109 @@
+"""What one recipe run derives from its options: the task, the features, the sets, the
+directories, and the command lines of our ESPnet CLIs. Stages read it; none writes to it."""
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from espnet_mtla.recipe.features import Features
+from espnet_mtla.tasks.specs import get_task
+
+
+class Experiment:
+    """Args:
+        args: the parsed options (``espnet_mtla.recipe.options.get_parser``).
+
+    Attributes: ``task`` (the TaskSpec), ``features``, ``metrics``, ``dump`` (the dump dir of
+    the features), ``train_set`` (``_sp`` when speed-perturbed), ``test_sets``, ``exp``
+    (``<expdir>/<task>_<tag>``), ``stats_dir``.
+    """
+
+    def __init__(self, args: argparse.Namespace):
+        if args.train_config:
+            args.train_config = args.train_config.replace("{attention}", args.attention)
+        self.args = args
+        self.task = get_task(args.task)
+        self.features = Features.from_args(args, self.task.speech)
+        self.metrics = list(self.task.metrics) if args.metrics == "auto" else args.metrics
+        self.dump = self.features.dump_dir(args.dumpdir)
+        self.test_sets = args.test_sets.split()
+        self.tag = args.tag or (Path(args.train_config).stem if args.train_config else "default")
+        self.exp = Path(args.expdir) / f"{self.task.name}_{self.tag}"
+        self.stats_dir = Path(args.expdir) / f"{self.task.name}_stats_{self.features.stats_name}"
+        self.train_set = args.train_set + ("_sp" if args.speed_perturb_factors.strip() else "")
+
+    # -- data and tokens -------------------------------------------------------------------------
+    def text_names(self) -> Dict[str, str]:
+        """ESPnet data name -> file in a data dir."""
+        return self.task.text_names(self.args.src_lang, self.args.tgt_lang)
+
+    def token_dir(self, side: str) -> Path:
+        a = self.args
+        token_type, nbpe = (a.src_token_type, a.src_nbpe) if side == "src" else (a.token_type, a.nbpe)
+        return Path("data") / "token_list" / f"{'src_' if side == 'src' else ''}{token_type}{nbpe if token_type == 'bpe' else ''}"
+
+    def token_files(self) -> List[Path]:
+        sides = ("tgt", "src") if self.task.source_text else ("tgt",)
+        return [self.token_dir(side) / f for side in sides for f in ("tokens.txt", "bpe.model")]
+
+    def token_args(self) -> List:
+        tgt = self.token_dir("tgt")
+        out = ["--token_type", self.args.token_type, "--token_list", tgt / "tokens.txt"]
+        if self.args.token_type == "bpe":
+            out += ["--bpemodel", tgt / "bpe.model"]
+        if self.task.source_text:
+            src = self.token_dir("src")
+            out += ["--src_token_type", self.args.src_token_type, "--src_token_list", src / "tokens.txt"]
+            if self.args.src_token_type == "bpe":
+                out += ["--src_bpemodel", src / "bpe.model"]
+        return out
+
+    def data_args(self, flag: str, data_dir: Path, only: Optional[str] = None) -> List[str]:
+        """``flag path,name,type`` for each input of a data dir (or only the input ``only``)."""
+        inputs = [("speech", self.features.scp, self.features.data_type)] if self.features.speech else []
+        inputs += [(name, file, "text") for name, file in self.text_names().items()]
+        return [arg for name, file, kind in inputs if only in (None, name)
+                for arg in (flag, f"{data_dir / file},{name},{kind}")]
+
+    def train_valid(self) -> List[Path]:
+        return [self.dump / self.train_set, self.dump / self.args.valid_set]
+
+    # -- training --------------------------------------------------------------------------------
+    def train_command(self, *options) -> List:
+        """``<task>_train`` with the recipe's config, tokens, features and train/valid data."""
+        cmd = [sys.executable, "-m", f"espnet_mtla.bin.{self.task.name}_train"]
+        if self.args.train_config:
+            cmd += ["--config", self.args.train_config]
+        cmd += ["--use_preprocessor", "true", *options] + self.token_args() + self.features.train_args()
+        if self.args.ssl_checkpoint:
+            cmd += ["--frontend_conf", f"frontend_conf.path_or_url={Path(self.args.ssl_checkpoint).resolve()}"]
+        cmd += self.data_args("--train_data_path_and_name_and_type", self.dump / self.train_set)
+        return cmd + self.data_args("--valid_data_path_and_name_and_type", self.dump / self.args.valid_set)
+
+    def distributed_args(self) -> List:
+        """ESPnet's distributed-training options for stage 7 (none for one process)."""
+        a = self.args
+        out = []
+        if a.num_nodes > 1 or a.dist_launcher != "none":
+            out += ["--num_nodes", a.num_nodes, "--multiprocessing_distributed", "true"]
+        if a.dist_launcher != "none":
+            out += ["--dist_launcher", a.dist_launcher]
+        if a.dist_backend:
+            out += ["--dist_backend", a.dist_backend]
+        return out
+
+    def config_value(self, key: str, default=None):
+        """A top-level value of the training config (ESPnet's default when the config omits it)."""
+        import yaml
+
+        with open(self.args.train_config, encoding="utf-8") as f:
+            return (yaml.safe_load(f) or {}).get(key, default)
+
+    # -- decoding --------------------------------------------------------------------------------
+    def decode_dir(self, test_set: str) -> Path:
+        tag = Path(self.args.inference_config).stem if self.args.inference_config else "decode"
+        return self.exp / f"{tag}_{Path(self.args.inference_model).stem}" / test_set
+
+    def decode_dirs(self) -> List[Path]:
+        return [self.decode_dir(name) for name in self.test_sets]

@@ -1,0 +1,126 @@
+"""Stages 8-9: decoding each test set in ``--inference_nj`` jobs (resumable: finished jobs are
+kept) with one efficiency report per set, then scoring with the recipe's metrics."""
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import List
+
+from espnet_mtla.data import datadir
+from espnet_mtla.recipe.errors import StageError
+from espnet_mtla.recipe.experiment import Experiment
+from espnet_mtla.recipe.jobs import merge_job_files, split_keys
+from espnet_mtla.recipe.progress import DecodingProgress
+from espnet_mtla.recipe.stage import Cover, Stage, StageRun, tables
+from espnet_mtla.storage.fileio import write_text_atomic
+
+log = logging.getLogger("pipeline")
+
+
+def check_model(x: Experiment) -> None:
+    model = x.exp / x.args.inference_model
+    if not model.exists():
+        raise StageError(f"{model} not found: train first (stage 7), or set --inference_model")
+
+
+class Decode(Stage):
+    number, name = 8, "decode"
+    records_under = "decode"
+    resumes = True
+    jobs = "decode_cmd"
+
+    def ready(self, x: Experiment) -> None:
+        check_model(x)
+
+    def covers(self, x: Experiment) -> Cover:
+        a = x.args
+        options = {k: getattr(a, k) for k in ("inference_config", "inference_model", "inference_args",
+                                              "inference_nj", "ngpu")}
+        return Cover({**options, "test_sets": x.test_sets},
+                     [Path(a.inference_config or "-"), x.exp / "config.yaml", x.exp / a.inference_model] +
+                     x.token_files() + tables([x.dump / name for name in x.test_sets]),
+                     [d / "efficiency.json" for d in x.decode_dirs()])
+
+    def run(self, x: Experiment, run: StageRun) -> None:
+        a, t = x.args, x.task.name
+        model, config = x.exp / a.inference_model, x.exp / "config.yaml"
+        for name in x.test_sets:
+            data, out = x.dump / name, x.decode_dir(name)
+            logdir = out / "logdir"
+            if logdir.exists() and not run.resuming:  # outputs of other options: never merge them
+                shutil.rmtree(logdir)
+            jobs = split_keys(data, a.inference_nj, logdir / "keys.JOB.scp", "{key} {key}")
+            # A job's output dir appears (renamed from <dir>.partial) only when the job finished.
+            finished = [j for j in range(1, jobs + 1)
+                        if (logdir / f"output.{j}" / "1best_recog" / "efficiency.json").exists()]
+            pending = [j for j in range(1, jobs + 1) if j not in finished]
+            if finished:
+                log.info("%s: job(s) %s finished before the interruption; decoding job(s) %s", name,
+                         ",".join(map(str, finished)), ",".join(map(str, pending)) or "none")
+            cmd = [sys.executable, "-m", f"espnet_mtla.bin.{t}_inference", "--ngpu", a.ngpu,
+                   f"--{t}_train_config", config, f"--{t}_model_file", model, "--key_file", logdir / "keys.JOB.scp",
+                   "--output_dir", logdir / "output.JOB"]
+            if a.inference_config:
+                cmd += ["--config", a.inference_config]
+            cmd += x.data_args("--data_path_and_name_and_type", data, only=x.task.input_name)
+            cmd += shlex.split(a.inference_args)
+            if pending:
+                sizes = [len((logdir / f"keys.{j}.scp").read_text(encoding="utf-8").splitlines())
+                         for j in range(1, jobs + 1)]
+                with DecodingProgress([logdir / f"decode.{j}.log" for j in pending], sum(sizes),
+                                      sum(sizes[j - 1] for j in finished), name):
+                    run.jobs.launch(cmd, logdir / "decode.JOB.log", pending)
+            for file in ("text", "token", "token_int", "score"):
+                merge_job_files(logdir / "output.JOB" / "1best_recog" / file, jobs, out / file, sort=True)
+            reports = [json.loads((logdir / f"output.{j + 1}" / "1best_recog" / "efficiency.json").read_text())
+                       for j in range(jobs)]
+            summary = {"model": describe_model(model), **merge_efficiency(reports)}
+            write_text_atomic(out / "efficiency.json", json.dumps(summary, indent=2) + "\n")
+
+
+def describe_model(model: Path) -> str:
+    """What a model file is, for RESULTS.md: ESPnet's names are links, e.g. valid.acc.ave.pth ->
+    valid.acc.ave_3best.pth (the average of the 3 best epochs), valid.acc.best.pth -> 7epoch.pth."""
+    names = [model.name]
+    while model.is_symlink() and len(names) < 8:
+        model = model.parent / os.readlink(model)
+        names.append(model.name)
+    return " -> ".join(name[: -len(".pth")] if name.endswith(".pth") else name for name in names)
+
+
+def merge_efficiency(reports: List[dict]) -> dict:
+    """One efficiency report from the decoding jobs' reports."""
+    from espnet_mtla.metrics.efficiency import summarize  # imports torch: not at the driver's start-up
+
+    utts = {}
+    for report in reports:
+        utts.update(report["utterances"])
+    first = reports[0] if reports else {}
+    merged = summarize(dict(sorted(utts.items())), first.get("device"), first.get("peak_memory_kind"))
+    return {"jobs": len(reports), **merged}
+
+
+class Score(Stage):
+    number, name = 9, "score"
+    records_under = "decode"
+
+    def covers(self, x: Experiment) -> Cover:
+        decode = x.decode_dirs()
+        return Cover({"test_sets": x.test_sets, "metrics": x.metrics}, [d / "text" for d in decode],
+                     [d / "scores.json" for d in decode])
+
+    def run(self, x: Experiment, run: StageRun) -> None:
+        from espnet_mtla.metrics.scoring import score
+
+        for name in x.test_sets:
+            out = x.decode_dir(name)
+            refs = dict(datadir.read_table(x.dump / name / x.text_names()["text"], datadir.Problems()))
+            hyps = dict(datadir.read_table(out / "text", datadir.Problems(), allow_empty_value=True))
+            hyps = {k: hyps.get(k, "") for k in refs}
+            scores = score(x.metrics, refs, hyps, out)
+            write_text_atomic(out / "scores.json", json.dumps(scores, indent=2) + "\n")
+            log.info("%s %s: %s", x.exp.name, name, scores)

@@ -1,0 +1,94 @@
+"""Stages 10-11: the RESULTS.md table (rows of every experiment, kept in RESULTS.json) and
+the packed model (a zip that ``--packed_model`` decodes from)."""
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+from espnet_mtla.recipe.experiment import Experiment
+from espnet_mtla.recipe.results import (RESULT_FIELDS, comparisons, figure_path, learning_curves, plot_results,
+                                        render_results)
+from espnet_mtla.recipe.stage import Cover, Stage, StageRun
+from espnet_mtla.recipe.stages.decode import check_model
+from espnet_mtla.storage.fileio import write_text_atomic
+
+log = logging.getLogger("pipeline")
+
+
+class Report(Stage):
+    """Merge this experiment's rows into results.json (next to --results), then render RESULTS.md.
+    No record: it merges rows into a file that experiments share, in a second."""
+
+    number, name = 10, "report"
+    records_under = None
+
+    def run(self, x: Experiment, run: StageRun) -> None:
+        path = Path(x.args.results)
+        results_file = path.with_suffix(".json")
+        rows = json.loads(results_file.read_text(encoding="utf-8"))["rows"] if results_file.exists() else []
+        notes = ""  # sections a person added below the table ("## ..."): kept as they are
+        if path.exists():
+            text = path.read_text(encoding="utf-8")
+            notes = "\n## " + text.split("\n## ", 1)[1] if "\n## " in text else ""
+            if not results_file.exists() and "| experiment |" in text:
+                log.warning("%s has a table but no %s (written before it existed): its rows are replaced by this "
+                            "run's; re-run stage 10 of the other experiments to list them again", path, results_file)
+        for name in x.test_sets:
+            out = x.decode_dir(name)
+            eff = json.loads((out / "efficiency.json").read_text())
+            row = {"experiment": x.exp.name, "test_set": name, "attention": attention_type(x.exp),
+                   "model": eff.get("model", "-"),
+                   "scores": json.loads((out / "scores.json").read_text()),
+                   **{key: eff.get(key) for key in RESULT_FIELDS},
+                   "learning_curves": learning_curves(x.exp, path.resolve().parent)}
+            rows = [r for r in rows if (r["experiment"], r["test_set"]) != (x.exp.name, name)] + [row]
+        rows.sort(key=lambda r: (r["experiment"], r["test_set"]))
+        write_text_atomic(results_file, json.dumps({"rows": rows}, indent=2) + "\n")
+        figures = {test_set: figure_path(path, test_set).name for test_set in plot_results(rows, path)}
+        write_text_atomic(path, render_results(rows, results_file.name, figures) + notes)
+        print(path.read_text())
+        for line in comparisons(rows):
+            log.info("stage 10: %s", line)
+
+
+def attention_type(exp: Path) -> Optional[str]:
+    """The trained model's attention type (its config.yaml), None for a model without our decoder."""
+    import yaml
+
+    config = exp / "config.yaml"
+    if not config.exists():
+        return None
+    with open(config, encoding="utf-8") as f:
+        return ((yaml.safe_load(f) or {}).get("decoder_conf") or {}).get("attention_type")
+
+
+class Pack(Stage):
+    number, name = 11, "pack"
+    records_under = "exp"
+    after = tuple(range(1, 8))
+
+    def ready(self, x: Experiment) -> None:
+        check_model(x)
+
+    def covers(self, x: Experiment) -> Cover:
+        return Cover({"inference_config": x.args.inference_config},
+                     [x.exp / x.args.inference_model, x.exp / "config.yaml"] + x.token_files(),
+                     [x.exp / f"{x.exp.name}.zip"])
+
+    def run(self, x: Experiment, run: StageRun) -> None:
+        from espnet_mtla.storage.packed_model import pack, write_safetensors_copy
+
+        model = x.exp / x.args.inference_model
+        extras = [p for p in (x.token_dir("tgt") / "bpe.model", x.token_dir("src") / "bpe.model",
+                              x.stats_dir / "train" / "feats_stats.npz") if p.exists()]
+        if x.args.inference_config:
+            extras.append(Path(x.args.inference_config))
+        outpath = x.exp / f"{x.exp.name}.zip"
+        t = x.task.name
+        # A safetensors copy, which --packed_model loads in preference: it cannot hold code.
+        weights = write_safetensors_copy(model, x.exp / f"{model.name.rsplit('.', 1)[0]}.safetensors")
+        pack(files={f"{t}_model_file": model}, yaml_files={f"{t}_train_config": x.exp / "config.yaml"},
+             outpath=outpath, extras=extras, safetensors_of={f"{t}_model_file": weights})
+        log.info("packed: %s (decode with: python -m espnet_mtla.bin.%s_inference --packed_model %s ...)",
+                 outpath, t, outpath)
