@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from espnet_mtla.bench.attention import OurLayer, main, markdown, peak_allocated_mib
+from espnet_mtla.bench.attention import OurLayer, main, markdown
+from espnet_mtla.metrics.memory import peak_allocated_mib
 
 
 def test_peak_allocation_counts_a_known_tensor():

@@ -18,7 +18,6 @@ Writes ``results.json``, ``results.md`` and ``results.png`` to ``--out-dir``.
 """
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -29,12 +28,13 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # silence the profiler backend's
 import torch  # noqa: E402
 
 from espnet_mtla.interop import reference_package  # noqa: E402
-from espnet_mtla.bench.common import (machine, peak_allocated_mib, positive_int, run_in_subprocess, save_figure,
-                                          synchronize)  # noqa: E402
-from espnet_mtla.storage.fileio import write_atomic  # noqa: E402
+from espnet_mtla.bench.common import (EMBED, HEADS, PAPER_LATENT, machine, positive_int,  # noqa: E402
+                                      read_report, run_in_subprocess, save_figure, synchronize, write_results_json,
+                                      write_tables)
+from espnet_mtla.metrics.memory import peak_allocated_mib  # noqa: E402
 
-EMBED, HEADS = 512, 8
-LATENT = dict(kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64)
+# The paper's dims; the latent norm is the library's default (RMSNorm), as in the committed results.
+LATENT = PAPER_LATENT
 VARIANTS = {
     "MHA": ("mha", {}),
     "MQA": ("mqa", {}),
@@ -246,6 +246,14 @@ def plot(results, args, path: Path, machine_name=None) -> None:
     save_figure(fig, path)
 
 
+def report_table(report) -> str:
+    return markdown(report["results"], report["settings"], report["machine"])
+
+
+def report_plot(report, path: Path) -> None:
+    plot(report["results"], report["settings"], path, report["machine"])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", default="docs/bench", help="where results.{json,md,png} go")
@@ -264,14 +272,11 @@ def main(argv=None):
     opts = parser.parse_args(argv)
     out = Path(opts.out_dir)
     if opts.replot:
-        if not (out / "results.json").is_file():
-            parser.error(f"--replot needs {out / 'results.json'}: run the benchmark with --out-dir {out} first")
-        report = json.loads((out / "results.json").read_text())
+        report = read_report(parser, out)
         for r in report["results"]:  # JSON keys are strings
             r["train"] = {int(k): v for k, v in r["train"].items()}
             r["decode"] = {int(k): v for k, v in r["decode"].items()}
-        write_atomic(out / "results.md", lambda tmp: tmp.write_text(markdown(report["results"], report["settings"], report["machine"])))
-        plot(report["results"], report["settings"], out / "results.png", report["machine"])
+        write_tables(out, report, report_table, report_plot)
         return
     if opts.device == "cuda" and not opts.replot:
         if opts.part != "decode":
@@ -289,17 +294,13 @@ def main(argv=None):
     names = [(n, "ours") for n in (opts.variants or VARIANTS)]
     if opts.reference:
         names += [(n, "reference") for n in REFERENCE]
-    host = machine() if opts.device == "cpu" else f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, fp32"
+    host = machine(opts.device)
     print(f"benchmarking on {host}", flush=True)
     args["rounds"] = opts.rounds
     results = run_all(names, args, opts.rounds)
-    out.mkdir(parents=True, exist_ok=True)
     report = {"machine": host, "settings": args, "results": results}
-    write_atomic(out / "results.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
-    table = markdown(results, args, host)
-    write_atomic(out / "results.md", lambda tmp: tmp.write_text(table))
-    plot(results, args, out / "results.png", host)
-    print("\n" + table)
+    write_results_json(out, report)
+    print("\n" + write_tables(out, report, report_table, report_plot))
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}")
 
 

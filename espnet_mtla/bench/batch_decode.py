@@ -3,7 +3,7 @@
     python -m espnet_mtla.bench.batch_decode [--quick] [--utts 64] [--budgets 1 7000 36000] \\
         [--ctc_weights 0 0.3] [--steps 20] [--out-dir docs/bench_batch_decode]
 
-The paper-size model of ``bench_decode`` (random weights, fp32): 12-layer 512-d encoder (ESPnet's
+The paper-size model of ``bench.decode`` (random weights, fp32): 12-layer 512-d encoder (ESPnet's
 Transformer encoder, or a torch-only one of the same size where ESPnet is not installed),
 9-layer 512-d decoder-only stack, a CTC output layer. ``--utts`` utterances of 2-12 s of
 fbank frames (a fixed draw), each encoded on its own (the exact default of stage 8), then
@@ -25,72 +25,12 @@ from pathlib import Path
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
-from espnet_mtla.bench.common import (machine, peak_allocated_mib, positive_int, replot, run_in_subprocess,
-                                          save_figure, save_report)  # noqa: E402
-from espnet_mtla.bench.decode import VARIANTS, VOCAB  # noqa: E402
+from espnet_mtla.bench.common import (VARIANTS, VOCAB, NoEosDecoder, build_model, espnet_search,  # noqa: E402
+                                      machine, positive_int, replot, run_in_subprocess, save_figure, save_report)
+from espnet_mtla.metrics.memory import peak_allocated_mib  # noqa: E402
 
 DEFAULT_BUDGETS = [1, 7000, 36000]  # about 1, 8 and 32 utterances per batch for the default draw
-
-
-class NoEosDecoder:
-    """The decoder with <eos> forbidden: every search runs to its maximum length."""
-
-    def __init__(self, decoder, eos):
-        self._decoder, self._eos = decoder, eos
-
-    def __getattr__(self, name):
-        return getattr(self._decoder, name)
-
-    def run_tokens(self, caches, ys, mask=None):
-        logits = self._decoder.run_tokens(caches, ys, mask)
-        logits[..., self._eos] = float("-inf")
-        return logits
-
-
-class TorchEncoder(nn.Module):
-    """Torch-only stand-in of ESPnet's 12-layer 512-d Transformer encoder (conv2d x4 subsampling)."""
-
-    def __init__(self, idim=80, dim=512, heads=8, units=2048, layers=12):
-        super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(1, dim, 3, 2), nn.ReLU(), nn.Conv2d(dim, dim, 3, 2), nn.ReLU())
-        self.out = nn.Linear(dim * (((idim - 1) // 2 - 1) // 2), dim)
-        layer = nn.TransformerEncoderLayer(dim, heads, units, dropout=0.0, batch_first=True, norm_first=True)
-        self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-
-    def forward(self, x, lens):
-        h = self.conv(x.unsqueeze(1))  # (B, C, T', F')
-        h = self.out(h.transpose(1, 2).flatten(2))
-        out_lens = ((lens - 1) // 2 - 1) // 2
-        return self.layers(h), out_lens, None
-
-
-def build_model(attention_type, extra, vocab: int = VOCAB, torch_only: bool = False):
-    """(encoder, decoder-only stack, CTC output layer) of the paper's sizes, random weights, eval
-    mode: ESPnet's encoder and the stack as its ESPnet adapter (for the per-utterance baseline)
-    where ESPnet is installed and ``torch_only`` is not set, else the torch-only stand-ins."""
-    from espnet_mtla.decoder.stack import DecoderOnlyStack
-
-    encoder, stack_class = None, DecoderOnlyStack
-    if not torch_only:
-        try:
-            from espnet2.asr.encoder.transformer_encoder import TransformerEncoder
-
-            from espnet_mtla.decoder.decoder_only import DecoderOnlyDecoder
-        except ImportError:
-            pass
-        else:
-            stack_class = DecoderOnlyDecoder
-            encoder = TransformerEncoder(80, output_size=512, attention_heads=8, linear_units=2048, num_blocks=12,
-                                         dropout_rate=0.0, positional_dropout_rate=0.0, attention_dropout_rate=0.0,
-                                         input_layer="conv2d")
-    if encoder is None:
-        encoder = TorchEncoder()
-    decoder = stack_class(vocab, 512, attention_type=attention_type, model_dim=512, attention_heads=8,
-                          linear_units=2048, num_blocks=9, dropout_rate=0.0, prefix_stack=2, prefix_hidden=256,
-                          **extra)
-    return encoder.eval(), decoder.eval(), nn.Linear(512, vocab).eval()
 
 
 def utterance_frames(count: int, seed: int = 1):
@@ -103,8 +43,6 @@ def espnet_per_utterance(decoder, ctc_layer, encoded, opts, ctc_weight):
     """Seconds of ESPnet's BatchBeamSearch, one utterance at a time (stage 8's former path)."""
     from espnet.nets.scorers.ctc import CTCPrefixScorer
     from espnet2.asr.ctc import CTC
-
-    from espnet_mtla.bench.decode import espnet_search
 
     ctc_scorer = None
     if ctc_weight > 0:

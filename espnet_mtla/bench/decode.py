@@ -19,7 +19,6 @@ MLA/MTLA on absorbed weights) and on the training code's path (autograd on).
 """
 
 import argparse
-import math
 import os
 import statistics
 import time
@@ -28,69 +27,13 @@ from pathlib import Path
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 import torch  # noqa: E402
 
-from espnet_mtla.bench.common import (decoder_variants, kernels_launched, machine, peak_allocated_mib,
-                                          positive_int, replot, run_in_subprocess, save_figure,
-                                          save_report)  # noqa: E402
+from espnet_mtla.bench.common import (VARIANTS, VOCAB, NoEosDecoder, build_model, espnet_search,  # noqa: E402
+                                      kernel_cell, layer_step_kernels, machine, positive_int, replot,
+                                      run_in_subprocess, save_figure, save_report)
+from espnet_mtla.metrics.memory import peak_allocated_mib  # noqa: E402
 
-VOCAB = 5000
-VARIANTS = decoder_variants((2, 4))  # name -> (attention_type, extra decoder_conf)
 # "MTLA s=2 (training path)": the type with its decode steps on the training code's path
 TRAINING_PATH = " (training path)"
-
-
-def layer_step_kernels(decoder, enc) -> dict:
-    """Kernels one decoder layer launches per decode step (10 rows after ``enc`` (1, T, D) as the
-    prefix), on the inference path and on the training code's path; CUDA kernels on a GPU."""
-    counts, device = {}, enc.device
-    for name, grad in (("inference", False), ("training_path", True)):
-        with torch.set_grad_enabled(grad):
-            caches = decoder.new_caches(10, enc.shape[1] + 8, enc)
-            decoder.fill_prefix(caches, enc.expand(10, -1, -1), torch.full((10,), enc.shape[1], device=device))
-            ys = torch.zeros(10, 1, dtype=torch.long, device=device)
-            layer, cache = decoder.layers[0], caches.layers[0]
-            h = decoder.embed_tokens(ys)
-            layer(h, None, cache)  # warm: absorbed weights built
-            counts[name] = kernels_launched(lambda: layer.attn(layer.attn_norm(h), None, cache=cache), device.type)
-            counts[name + "_layer"] = kernels_launched(lambda: layer(h, None, cache), device.type)
-    return counts
-
-
-class NoEos:
-    """Full scorer that forbids <eos>: the search then runs to its maximum length (ESPnet
-    appends <eos> after the last step), so every attention type does the same work."""
-
-    def __init__(self, eos):
-        self.eos = eos
-
-    def init_state(self, x):
-        return None
-
-    def batch_init_state(self, x):
-        return None
-
-    def select_state(self, state, i, new_id=None):
-        return None
-
-    def batch_score(self, ys, states, xs):
-        scores = torch.zeros(ys.shape[0], VOCAB)
-        scores[:, self.eos] = -math.inf
-        return scores, [None] * ys.shape[0]
-
-
-def espnet_search(decoder, beam: int, ctc_scorer=None, ctc_weight: float = 0.0):
-    """ESPnet's BatchBeamSearch over ``decoder`` (weight 1 - ctc_weight) with <eos> forbidden,
-    and ESPnet's CTC prefix scorer when one is given."""
-    from espnet.nets.batch_beam_search import BatchBeamSearch
-    from espnet.nets.scorer_interface import BatchScorerInterface
-
-    eos = VOCAB - 1
-    no_eos = type("NoEosScorer", (NoEos, BatchScorerInterface), {})(eos)
-    scorers = {"decoder": decoder, "no_eos": no_eos}
-    weights = {"decoder": 1.0 - ctc_weight, "no_eos": 1.0}
-    if ctc_scorer is not None:
-        scorers["ctc"], weights["ctc"] = ctc_scorer, ctc_weight
-    return BatchBeamSearch(scorers=scorers, weights=weights, beam_size=beam, vocab_size=VOCAB, sos=eos, eos=eos,
-                           pre_beam_score_key="full")
 
 
 def make_search(decoder, opts):
@@ -105,7 +48,6 @@ def make_search(decoder, opts):
             return len(best.yseq), best.states["decoder"].caches.peak_nbytes  # the search's shared caches
 
         return espnet
-    from espnet_mtla.bench.batch_decode import NoEosDecoder
     from espnet_mtla.search import MultiUtteranceBeamSearch
 
     search = MultiUtteranceBeamSearch(NoEosDecoder(decoder, eos), eos, eos, opts["beam"], nbest=1)
@@ -119,7 +61,6 @@ def make_search(decoder, opts):
 
 def run_config(name, opts, queue):
     from espnet_mtla.attention import MultiHeadLatentAttention
-    from espnet_mtla.bench.batch_decode import build_model
 
     torch.manual_seed(0)
     torch.set_num_threads(opts["threads"])
@@ -203,13 +144,6 @@ def markdown(results, opts, machine_name) -> str:
 
 
 SEARCHES = {"ours": "espnet_mtla.search (stage 8)", "espnet": "ESPnet BatchBeamSearch (--batch_size 1)"}
-
-
-def kernel_cell(result) -> str:
-    k = result.get("kernels")
-    if not k:
-        return "-"
-    return f"{k['inference']} / {k['inference_layer']} ({k['training_path']} / {k['training_path_layer']})"
 
 
 def bar_color(name: str) -> str:

@@ -13,7 +13,6 @@ Writes ``results.json`` and ``results.md`` to ``--out-dir``.
 """
 
 import argparse
-import json
 import random
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 from espnet_mtla.attention.registry import attention_types
-from espnet_mtla.storage.fileio import write_text_atomic
+from espnet_mtla.bench.common import write_results_json, write_tables
 
 
 def kl_per_token(reference: torch.Tensor, logits: torch.Tensor) -> float:
@@ -127,11 +126,8 @@ def main(argv=None) -> None:
     llama, ids, test_loss = char_lm_llama(args.steps)
     results.update(char_lm=compare(llama, ids), char_lm_test_loss=round(test_loss, 4), steps=args.steps,
                    seconds=round(time.time() - start, 1))
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out_dir / "results.json", json.dumps(results, indent=2) + "\n")
-    table = markdown(results)
-    write_text_atomic(args.out_dir / "results.md", table)
-    print(table)
+    write_results_json(args.out_dir, results)
+    print(write_tables(args.out_dir, results, markdown))
     print(f"char LM held-out loss {test_loss:.3f} nats/char; {results['seconds']} s")
 
 

@@ -2,8 +2,8 @@
 
     python -m espnet_mtla.bench.kernels [--device cpu|cuda] [--quick] [--out-dir DIR]
 
-For a 512-d, 8-head layer of each attention type (MLA/MTLA with the paper's dims:
-kv_lora_rank 256, qk_nope 64, qk_rope 32, v_head 64) and each backend:
+For a 512-d, 8-head layer of each attention type (MLA/MTLA with the paper's dims and latent
+norm: kv_lora_rank 256, qk_nope 64, qk_rope 32, v_head 64, LayerNorm) and each backend:
 - decode: one incremental step, ``layer(x_t, cache=cache)``, batch 64, over a cache holding
   1k/4k/16k tokens of random content (filled directly: no prefill pass), median wall time.
   For MLA/MTLA also the attention core alone (``_decode_step``: the absorbed attention of
@@ -21,7 +21,6 @@ cannot run (triton on a CPU) are left out. Writes ``results.json``, ``results.md
 """
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -30,19 +29,12 @@ from pathlib import Path
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 import torch  # noqa: E402
 
-from espnet_mtla.bench.common import machine, peak_allocated_mib, positive_int, save_figure  # noqa: E402
-from espnet_mtla.storage.fileio import write_atomic  # noqa: E402
+from espnet_mtla.bench.common import (EMBED, HEADS, PAPER_MLA, layer_variants, machine, positive_int,  # noqa: E402
+                                      read_report, save_figure, write_results_json, write_tables)
+from espnet_mtla.metrics.memory import peak_allocated_mib  # noqa: E402
+from espnet_mtla.storage.fileio import write_text_atomic  # noqa: E402
 
-EMBED, HEADS = 512, 8
-LATENT = dict(kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64)
-VARIANTS = {
-    "MHA": ("mha", {}),
-    "MLA": ("mla", LATENT),
-    "MTLA s=2": ("mtla", dict(LATENT, down_rate=2)),
-    "MTLA s=4": ("mtla", dict(LATENT, down_rate=4)),
-}
-
-
+VARIANTS = layer_variants((2, 4), types=("mha", "mla", "mtla"))  # MHA, MLA, MTLA s=2, MTLA s=4
 
 
 def train_backends(device) -> list:
@@ -132,16 +124,7 @@ def bench_train(name, backend, length, opts, device, dtype, timer):
         layer(x).float().sum().backward()
 
     seconds = timer(step, repeats=opts["train_repeats"], warmup=1)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step()
-        torch.cuda.synchronize()
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        peak = peak_allocated_mib(step)
-    return {"seconds": seconds, "peak_mib": peak}
+    return {"seconds": seconds, "peak_mib": peak_allocated_mib(step, device)}
 
 
 def run(opts, save=lambda report: None) -> dict:
@@ -152,7 +135,8 @@ def run(opts, save=lambda report: None) -> dict:
     dtype = getattr(torch, opts["dtype"])
     timer = Timer(device)
     backends = ["eager", "sdpa"] + (["triton"] if device.type == "cuda" and triton_installed() else [])
-    report = {"machine": machine_name(device, dtype), "options": opts, "backends": backends, "decode": [], "train": []}
+    report = {"machine": machine(device, str(dtype).replace("torch.", "")), "options": opts, "backends": backends,
+              "decode": [], "train": []}
     if device.type == "cuda":
         report["copy_bandwidth"] = copy_bandwidth(device, timer)
         print(f"device-to-device copy: {report['copy_bandwidth'] / 1e12:.2f} TB/s (read + write)", flush=True)
@@ -189,7 +173,7 @@ def tune(opts, out: Path) -> None:
     device, dtype = torch.device("cuda"), getattr(torch, opts["dtype"])
     timer = Timer(device)
     slots_count = opts["contexts"][-1] // 2
-    width = LATENT["kv_lora_rank"] + LATENT["qk_rope_head_dim"]
+    width = PAPER_MLA["kv_lora_rank"] + PAPER_MLA["qk_rope_head_dim"]
     slots = torch.randn(opts["batch"], slots_count, width, device=device, dtype=dtype)
     query = torch.randn(opts["batch"], HEADS, width, device=device, dtype=dtype)
     visible = torch.full((opts["batch"],), slots_count, device=device)
@@ -210,15 +194,8 @@ def tune(opts, out: Path) -> None:
     rows.sort()
     lines = [f"cache read at copy bandwidth: {read_ms:.4f} ms", "| ms | x read | block_s | warps | stages | splits |", "|---|---|---|---|---|---|"]
     lines += [f"| {ms:.4f} | {ms / read_ms:.2f} | {b} | {w} | {st} | {sp} |" for ms, b, w, st, sp in rows]
-    write_atomic(out / "tune.md", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+    write_text_atomic(out / "tune.md", "\n".join(lines) + "\n")
     print("\n".join(lines[:8]))
-
-
-def machine_name(device, dtype) -> str:
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        return f"{props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, {str(dtype).replace('torch.', '')}"
-    return machine().replace(", fp32", f", {str(dtype).replace('torch.', '')}")
 
 
 # -- report -------------------------------------------------------------------------------
@@ -313,14 +290,6 @@ def plot(report, path: Path) -> None:
     save_figure(fig, path)
 
 
-def write_tables(out: Path, report) -> str:
-    """``results.md`` and ``results.png`` of ``report`` in ``out``; returns the table."""
-    table = markdown(report)
-    write_atomic(out / "results.md", lambda tmp: tmp.write_text(table))
-    plot(report, out / "results.png")
-    return table
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
@@ -336,9 +305,7 @@ def main(argv=None):
     opts = parser.parse_args(argv)
     if opts.replot:
         out = Path(opts.out_dir or f"docs/bench_kernels_{opts.device}")
-        if not (out / "results.json").is_file():
-            parser.error(f"--replot needs {out / 'results.json'}: run the benchmark with --out-dir {out} first")
-        write_tables(out, json.loads((out / "results.json").read_text()))
+        write_tables(out, read_report(parser, out), markdown, plot)
         return
     if opts.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
@@ -365,12 +332,9 @@ def main(argv=None):
     if opts.tune:
         tune(settings, out)
     print(f"benchmarking attention backends on {opts.device}", flush=True)
-    def save(report):
-        write_atomic(out / "results.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
-
-    report = run(settings, save)
-    save(report)
-    print("\n" + write_tables(out, report))
+    report = run(settings, lambda report: write_results_json(out, report))
+    write_results_json(out, report)
+    print("\n" + write_tables(out, report, markdown, plot))
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}")
 
 

@@ -32,16 +32,16 @@ on offline GPU nodes without ESPnet; matplotlib is used for the figure when it i
 import argparse
 import math
 import os
-import threading
 import time
 from pathlib import Path
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 import torch  # noqa: E402
 
-from espnet_mtla.bench.common import (decoder_variants, machine, positive_int, replot, run_in_subprocess,
-                                          save_report, synchronize)  # noqa: E402
-from espnet_mtla.bench.decode import kernel_cell, layer_step_kernels  # noqa: E402
+from espnet_mtla.bench.common import (NoEosDecoder, build_model, decoder_variants, kernel_cell,  # noqa: E402
+                                      layer_step_kernels, machine, positive_int, replot, run_in_subprocess,
+                                      save_figure, save_report, synchronize)
+from espnet_mtla.metrics.memory import PeakMemory  # noqa: E402
 
 VOCAB = 8000
 TST_COMMON_SEGMENTS = 2641
@@ -66,42 +66,7 @@ def test_set(count: int, seed: int = 0):
     return frames[:count].tolist(), tokens[:count].long().tolist()
 
 
-class MemorySampler:
-    """Samples allocated memory every ``interval`` s in a thread: average and peak, MiB."""
-
-    def __init__(self, device: torch.device, interval: float = 0.1):
-        self.device, self.interval = device, interval
-        self.samples = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def read(self) -> float:
-        if self.device.type == "cuda":
-            return torch.cuda.memory_allocated(self.device) / 2**20
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.samples.append(self.read())
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.samples.append(self.read())
-
-    @property
-    def average(self) -> float:
-        return sum(self.samples) / len(self.samples)
-
-
 def run_config(name, opts, queue):
-    from espnet_mtla.bench.batch_decode import NoEosDecoder, build_model
     from espnet_mtla.search import MultiUtteranceBeamSearch
     from espnet_mtla.search.batching import budget_batches
 
@@ -129,24 +94,23 @@ def run_config(name, opts, queue):
 
     with torch.no_grad():
         infer(batches[-1][:1])  # warm-up (kernels, allocator)
-        synchronize(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
         peak_cache = 0
         elapsed = 0.0
-        with MemorySampler(device) as memory:
+        # Average: memory in use sampled every 0.1 s (the paper's metric); peak: the CUDA
+        # allocator's on a GPU, the largest RSS sample on a CPU.
+        with PeakMemory(device, sample_every=0.1) as memory:
             for indices in batches:
                 start = time.perf_counter()
                 cache_bytes_peak = infer(indices)
                 synchronize(device)
                 elapsed += time.perf_counter() - start
                 peak_cache = max(peak_cache, cache_bytes_peak)
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else max(memory.samples)
+        peak = (memory.total_bytes if device.type == "cuda" else max(memory.samples)) / 2**20
         x = feats[0][None]
         enc, _, _ = encoder(x, torch.tensor([x.shape[1]], device=device))
         kernels = layer_step_kernels(decoder, enc)
     queue.put({
-        "name": name, "seconds": elapsed, "average_mib": memory.average, "peak_mib": peak,
+        "name": name, "seconds": elapsed, "average_mib": memory.average_bytes / 2**20, "peak_mib": peak,
         "kv_cache_peak_mib": peak_cache / 2**20, "batches": len(batches), "utterances": len(frames),
         "tokens": sum(tokens), "kernels": kernels, "weights_mib": sum(p.numel() * p.element_size() for p in decoder.parameters()) / 2**20,
     })
@@ -186,8 +150,6 @@ def plot(results, opts, machine_name, path: Path) -> None:
         return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from espnet_mtla.bench.common import save_figure
 
     names = [r["name"] for r in results]
     base = next(r for r in results if r["name"] == "MHA")
@@ -240,6 +202,7 @@ def main(argv=None):
             "utts": min(opts.utts or mode["utts"], TST_COMMON_SEGMENTS),
             "cuda_graphs": opts.device == "cuda" and opts.cuda_graphs is not False}
     torch.set_num_threads(opts.threads)
+    machine_name = machine(conf["device"], "fp32" if conf["dtype"] == "float32" else conf["dtype"])
     results = []
     for name in ["MHA"] + [v for v in opts.variants if v != "MHA"]:
         result = run_in_subprocess(run_config, name, conf)
@@ -247,7 +210,7 @@ def main(argv=None):
         print(f"{name:9s} {result['seconds']:8.1f} s  avg {result['average_mib']:8.0f} MiB  "
               f"peak {result['peak_mib']:8.0f} MiB  KV cache peak {result['kv_cache_peak_mib']:8.1f} MiB", flush=True)
         # the report so far after every type: a run cut off by a time limit keeps what finished
-        table = save_report(out, machine(), conf, results, markdown, plot)
+        table = save_report(out, machine_name, conf, results, markdown, plot)
     print(table)
 
 
