@@ -27,7 +27,7 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 import torch  # noqa: E402
 
 from espnet_mtla.bench.common import (VARIANTS, VOCAB, NoEosDecoder, build_model, espnet_search,  # noqa: E402
-                                      machine, positive_int, replot, run_in_subprocess, save_figure, save_report)
+                                      machine, positive_int, parse_or_replot, run_in_subprocess, save_figure, save_report)
 from espnet_mtla.metrics.memory import peak_allocated_mib  # noqa: E402
 
 DEFAULT_BUDGETS = [1, 7000, 36000]  # about 1, 8 and 32 utterances per batch for the default draw
@@ -183,12 +183,10 @@ def main(argv=None):
     parser.add_argument("--baseline_variants", nargs="*", default=["MHA", "MTLA s=2"], choices=list(VARIANTS),
                         help="also time ESPnet's per-utterance search for these (needs ESPnet)")
     parser.add_argument("--quick", action="store_true", help="4 utterances, 2 budgets, 3 steps, MHA and MTLA s=2")
-    parser.add_argument("--replot", action="store_true", help="redo the table and plot from --out-dir's results.json")
-    opts = parser.parse_args(argv)
-    out = Path(opts.out_dir)
-    if opts.replot:
-        replot(parser, out, markdown, plot)
+    opts = parse_or_replot(parser, argv, markdown, plot)
+    if opts is None:
         return
+    out = Path(opts.out_dir)
     if opts.quick:
         opts.utts, opts.budgets, opts.steps, opts.beam, opts.variants = 4, [1, 4000], 3, 2, ["MHA", "MTLA s=2"]
     try:

@@ -300,6 +300,17 @@ def replot(parser, out, markdown, plot) -> None:
     write_tables(out, read_report(parser, out), *_of_report(markdown, plot))
 
 
+def parse_or_replot(parser, argv, markdown, plot):
+    """``parser``'s options with ``--replot`` added; on ``--replot``, redo the tables of
+    ``--out-dir`` from its results.json and return None."""
+    parser.add_argument("--replot", action="store_true", help="redo the table and plot from --out-dir's results.json")
+    opts = parser.parse_args(argv)
+    if opts.replot:
+        replot(parser, Path(opts.out_dir), markdown, plot)
+        return None
+    return opts
+
+
 def save_report(out, machine_name: str, options: dict, results: list, markdown, plot) -> str:
     """Write ``results.json`` (``{"machine", "options", "results"}``), ``results.md``
     (``markdown(results, options, machine)``) and ``results.png`` (``plot(...)``) to ``out``;

@@ -28,7 +28,7 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 import torch  # noqa: E402
 
 from espnet_mtla.bench.common import (VARIANTS, VOCAB, NoEosDecoder, build_model, espnet_search,  # noqa: E402
-                                      kernel_cell, layer_step_kernels, machine, positive_int, replot,
+                                      kernel_cell, layer_step_kernels, machine, positive_int, parse_or_replot,
                                       run_in_subprocess, save_figure, save_report)
 from espnet_mtla.metrics.memory import peak_allocated_mib  # noqa: E402
 
@@ -197,12 +197,10 @@ def main(argv=None):
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="default: every type")
     parser.add_argument("--threads", type=positive_int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--quick", action="store_true", help="10 steps, 1 utterance, MHA and MTLA s=2 only")
-    parser.add_argument("--replot", action="store_true", help="redo the table and plot from --out-dir's results.json")
-    opts = parser.parse_args(argv)
-    out = Path(opts.out_dir)
-    if opts.replot:
-        replot(parser, out, markdown, plot)
+    opts = parse_or_replot(parser, argv, markdown, plot)
+    if opts is None:
         return
+    out = Path(opts.out_dir)
     names = opts.variants or list(VARIANTS)
     if "MHA" not in names:
         parser.error("--variants must include MHA (every ratio is to MHA)")
