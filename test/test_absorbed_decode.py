@@ -163,7 +163,7 @@ def test_absorbed_decode_can_be_switched_off_for_before_after_benchmarks():
 
 @FORMS
 @pytest.mark.parametrize("attention_type,conf", [("mla", {}), ("mtla", {"down_rate": 2}), ("mtla", {"down_rate": 3})])
-def test_beam_search_hypotheses_equal_on_both_paths(attention_type, conf, merged, monkeypatch):
+def test_beam_search_hypotheses_equal_on_both_paths(attention_type, conf, merged):
     """The whole multi-utterance search gives the same n-best lists (tokens, scores) on the
     absorbed decode step as on the training code's path."""
     from espnet_mtla.attention import MultiHeadLatentAttention
@@ -176,12 +176,15 @@ def test_beam_search_hypotheses_equal_on_both_paths(attention_type, conf, merged
                              linear_units=48, num_blocks=2, dropout_rate=0.0, tie_embeddings=False, **sections).eval()
     with torch.no_grad():
         stack.final_norm.weight.mul_(3.0)  # sharper outputs: few near-ties between hypotheses
-    monkeypatch.setattr(MultiHeadLatentAttention, "absorb_merged", merged)
+    layers = [m for m in stack.modules() if isinstance(m, MultiHeadLatentAttention)]
+    for layer in layers:
+        layer.absorb_merged = merged
     gen = torch.Generator().manual_seed(1)
     enc, lens = torch.randn(3, 11, 12, generator=gen), torch.tensor([11, 7, 9])
     results = {}
     for absorbed in (False, True):  # training path first: nothing absorbed before the second run
-        monkeypatch.setattr(MultiHeadLatentAttention, "absorbed_decode", absorbed)
+        for layer in layers:
+            layer.absorbed_decode = absorbed
         hyps = MultiUtteranceBeamSearch(stack, 16, 16, 4, nbest=3)(enc, lens, maxlenratio=-6).hypotheses
         assert ("_absorbed" in stack.layers[0].attn.__dict__) == absorbed
         results[absorbed] = [[(h.yseq.tolist(), float(h.score)) for h in utt] for utt in hyps]

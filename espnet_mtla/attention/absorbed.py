@@ -1,6 +1,7 @@
-"""The MLA/MTLA decode step with inference-time weights: one matmul in, one matmul out.
+"""MLA/MTLA's one-token step with inference-time weights: one matmul in, one matmul out.
 
-A decode step (one new token per row after a cache) computes, per layer and row,
+One new token per row after a cache (each step of a search; ``mla_paths``' path ``absorbed``)
+computes, per layer and row,
 
     [q_nope ; q_rope] = W_q x          k_rope, c = W_dkv x        c = Norm(c) * w_hyper(c, j)
     q_latent_h = W_uk,h^T q_nope,h     o_h = attend([q_latent_h ; rope(q_rope_h)], slots)
@@ -20,7 +21,7 @@ profile in docs/benchmarks.md). ``AbsorbedWeights`` holds what inference can pre
   CPUs, where a step reads its weights from memory, the factored form is faster
   (``merged=False``: the per-head W_uk / W_uv as batched matmuls, weights read once).
 - ``chunk_table``: MTLA's hyper-network chunk embeddings W_c e(j) for j < len, grown by
-  doubling (a decode step looks up one row instead of computing a sinusoid and a linear).
+  doubling (a step looks up one row instead of computing a sinusoid and a linear).
 
 The weights are rebuilt when any parameter they were made from changed: the key is each
 source parameter's storage, version counter (bumped by every in-place update: optimizer steps,
@@ -34,6 +35,7 @@ from torch import nn
 
 from espnet_mtla.attention.base import linear_weight_bias
 from espnet_mtla.attention.hypernet import sinusoid
+from espnet_mtla.attention.mla_paths import latent_slot_attention
 
 
 def parameters_key(params) -> Tuple:
@@ -133,7 +135,7 @@ class AbsorbedWeights:
 def absorbed_weights(layer, merged: Optional[bool] = None) -> AbsorbedWeights:
     """``layer``'s current inference weights, rebuilt if its parameters changed.
 
-    ``merged`` None: the layer's ``absorb_merged`` if set, else True on GPUs, False on CPUs.
+    ``merged`` None: the layer's ``absorb_merged`` option if set, else True on GPUs, False on CPUs.
     """
     if merged is None:
         merged = layer.absorb_merged
@@ -144,3 +146,40 @@ def absorbed_weights(layer, merged: Optional[bool] = None) -> AbsorbedWeights:
         cached = AbsorbedWeights(layer, merged)
         layer.__dict__["_absorbed"] = cached
     return cached
+
+
+def attend_token_absorbed(layer, x, positions, lengths, start, cache):
+    """One new token per row after a cache, on ``absorbed_weights``: x (B, 1, D) -> (B, 1, D).
+
+    Computes what the ``per_head`` path computes (``mla_paths.attend_cached``), in about 35
+    kernels instead of 60.
+    """
+    w = absorbed_weights(layer)
+    batch, heads, d_c, d_r, s = x.shape[0], layer.num_heads, layer.kv_lora_rank, layer.qk_rope_head_dim, layer.down_rate
+    projected = nn.functional.linear(x[:, 0], w.w_in, w.b_in)
+    if w.q_lora:
+        q_a, k_rope, latent = projected.split(w.split_in, dim=-1)
+        query, q_rope = nn.functional.linear(w.q_norm(q_a), w.w_qb, w.b_qb).split(
+            [w.w_qb.shape[0] - heads * d_r, heads * d_r], dim=-1
+        )
+        rope_in = torch.cat([q_rope, k_rope], dim=-1)
+    else:
+        query, rope_in, latent = projected.split(w.split_in, dim=-1)
+    rope = layer.rope(rope_in.view(batch, 1, heads + 1, d_r), positions)[:, 0]  # (B, H + 1, d_r): queries, key
+    if not w.merged:
+        query = torch.bmm(query.view(batch, heads, -1).transpose(0, 1), w.w_uk).transpose(0, 1)
+    query = torch.cat([query.reshape(batch, heads, d_c), rope[:, :heads]], dim=-1)  # (B, H, d_c + d_r)
+
+    latent = layer.kv_norm(latent)
+    slot = torch.div(start, s, rounding_mode="floor") if s > 1 else start  # (B,) the slot this token joins
+    weights = layer.merge_weights(latent, slot, absorbed=w, num_chunks=cache.max_length // s + 1)
+    if weights is not None:
+        latent = latent * weights
+    _, _, slots = layer._merge(latent.unsqueeze(1), rope[:, heads:], lengths, start, cache, slot)
+    layer._write(cache, slots, lengths, 1)
+
+    out = latent_slot_attention(layer, query.unsqueeze(1), cache.view("kv"), slots[0],
+                                cache.view_is_visible())[:, 0]  # (B, H, d_c)
+    if not w.merged:
+        out = torch.bmm(out.transpose(0, 1), w.w_uv_t).transpose(0, 1)  # (B, H, d_v)
+    return nn.functional.linear(out.reshape(batch, -1), w.w_out, w.b_out).unsqueeze(1)

@@ -1,6 +1,7 @@
 """MTLA's hyper-network: the weight with which each latent enters its chunk's merged slot."""
 
 import math
+from typing import Optional
 
 import torch
 from torch import nn
@@ -37,10 +38,14 @@ class ChunkMergeHyperNetwork(nn.Module):
         self.chunk_proj = nn.Linear(latent_dim, latent_dim // rank_ratio)
         self.latent_proj = nn.Linear(latent_dim, latent_dim // rank_ratio)
 
-    def forward(self, latent: torch.Tensor, chunk_index: torch.Tensor) -> torch.Tensor:
-        """latent: (B, T, d_c); chunk_index: (B, T) integer -> weights (B, T, 1), latent's dtype."""
-        return self.weights(latent, self.chunk_proj(sinusoid(chunk_index, self.latent_dim).to(latent.dtype)))
+    def forward(self, latent: torch.Tensor, chunk_index: torch.Tensor, table: Optional[torch.Tensor] = None):
+        """latent (..., d_c), chunk_index (...) integer -> weights (..., 1), latent's dtype.
 
-    def weights(self, latent: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
-        """latent (..., d_c), chunk embeddings W_c e(j) (..., d_c / ratio) -> weights (..., 1)."""
+        ``table``: the chunk embeddings W_c e(j) + b of chunks j < len (absorbed.py prepares it
+        for inference), looked up instead of computed.
+        """
+        if table is None:
+            chunk = self.chunk_proj(sinusoid(chunk_index, self.latent_dim).to(latent.dtype))
+        else:
+            chunk = table[chunk_index]
         return torch.sigmoid((chunk * self.latent_proj(latent)).sum(-1, keepdim=True))

@@ -5,8 +5,9 @@ one cache slot, each weighted by a hyper-network (``ChunkMergeHyperNetwork``). T
 holds ceil(T/s) slots of (kv_lora_rank + qk_rope_head_dim) numbers; the last slot is the
 partial merge of the current chunk. A query sees the completed slots before its chunk and
 its own partial state (the stride-aware causal pattern), so parallel training computes
-exactly what step-by-step decoding computes. All the attention code lives in
-``MultiHeadLatentAttention``; this class only adds the merge.
+exactly what step-by-step decoding computes. The layer and the merge into slots are
+``MultiHeadLatentAttention``'s (mla.py), the attention paths mla_paths.py's; this class only
+adds the merge weights.
 """
 
 import torch
@@ -26,15 +27,12 @@ class MultiHeadTemporalLatentAttention(MultiHeadLatentAttention):
         self.down_rate = down_rate
         self.hypernet = ChunkMergeHyperNetwork(self.kv_lora_rank, hypernet_rank_ratio)
 
-    def merge_weights(self, latent: torch.Tensor, chunk_index: torch.Tensor) -> torch.Tensor:
-        return self.hypernet(latent, chunk_index)
+    def merge_weights(self, latent, chunk_index, absorbed=None, num_chunks: int = 0) -> torch.Tensor:
+        table = None if absorbed is None else absorbed.chunk_embeddings(self.hypernet, num_chunks, latent.dtype)
+        return self.hypernet(latent, chunk_index, table)
 
     def prepare_decode(self, num_tokens: int) -> None:
         super().prepare_decode(num_tokens)
         if self.absorbed_decode:
             absorbed_weights(self).chunk_embeddings(self.hypernet, num_tokens // self.down_rate + 1,
                                                     self.kv_down.weight.dtype)
-
-    def merge_weights_step(self, latent, chunk_index, num_chunks: int, absorbed) -> torch.Tensor:
-        table = absorbed.chunk_embeddings(self.hypernet, num_chunks, latent.dtype)
-        return self.hypernet.weights(latent, table[chunk_index])

@@ -65,8 +65,10 @@ def run_config(name, opts, queue):
     torch.manual_seed(0)
     torch.set_num_threads(opts["threads"])
     base = name.removesuffix(TRAINING_PATH)
-    MultiHeadLatentAttention.absorbed_decode = not (opts.get("training_path", False) or base != name)
     encoder, decoder, _ = build_model(*VARIANTS[base])
+    for layer in decoder.modules():
+        if isinstance(layer, MultiHeadLatentAttention):
+            layer.absorbed_decode = not (opts.get("training_path", False) or base != name)
     search = make_search(decoder, opts)
     gen = torch.Generator().manual_seed(1)
     frames = opts["seconds"] * 100  # 10 ms fbank hop
