@@ -35,7 +35,7 @@ from torch.utils.checkpoint import checkpoint
 from espnet_mtla.attention.absorbed import absorbed_weights, attend_token_absorbed
 from espnet_mtla.attention.backends import check_backend
 from espnet_mtla.attention.base import CachedAttention, check_dropout, check_positive, linear_weight_bias
-from espnet_mtla.attention.mla_paths import attend_cached, attend_causal, call_phase, latent_slot_attention, route
+from espnet_mtla.attention.mla_paths import attend_cached, attend_causal, call_phase, route
 from espnet_mtla.attention.norms import NORM_TYPES, build_norm
 from espnet_mtla.attention.rope import RotaryEmbedding, check_rope_dim
 
@@ -258,7 +258,3 @@ class MultiHeadLatentAttention(CachedAttention):
         else:
             out = attend_cached(self, path, q_nope, q_rope, own, k_rope, start, cache)
         return self.out_proj(out.reshape(batch, time, -1))  # (B, T, H, d_v) -> (B, T, D)
-
-    def _decode_step(self, query, slots, completed, all_visible: bool = False):
-        """Old name of ``mla_paths.latent_slot_attention``, kept while bench/kernels.py calls it."""
-        return latent_slot_attention(self, query, slots, completed, all_visible)

@@ -6,7 +6,7 @@ For a 512-d, 8-head layer of each attention type (MLA/MTLA with the paper's dims
 norm: kv_lora_rank 256, qk_nope 64, qk_rope 32, v_head 64, LayerNorm) and each backend:
 - decode: one incremental step, ``layer(x_t, cache=cache)``, batch 64, over a cache holding
   1k/4k/16k tokens of random content (filled directly: no prefill pass), median wall time.
-  For MLA/MTLA also the attention core alone (``_decode_step``: the absorbed attention of
+  For MLA/MTLA also the attention core alone (``mla_paths.latent_slot_attention``: the absorbed attention of
   the 8 heads over the shared latent slots), where the backends differ.
 - training: forward+backward of the layer at T=4096 (on a GPU also 16384), batch 2: median
   time and peak memory above the step's baseline (the CUDA allocator's peak on a GPU, profiler
@@ -31,6 +31,7 @@ import torch  # noqa: E402
 
 from espnet_mtla.bench.common import (EMBED, HEADS, PAPER_MLA, layer_variants, machine, positive_int,  # noqa: E402
                                       read_report, save_figure, write_results_json, write_tables)
+from espnet_mtla.attention.mla_paths import latent_slot_attention  # noqa: E402
 from espnet_mtla.metrics.memory import peak_allocated_mib  # noqa: E402
 from espnet_mtla.storage.fileio import write_text_atomic  # noqa: E402
 
@@ -111,7 +112,7 @@ def bench_decode(name, backend, context, opts, device, dtype, timer):
             slots = cache.view("kv")
             query = torch.randn(opts["batch"], 1, HEADS, slots.shape[-1], device=device, dtype=dtype)
             completed = (cache.lengths - 1).div(layer.down_rate, rounding_mode="floor").unsqueeze(1)
-            result["core_ms"] = 1000 * timer(lambda: layer._decode_step(query, slots, completed), repeats=opts["core_repeats"])
+            result["core_ms"] = 1000 * timer(lambda: latent_slot_attention(layer, query, slots, completed), repeats=opts["core_repeats"])
     return result
 
 
