@@ -43,7 +43,7 @@ def test_built_in_sections():
     sections = config_sections()
     assert list(sections) == ["attention_conf", "mha_conf", "gqa_conf", "mla_conf", "mtla_conf"]
     assert sections["attention_conf"] == (["attn_backend", "bias", "dropout", "rope_base"], attention_types())
-    assert sections["mha_conf"] == (["head_dim"], ("mha", "mqa", "gqa"))
+    assert sections["mha_conf"] == (["head_dim", "rope"], ("mha", "mqa", "gqa"))
     assert sections["gqa_conf"] == (["num_kv_heads"], ("gqa",))
     assert sections["mtla_conf"] == (["down_rate", "hypernet_rank_ratio"], ("mtla",))
     assert "num_kv_heads" not in attention_options("mqa")  # fixed by the type

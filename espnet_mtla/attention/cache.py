@@ -196,6 +196,11 @@ class LayerCaches:
         for cache in self.layers:
             cache.reorder(rows)
 
+    def keep_utterances(self, utterances: torch.Tensor) -> None:
+        """A search dropped the utterances not in ``utterances`` (N',); their rows are reordered
+        away separately. Per-utterance state (none here; an encoder-decoder's source memory)
+        keeps these."""
+
     def select(self, rows: torch.Tensor) -> "LayerCaches":
         """A new, independent object of the same class holding copies of ``rows``."""
         selected = copy.copy(self)

@@ -14,7 +14,8 @@ class MultiHeadAttention(CachedAttention):
     """MHA (num_kv_heads == num_heads), GQA (divides num_heads) or MQA (num_kv_heads == 1).
 
     The cache holds the rotated keys and the values of the ``num_kv_heads`` heads only:
-    ``2 * num_kv_heads * head_dim`` numbers per token.
+    ``2 * num_kv_heads * head_dim`` numbers per token. ``rope=False``: no rotation (positions
+    come from elsewhere, e.g. the absolute encoding of an ESPnet Transformer decoder's input).
     """
 
     def __init__(
@@ -27,6 +28,7 @@ class MultiHeadAttention(CachedAttention):
         bias: bool = False,
         rope_base: float = 10000.0,
         attn_backend: str = "auto",
+        rope: bool = True,
     ):
         super().__init__()
         check_positive(embed_dim, "embed_dim")
@@ -50,7 +52,7 @@ class MultiHeadAttention(CachedAttention):
         self.k_proj = nn.Linear(embed_dim, num_kv_heads * head_dim, bias=bias)
         self.v_proj = nn.Linear(embed_dim, num_kv_heads * head_dim, bias=bias)
         self.out_proj = nn.Linear(num_heads * head_dim, embed_dim, bias=bias)
-        self.rope = RotaryEmbedding(head_dim, rope_base, option="head_dim")
+        self.rope = RotaryEmbedding(head_dim, rope_base, option="head_dim") if rope else _no_rotation
 
     def cache_shapes(self):
         return {"k": (self.num_kv_heads, self.head_dim), "v": (self.num_kv_heads, self.head_dim)}
@@ -97,3 +99,7 @@ class MultiHeadAttention(CachedAttention):
                 visible = (torch.arange(keys.shape[2], device=x.device) <= rank.unsqueeze(-1)).unsqueeze(1)  # (B, 1, T, S)
             out = attend(q, keys, values, attn_mask=visible, enable_gqa=gqa, dropout_p=dropout)
         return self.out_proj(out.transpose(1, 2).reshape(batch, time, -1))
+
+
+def _no_rotation(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    return x

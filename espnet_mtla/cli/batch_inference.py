@@ -23,7 +23,7 @@ reach into padded frames. ``--batch_encoder true`` runs one encoder pass over th
 utterances differ slightly). The search is batched either way.
 
 Not supported here (refused in one line): language models, CTC-only decoding (``--ctc_weight
-1``) and models whose decoder is not ``decoder_only``.
+1``) and decoders other than ``decoder_only`` and ``cached_transformer``.
 """
 
 import inspect
@@ -153,16 +153,19 @@ def decode(module, spec: TaskSpec, args, recorder, batch_encoder: bool = False, 
     from espnet2.torch_utils.set_all_random_seed import set_all_random_seed
     from espnet2.train.dataset import ESPnetDataset
 
-    from espnet_mtla.decoder import DecoderOnlyDecoder
+    from espnet_mtla.decoder.scorer import CachedScorer
 
     check_supported(args)
     set_all_random_seed(args.seed)
     inference = build_inference_object(module, spec, args)
     name = spec.model_attribute
     model = getattr(inference, f"{name}_model")
-    if not isinstance(model.decoder, DecoderOnlyDecoder):
-        raise BatchDecodingError(f"batched decoding needs a decoder_only model; this one's decoder is "
-                                 f"{type(model.decoder).__name__}: use --batch_size 1")
+    if not isinstance(model.decoder, CachedScorer):
+        raise BatchDecodingError(f"batched decoding needs a decoder_only or cached_transformer decoder; this one's "
+                                 f"decoder is {type(model.decoder).__name__}: use --batch_size 1")
+    if cuda_graphs and not hasattr(model.decoder, "projector"):
+        raise BatchDecodingError("--cuda_graphs true replays decoder_only models only (the encoder-decoder's source "
+                                 "memory is read per utterance): use --cuda_graphs false")
     if attn_backend:
         use_attention_backend(inference, spec, attn_backend)
     train_args = getattr(inference, f"{name}_train_args")

@@ -111,6 +111,10 @@ class DecoderOnlyStack(nn.Module):
         """(B, L) token ids -> (B, L, D); embeddings are scaled by sqrt(D) (init std D^-1/2)."""
         return self.embed_dropout(self.embed(ys) * math.sqrt(self.model_dim))
 
+    def cache_capacity(self, frames: int, tokens: int) -> int:
+        """Cache slots for an encoder output of ``frames`` frames and ``tokens`` tokens."""
+        return -(-frames // self.projector.stack) + tokens
+
     def new_caches(self, batch_size: int, capacity: int, like: torch.Tensor) -> DecoderCaches:
         return DecoderCaches(
             [layer.attn.new_cache(batch_size, capacity, dtype=like.dtype, device=like.device) for layer in self.layers]

@@ -67,7 +67,10 @@ class MultiUtteranceBeamSearch:
     """Beam search of a decoder-only stack over a batch of utterances.
 
     Args:
-        decoder: the decoder-only stack (``new_caches``, ``fill_prefix``, ``run_tokens``).
+        decoder: a cached decoder stack: ``cache_capacity(frames, tokens)``, ``new_caches``,
+            ``fill_prefix`` (what precedes the tokens: the decoder-only stack's speech prefix,
+            the encoder-decoder stack's source memory) and ``run_tokens``. Rows are
+            utterance-major: utterance n's hypotheses are rows n*W .. n*W+W-1.
         sos, eos: token ids. beam_size: hypotheses kept per utterance.
         decoder_weight: ``1 - ctc_weight`` in ESPnet. ctc_weight: weight of the CTC prefix
             score (0: not scored). pre_beam_size: tokens per hypothesis CTC scores (ESPnet's
@@ -132,8 +135,7 @@ class MultiUtteranceBeamSearch:
         if max_length is not None:
             maxlen = max_length.to(device=device, dtype=maxlen.dtype)
         state = initial_state(num_utts, self.sos, maxlen, minlen, self.nbest, enc.dtype)
-        capacity = -(-enc.shape[1] // decoder.projector.stack) + state.tokens.shape[1]
-        caches = decoder.new_caches(num_utts, capacity, enc)
+        caches = decoder.new_caches(num_utts, decoder.cache_capacity(enc.shape[1], state.tokens.shape[1]), enc)
         decoder.fill_prefix(caches, enc, enc_lens)
         ctc = ctc_state = None
         utt = torch.arange(num_utts, device=device)  # (R,) the (original) utterance of each row
@@ -170,6 +172,7 @@ class MultiUtteranceBeamSearch:
                 if not kept:
                     break
                 keep = torch.tensor(kept, device=device)
+                caches.keep_utterances(keep)
                 kept_rows = state.rows_of(keep)
                 state = state.select_utterances(keep)
                 active = [active[k] for k in kept]

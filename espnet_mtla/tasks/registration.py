@@ -2,6 +2,7 @@
 
     import espnet_mtla.tasks.registration   # then ESPnet's asr/st/slu/mt tasks know:
     decoder: decoder_only      # espnet_mtla.decoder.DecoderOnlyDecoder (every task)
+    decoder: cached_transformer  # espnet_mtla.decoder.cached_transformer (every task, ESPnet's models)
     model: decoder_only        # the task's model (espnet_mtla.tasks.specs: DecoderOnly{ASR,SLU,MT}Model)
     data type: zip_npy         # espnet_mtla.data.zip_features (fairseq-style zip storage)
 
@@ -44,6 +45,7 @@ from espnet_mtla.storage.errors import ConfigError  # noqa: E402
 from espnet_mtla.tasks.specs import TASKS  # noqa: E402
 
 NAME = "decoder_only"
+ENCODER_DECODER = "cached_transformer"  # ESPnet's own models, our cached decoder
 # espnet2.tasks.<task> modules and their task classes, for every task of the task table
 ESPNET_TASK_MODULES = {name: _import_espnet_quietly(f"espnet2.tasks.{name}") for name in TASKS}
 ESPNET_TASKS = {name: getattr(ESPNET_TASK_MODULES[name], spec.espnet_task) for name, spec in TASKS.items()}
@@ -76,10 +78,12 @@ def register() -> None:
     if getattr(register, "done", False):
         return
     from espnet_mtla.decoder import DecoderOnlyDecoder
+    from espnet_mtla.decoder.cached_transformer import CachedTransformerDecoder
 
     for name, spec in TASKS.items():
         module = ESPNET_TASK_MODULES[name]
         module.decoder_choices.classes[NAME] = DecoderOnlyDecoder
+        module.decoder_choices.classes[ENCODER_DECODER] = CachedTransformerDecoder
         if hasattr(module, "model_choices"):
             module.model_choices.classes[NAME] = spec.load_model()
         else:  # st: no model choice; ESPnet's STTask builds ESPnetSTModel, our builder picks the class

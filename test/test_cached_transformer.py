@@ -1,0 +1,187 @@
+"""decoder: cached_transformer, the encoder-decoder decoder with real caches.
+
+Against ESPnet's TransformerDecoder on its own weights (log-probs, n-best with CTC); parallel ==
+incremental for every attention type and source memory, padded batches included; our batched
+search == ESPnet's per-utterance search; the source memory is projected once per utterance and
+layer; configs: ESPnet's load, mistakes are one line.
+"""
+
+import pytest
+import torch
+from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
+
+from test_decoder import ENC_DIM, EOS, TYPES, VOCAB
+from test_search import BEAM, assert_same, espnet_search, inputs, nbest_lists, our_search, tiny_ctc
+from espnet_mtla.decoder.cached_transformer import CachedTransformerDecoder
+from espnet_mtla.decoder.encoder_decoder import EncoderDecoderStack
+from espnet_mtla.storage.errors import ConfigError
+
+SIZES = dict(attention_heads=4, linear_units=48, num_blocks=2)
+LATENT = {"kv_lora_rank": 16, "qk_nope_head_dim": 4, "qk_rope_head_dim": 4, "v_head_dim": 4}
+SOURCES = {"mha": {}, "latent": {"source_attention": "latent", "source_conf": {"kv_lora_rank": 8}},
+           "latent s=3": {"source_attention": "latent", "source_conf": {"kv_lora_rank": 8, "down_rate": 3}}}
+
+
+def ours(attention_type="mha", source="mha", cls=CachedTransformerDecoder, **overrides):
+    torch.manual_seed(0)
+    conf = dict(SIZES, dropout_rate=0.0, positional_dropout_rate=0.0, attention_type=attention_type,
+                gqa_conf={"num_kv_heads": 2}, mla_conf=LATENT, mtla_conf={"down_rate": 2}, **SOURCES[source])
+    decoder = cls(VOCAB, ENC_DIM, **{**conf, **overrides}).eval()
+    with torch.no_grad():  # sharper outputs: few near-ties in the searches
+        decoder.output_layer.weight.mul_(3.0)
+    return decoder
+
+
+def espnet_decoder():
+    torch.manual_seed(1)
+    decoder = TransformerDecoder(VOCAB, ENC_DIM, dropout_rate=0.0, positional_dropout_rate=0.0, **SIZES).eval()
+    with torch.no_grad():
+        decoder.output_layer.weight.mul_(3.0)
+    return decoder
+
+
+def teacher_forcing_batch(seed=2):
+    gen = torch.Generator().manual_seed(seed)
+    hs = torch.randn(3, 19, ENC_DIM, generator=gen)
+    ys = torch.randint(0, EOS, (3, 7), generator=gen)
+    return hs, torch.tensor([19, 12, 5]), ys, torch.tensor([7, 4, 2])
+
+
+# -- drop-in for ESPnet's TransformerDecoder -------------------------------------------------------
+def test_espnet_weights_load_unchanged_and_give_espnets_log_probs():
+    reference, decoder = espnet_decoder(), ours()
+    assert sorted(decoder.state_dict()) == sorted(reference.state_dict())  # ESPnet's names, both ways
+    decoder.load_state_dict(reference.state_dict(), strict=True)
+    hs, hlens, ys, ylens = teacher_forcing_batch()
+    with torch.no_grad():
+        expected, _ = reference(hs, hlens, ys, ylens)
+        got, lens = decoder(hs, hlens, ys, ylens)
+    real = torch.arange(ys.shape[1]) < ylens[:, None]
+    assert torch.equal(lens, ylens)
+    assert (expected - got)[real].abs().max() < 1e-5
+    # step by step through ESPnet's scorer interface, as its searches call it
+    x, yseq, ref_states, state = hs[0], torch.tensor([[EOS]]), [None], decoder.batch_init_state(hs[0])
+    for _ in range(6):
+        ref_logp, ref_states = reference.batch_score(yseq, ref_states, x[None])
+        logp, (state,) = decoder.batch_score(yseq, [state], x[None])
+        assert (ref_logp - logp).abs().max() < 1e-5
+        yseq = torch.cat([yseq, ref_logp.argmax(-1, keepdim=True)], dim=1)
+
+
+@pytest.mark.parametrize("ctc_weight", [0.0, 0.3])
+def test_espnet_model_decodes_to_the_same_nbest_with_joint_ctc(ctc_weight):
+    reference, decoder, ctc = espnet_decoder(), ours(), tiny_ctc()
+    decoder.load_state_dict(reference.state_dict())
+    xs, _, _ = inputs()
+    with torch.no_grad():
+        expected = nbest_lists([espnet_search(reference, ctc, ctc_weight, 0.0, False)(x, 0.0, 0.0) for x in xs])
+        got = nbest_lists([espnet_search(decoder, ctc, ctc_weight, 0.0, False)(x, 0.0, 0.0) for x in xs])
+    assert_same(expected, got)
+
+
+# -- every attention type and source memory -------------------------------------------------------
+@pytest.mark.parametrize("source", list(SOURCES))
+@pytest.mark.parametrize("attention_type", TYPES)
+def test_parallel_equals_incremental_with_padding(attention_type, source):
+    decoder = ours(attention_type, source, cls=EncoderDecoderStack)
+    hs, hlens, ys, ylens = teacher_forcing_batch()
+    with torch.no_grad():
+        parallel, _ = decoder(hs, hlens, ys, ylens)
+        caches = decoder.new_caches(3, 2, hs)  # caches grow as tokens come
+        decoder.fill_prefix(caches, hs, hlens)
+        steps = torch.cat([decoder.run_tokens(caches, ys[:, t: t + 1]) for t in range(ys.shape[1])], dim=1)
+    real = torch.arange(ys.shape[1]) < ylens[:, None]
+    assert (parallel - steps)[real].abs().max() < 1e-5
+    # a row's outputs do not depend on the padding of the others
+    with torch.no_grad():
+        alone, _ = decoder(hs[2:, :5], hlens[2:], ys[2:, :2], ylens[2:])
+    assert (alone[0] - parallel[2, :2]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("ctc_weight", [0.0, 0.3])
+@pytest.mark.parametrize("attention_type,source", [("mha", "mha"), ("mla", "latent"), ("mtla", "latent s=3"),
+                                                   ("gqa", "mha")])
+def test_batched_search_equals_espnet_per_utterance(attention_type, source, ctc_weight):
+    decoder, ctc = ours(attention_type, source), tiny_ctc()
+    xs, enc, lens = inputs()
+    with torch.no_grad():
+        expected = nbest_lists([espnet_search(decoder, ctc, ctc_weight, 0.0, False)(x, 0.0, 0.0) for x in xs])
+        got = nbest_lists(our_search(decoder, ctc_weight)(enc, lens, 0.0, 0.0,
+                                                          ctc_logp=ctc.log_softmax(enc)).hypotheses)
+    assert_same(expected, got)
+    assert len({str([y for y, _ in hyps]) for hyps in expected}) > 1  # utterances decode differently
+
+
+@pytest.mark.parametrize("source", ["mha", "latent"])
+def test_source_memory_is_projected_once_per_utterance_and_layer(source):
+    """ESPnet projects the encoder output for every hypothesis at every step; here once."""
+    decoder = ours("mtla", source)
+    projected = []
+    for layer in decoder.decoders:
+        module = layer.src_attn.linear_k if source == "mha" else layer.src_attn.kv_down
+        module.register_forward_hook(lambda mod, args, out: projected.append(args[0].shape[0]))
+    _, enc, lens = inputs()
+    with torch.no_grad():
+        result = our_search(decoder, 0.0)(enc, lens, 0.0, 0.0)
+    assert projected == [len(lens)] * len(decoder.decoders)  # one call per layer, over the utterances
+    assert all(len(hyps) > 0 for hyps in result.hypotheses)
+
+
+def test_latent_source_memory_holds_fewer_bytes():
+    _, enc, lens = inputs()
+    held = {}
+    for source in SOURCES:
+        decoder = ours("mtla", source)
+        caches = decoder.new_caches(len(lens), 4, enc)
+        decoder.fill_prefix(caches, enc, lens)
+        held[source] = caches.source_nbytes()
+    frames, layers = enc.shape[1], SIZES["num_blocks"]
+    assert held["mha"] == len(lens) * layers * 2 * frames * ENC_DIM * 4  # keys + values, fp32
+    assert held["latent"] == len(lens) * layers * frames * 8 * 4  # one 8-d latent per frame
+    assert held["latent s=3"] == len(lens) * layers * -(-frames // 3) * 8 * 4
+
+
+# -- configs ----------------------------------------------------------------------------------------
+def test_config_mistakes_are_one_line_errors():
+    with pytest.raises(ConfigError, match=r"^decoder_conf: unknown key 'num_block'; valid keys: "):
+        ours(num_block=3)
+    with pytest.raises(ConfigError, match=r"^decoder_conf: unknown attention_type 'mlta'; choose one of "):
+        ours("mlta")
+    with pytest.raises(ConfigError, match=r"^decoder_conf.source_conf: unknown key 'rank'; valid keys: "):
+        ours(source_attention="latent", source_conf={"rank": 8})
+    with pytest.raises(ConfigError, match=r"^decoder_conf: unknown source_attention 'mla'; choose one of mha, latent"):
+        ours(source_attention="mla")
+    with pytest.raises(ConfigError, match=r"^decoder_conf: qk_norm: True is not supported by cached_transformer"):
+        ours(qk_norm=True)
+
+
+def test_an_espnet_decoder_config_builds_with_one_word_changed(tmp_path):
+    """A config written for ESPnet's ``decoder: transformer`` (its keys, its defaults) builds
+    ``decoder: cached_transformer`` through ESPnet's own ASR task."""
+    import yaml
+
+    import espnet_mtla.tasks.registration as registry
+
+    config = {
+        "token_list": ["<blank>", "<unk>"] + list("abcdefghij") + ["<sos/eos>"], "token_type": "char",
+        "frontend": "default", "frontend_conf": {"n_fft": 512, "hop_length": 160, "n_mels": 20},
+        "encoder": "transformer", "encoder_conf": {"output_size": 16, "attention_heads": 2, "linear_units": 32,
+                                                   "num_blocks": 1, "input_layer": "conv2d"},
+        "decoder": "cached_transformer",
+        "decoder_conf": {"attention_heads": 2, "linear_units": 32, "num_blocks": 2, "dropout_rate": 0.1,
+                         "positional_dropout_rate": 0.1, "self_attention_dropout_rate": 0.1,
+                         "src_attention_dropout_rate": 0.1, "use_flash_attn": False},
+        "model_conf": {"ctc_weight": 0.3, "lsm_weight": 0.1},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    task = registry.ESPNET_TASKS["asr"]
+    args = task.get_parser().parse_args(["--config", str(path), "--output_dir", "unused"])
+    model = task.build_model(args)
+    assert type(model.decoder).__name__ == "CachedTransformerDecoder"
+    assert type(model).__name__ == "ESPnetASRModel"  # ESPnet's own model: attention + CTC loss
+    speech = torch.randn(2, 8000)
+    text = torch.tensor([[2, 3, 4], [5, 6, -1]])
+    loss, stats, _ = model(speech, torch.tensor([8000, 6000]), text, torch.tensor([3, 2]))
+    loss.backward()
+    assert torch.isfinite(loss) and stats["acc"] is not None
