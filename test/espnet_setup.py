@@ -55,6 +55,19 @@ def config(task: str, attention_type: str) -> dict:
     return conf
 
 
+def encoder_decoder_config(task: str, attention_type: str, source_attention: str = "mha") -> dict:
+    """The same task with ESPnet's own model and ``decoder: cached_transformer``."""
+    conf = config(task, attention_type)
+    conf["decoder"] = "cached_transformer"
+    conf["decoder_conf"] = dict(attention_type=attention_type, attention_heads=4, linear_units=64, num_blocks=2,
+                                dropout_rate=0.0, positional_dropout_rate=0.0, source_attention=source_attention,
+                                source_conf={"kv_lora_rank": 16, "down_rate": 2} if source_attention == "latent" else {},
+                                **{k: DECODER[k] for k in ("gqa_conf", "mla_conf", "mtla_conf")})
+    conf.pop("model", None)  # ESPnet's model class of the task
+    conf["model_conf"].pop("intent_weight", None)
+    return conf
+
+
 def parse(task: str, config_path) -> argparse.Namespace:
     """ESPnet's parser with the YAML as --config, as the train CLI sees it."""
     return registry.ESPNET_TASKS[task].get_parser().parse_args(["--config", str(config_path), "--output_dir", "unused"])

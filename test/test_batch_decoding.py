@@ -7,7 +7,7 @@ import pytest
 import soundfile
 import torch
 
-from espnet_setup import ATTENTION_TYPES, TASKS, config, parse, write_yaml
+from espnet_setup import ATTENTION_TYPES, TASKS, config, encoder_decoder_config, parse, write_yaml
 import espnet_mtla.tasks.registration as registry
 from espnet_mtla.cli.inference import run_inference
 
@@ -17,16 +17,26 @@ NBEST = ("1best_recog", "2best_recog", "3best_recog")
 SOURCES = ["ab", "h g f e d c b a h g f", "cab", "d e f g a", "b", "a b c d e f g h a b c d e f", "ggg"]
 
 
-def make_model(tmp_path, task, attention_type):
-    conf = config(task, attention_type)
-    conf["decoder_conf"]["tie_embeddings"] = False  # a random tied model just repeats its last token
+def make_model(tmp_path, task, attention_type, source_attention=None):
+    """A random model of ``task``: decoder-only, or with ``source_attention`` ESPnet's own model
+    with ``decoder: cached_transformer``."""
+    if source_attention:
+        conf = encoder_decoder_config(task, attention_type, source_attention)
+    else:
+        conf = config(task, attention_type)
+        conf["decoder_conf"]["tie_embeddings"] = False  # a random tied model just repeats its last token
     write_yaml(tmp_path / "train.yaml", conf)
     args = parse(task, tmp_path / "train.yaml")
     torch.manual_seed(1)
     model = registry.ESPNET_TASKS[task].build_model(args)
     with torch.no_grad():  # peaky next-token distributions, as a trained model has (no near-ties)
-        model.decoder.final_norm.weight.mul_(3.0)
-        model.decoder.output.weight[:2] = 0.0  # <blank>, <unk>: logit 0, so that real tokens win
+        if source_attention:
+            model.decoder.output_layer.weight.mul_(3.0)
+            model.decoder.output_layer.weight[:2] = 0.0
+            model.decoder.output_layer.bias[:2] = 0.0
+        else:
+            model.decoder.final_norm.weight.mul_(3.0)
+            model.decoder.output.weight[:2] = 0.0  # <blank>, <unk>: logit 0, so that real tokens win
     torch.save(model.state_dict(), tmp_path / "model.pth")
     write_yaml(tmp_path / "config.yaml", vars(args))
 
@@ -98,11 +108,25 @@ def test_batches_of_utterances_give_the_single_utterance_results(tmp_path, task,
     assert report["cache_bytes_peak"] > 0
 
 
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("attention_type,source_attention", [("mha", "mha"), ("mtla", "latent")])
+def test_encoder_decoder_batches_give_the_single_utterance_results(tmp_path, task, attention_type, source_attention):
+    """ESPnet's own models with decoder: cached_transformer."""
+    make_model(tmp_path, task, attention_type, source_attention)
+    data = make_data(tmp_path, task)
+    single = decode(tmp_path, task, data, "single", "--batch_size", "1")
+    batched = decode(tmp_path, task, data, "batched", "--batch_frames", BUDGET[task])
+    assert_same_results(single, batched)
+    nbest_lists = {key: tuple(read(single / n / "token_int")[key] for n in NBEST) for key in read(single / "1best_recog" / "token_int")}
+    assert len(set(nbest_lists.values())) > 1
+
+
 @pytest.mark.parametrize("task", ["asr", "slu"])
 @pytest.mark.parametrize("options", [("--maxlenratio", "0"), ("--maxlenratio", "0.3", "--minlenratio", "0.1"),
                                      ("--maxlenratio", "0.5", "--penalty", "0.5", "--normalize_length", "true")])
-def test_joint_ctc_attention_batches_give_the_single_utterance_results(tmp_path, task, options):
-    make_model(tmp_path, task, "mtla")
+@pytest.mark.parametrize("source_attention", [None, "latent"])
+def test_joint_ctc_attention_batches_give_the_single_utterance_results(tmp_path, task, options, source_attention):
+    make_model(tmp_path, task, "mtla", source_attention)
     data = make_data(tmp_path, task)
     single = decode(tmp_path, task, data, "single", "--batch_size", "1", *options, ctc_weight="0.3")
     batched = decode(tmp_path, task, data, "batched", "--batch_frames", BUDGET[task], *options, ctc_weight="0.3")
