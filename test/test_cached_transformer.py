@@ -6,6 +6,8 @@ search == ESPnet's per-utterance search; the source memory is projected once per
 layer; configs: ESPnet's load, mistakes are one line.
 """
 
+from pathlib import Path
+
 import pytest
 import torch
 from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
@@ -15,6 +17,8 @@ from test_search import BEAM, assert_same, espnet_search, inputs, nbest_lists, o
 from espnet_mtla.decoder.cached_transformer import CachedTransformerDecoder
 from espnet_mtla.decoder.encoder_decoder import EncoderDecoderStack
 from espnet_mtla.storage.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SIZES = dict(attention_heads=4, linear_units=48, num_blocks=2)
 LATENT = {"kv_lora_rank": 16, "qk_nope_head_dim": 4, "qk_rope_head_dim": 4, "v_head_dim": 4}
@@ -149,7 +153,7 @@ def test_config_mistakes_are_one_line_errors():
         ours("mlta")
     with pytest.raises(ConfigError, match=r"^decoder_conf.source_conf: unknown key 'rank'; valid keys: "):
         ours(source_attention="latent", source_conf={"rank": 8})
-    with pytest.raises(ConfigError, match=r"^decoder_conf: unknown source_attention 'mla'; choose one of mha, latent"):
+    with pytest.raises(ConfigError, match=r"^decoder_conf: unknown source_attention .mla.; choose one of mha, latent, auto$"):
         ours(source_attention="mla")
     with pytest.raises(ConfigError, match=r"^decoder_conf: qk_norm: True is not supported by cached_transformer"):
         ours(qk_norm=True)
@@ -185,3 +189,38 @@ def test_an_espnet_decoder_config_builds_with_one_word_changed(tmp_path):
     loss, stats, _ = model(speech, torch.tensor([8000, 6000]), text, torch.tensor([3, 2]))
     loss.backward()
     assert torch.isfinite(loss) and stats["acc"] is not None
+
+
+def test_auto_source_follows_the_self_attention():
+    """source_attention: auto: per-head for the MHA family, the self-attention's latent for
+    MLA, merged over MTLA's down_rate for MTLA: one word switches both."""
+    got = {}
+    for attention_type in TYPES:
+        src = ours(attention_type, source_attention="auto").decoders[0].src_attn
+        got[attention_type] = (src.kind, getattr(src, "down_rate", None),
+                               src.kv_down.out_features if src.kind == "latent" else None)
+    assert got == {"mha": ("mha", None, None), "mqa": ("mha", None, None), "gqa": ("mha", None, None),
+                   "mla": ("latent", 1, LATENT["kv_lora_rank"]), "mtla": ("latent", 2, LATENT["kv_lora_rank"])}
+
+
+@pytest.mark.parametrize("template", sorted(p.name for p in (ROOT / "conf_templates").glob("*_encdec.yaml")))
+def test_encoder_decoder_templates_build_espnets_models(template, tmp_path):
+    """Every encoder-decoder template builds ESPnet's own model of its task around our decoder."""
+    import yaml
+
+    import espnet_mtla.tasks.registration as registry
+
+    task = {"sum": "mt"}.get(template.split("_")[0], template.split("_")[0])
+    conf = yaml.safe_load((ROOT / "conf_templates" / template).read_text())
+    tokens = ["<blank>", "<unk>"] + list("abcdefgh") + ["<sos/eos>"]
+    conf.update(token_list=tokens, token_type="char")
+    conf.pop("normalize", None)  # global_mvn needs the recipe's statistics
+    if task in ("st", "mt"):
+        conf.update(src_token_list=tokens, src_token_type="char")
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(conf))
+    espnet_task = registry.ESPNET_TASKS[task]
+    model = espnet_task.build_model(espnet_task.get_parser().parse_args(
+        ["--config", str(tmp_path / "train.yaml"), "--output_dir", "unused"]))
+    assert type(model.decoder).__name__ == "CachedTransformerDecoder"
+    assert type(model).__module__.startswith("espnet2.")  # ESPnet's model class, not ours
+    assert model.decoder.decoders[0].src_attn.kind == "latent"  # the templates' MTLA: latent source

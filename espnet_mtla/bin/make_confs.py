@@ -21,15 +21,21 @@ from espnet_mtla.storage.fileio import write_text_atomic
 ROOT = Path(__file__).resolve().parents[2]
 # recipe conf dir -> [(train template, decode template, file prefix)], paths relative to the repository
 RECIPES = {
-    "egs2/mini_synth/asr1/conf": [("asr_mini.yaml", "decode_asr.yaml", "train_")],
-    "egs2/mini_synth/st1/conf": [("st_mini.yaml", "decode_st.yaml", "train_")],
+    "egs2/mini_synth/asr1/conf": [("asr_mini.yaml", "decode_asr.yaml", "train_"),
+                                  ("asr_mini_encdec.yaml", None, "train_encdec_")],
+    "egs2/mini_synth/st1/conf": [("st_mini.yaml", "decode_st.yaml", "train_"),
+                                 ("st_mini_encdec.yaml", None, "train_encdec_")],
     "egs2/mini_synth/slu1/conf": [("slu_mini.yaml", "decode_slu.yaml", "train_")],
     "egs2/mini_synth/mt1/conf": [("mt_mini.yaml", "decode_mt.yaml", "train_")],
     "egs2/ami/asr1/conf": [("asr_paper.yaml", "decode_asr_paper.yaml", "train_"),
-                           ("asr_ssl_paper.yaml", None, "train_ssl_")],
-    "egs2/mustc/st1/conf": [("st_paper.yaml", "decode_st_paper.yaml", "train_")],
-    "egs2/slurp/slu1/conf": [("slu_paper.yaml", "decode_slu_paper.yaml", "train_")],
-    "egs2/xsum/sum1/conf": [("sum_paper.yaml", "decode_sum_paper.yaml", "train_")],
+                           ("asr_ssl_paper.yaml", None, "train_ssl_"),
+                           ("asr_paper_encdec.yaml", None, "train_encdec_")],
+    "egs2/mustc/st1/conf": [("st_paper.yaml", "decode_st_paper.yaml", "train_"),
+                            ("st_paper_encdec.yaml", None, "train_encdec_")],
+    "egs2/slurp/slu1/conf": [("slu_paper.yaml", "decode_slu_paper.yaml", "train_"),
+                             ("slu_paper_encdec.yaml", None, "train_encdec_")],
+    "egs2/xsum/sum1/conf": [("sum_paper.yaml", "decode_sum_paper.yaml", "train_"),
+                            ("sum_paper_encdec.yaml", None, "train_encdec_")],
 }
 
 

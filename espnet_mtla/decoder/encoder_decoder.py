@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from espnet_mtla.attention.cache import AttentionCache, LayerCaches
-from espnet_mtla.attention.registry import attention_options, attention_types, config_sections
-from espnet_mtla.decoder.attention_config import build_layer_attention
+from espnet_mtla.attention.registry import attention_options, attention_types, config_sections, get_attention_type
+from espnet_mtla.decoder.attention_config import attention_kwargs, build_layer_attention
 from espnet_mtla.decoder.source_attention import SourceAttention, SourceMemory
 from espnet_mtla.storage.errors import ConfigError, check_dropout_rate, check_known_keys
 
@@ -156,6 +156,24 @@ def _from_espnet_names(state_dict, prefix, *args):
                 state_dict[f"{prefix}self_attn.{ours}.{kind}"] = state_dict.pop(key)
 
 
+def resolve_source(kind: str, conf: Optional[dict], attention_type: str, sections: dict):
+    """``source_attention``/``source_conf`` with ``auto`` replaced by the self-attention's kind."""
+    conf = dict(conf or {})
+    check_known_keys("decoder_conf.source_conf", conf, ("kv_lora_rank", "down_rate", "latent_norm"))
+    if kind != "auto":
+        return kind, conf
+    if "kv_lora_rank" not in attention_options(attention_type):
+        return "mha", conf
+    # the self-attention's latent options as configured, else its class's defaults (MLA: no merge)
+    attention = attention_kwargs(attention_type, sections)
+    defaults = {}
+    for cls in reversed(get_attention_type(attention_type).load().__mro__):
+        parameters = inspect.signature(cls.__init__).parameters if "__init__" in vars(cls) else {}
+        defaults.update({name: p.default for name, p in parameters.items()
+                         if name in ("kv_lora_rank", "down_rate", "latent_norm")})
+    return "latent", {**defaults, **{k: v for k, v in attention.items() if k in defaults}, **conf}
+
+
 class EncoderDecoderStack(nn.Module):
     """Attention decoder of an encoder-decoder model: ESPnet's ``TransformerDecoder`` options,
     any registered self-attention type, and a cached source attention.
@@ -171,7 +189,9 @@ class EncoderDecoderStack(nn.Module):
         attention_type: the self-attention (mha | mqa | gqa | mla | mtla); options in
             ``attention_conf`` and the type's sections (``mha_conf``, ``mla_conf``, ...). The
             MHA family defaults to ESPnet's layer here: biases, no RoPE (``mha_conf.rope``).
-        source_attention: ``mha`` (per-head keys and values, ESPnet's) or ``latent``.
+        source_attention: ``mha`` (per-head keys and values, ESPnet's), ``latent``, or ``auto``:
+            the self-attention's kind (``mha`` for the MHA family; ``latent`` for MLA with its
+            ``kv_lora_rank``, and for MTLA also merged over its ``down_rate`` frames).
         source_conf: ``latent``'s ``kv_lora_rank``, ``down_rate``, ``latent_norm``.
     """
 
@@ -219,8 +239,6 @@ class EncoderDecoderStack(nn.Module):
         if input_layer != "embed":
             raise ConfigError(f"decoder_conf: input_layer {input_layer!r} is not supported by cached_transformer "
                               "(token ids only: use input_layer: embed)")
-        source_conf = dict(source_conf or {})
-        check_known_keys("decoder_conf.source_conf", source_conf, ("kv_lora_rank", "down_rate", "latent_norm"))
         dim = encoder_output_size
         self.attention_type, self.model_dim, self.normalize_before = attention_type, dim, normalize_before
         attention_conf = {"dropout": self_attention_dropout_rate, **(attention_conf or {})}
@@ -228,6 +246,7 @@ class EncoderDecoderStack(nn.Module):
             attention_conf.setdefault("bias", True)
             type_sections = dict(type_sections, mha_conf={"rope": False, **(type_sections.get("mha_conf") or {})})
         sections = dict(type_sections, attention_conf=attention_conf)
+        source_attention, source_conf = resolve_source(source_attention, source_conf, attention_type, sections)
         try:
             self.embed = nn.Sequential(nn.Embedding(vocab_size, dim), PositionalEncoding(dim, positional_dropout_rate))
             self.decoders = nn.ModuleList(

@@ -78,7 +78,7 @@ class SourceAttention(nn.Module):
                  kv_lora_rank: int = 256, down_rate: int = 1, latent_norm: str = "layer_norm"):
         super().__init__()
         if kind not in SOURCE_KINDS:
-            raise ValueError(f"unknown source_attention {kind!r}; choose one of {', '.join(SOURCE_KINDS)}")
+            raise ValueError(f"unknown source_attention {kind!r}; choose one of {', '.join(SOURCE_KINDS)}, auto")
         if dim % num_heads:
             raise ValueError(f"attention_heads ({num_heads}) must divide the decoder width ({dim})")
         for name, value in (("kv_lora_rank", kv_lora_rank), ("down_rate", down_rate)):
