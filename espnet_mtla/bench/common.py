@@ -292,6 +292,7 @@ def _of_report(markdown, plot):
     """``markdown(results, options, machine)`` and ``plot(results, options, machine, path)`` as
     functions of a ``{"machine", "options", "results"}`` report."""
     return (lambda report: markdown(report["results"], report["options"], report["machine"]),
+            None if plot is None else
             lambda report, path: plot(report["results"], report["options"], report["machine"], path))
 
 
