@@ -141,13 +141,17 @@ class SourceAttention(nn.Module):
         else:
             # Absorbed: q_h . (W_uk,h c) = (W_uk,h^T q_h) . c, and the values are c itself,
             # so every head reads the one latent per frame; W_uv comes after the attention.
-            w_uk = self.k_up.weight.view(self.num_heads, self.head_dim, -1)  # (H, d, d_c)
+            heads, queries = self.num_heads, width * length
+            w_uk = self.k_up.weight.view(heads, self.head_dim, -1)  # (H, d, d_c)
             q_latent = torch.einsum("nhqd,hdc->nhqc", q, w_uk)  # (N, H, W*L, d_c)
-            c = memory.keys.unsqueeze(1)  # (N, 1, T', d_c), shared by the heads
+            # The heads become query rows of one single-head attention over the shared latents,
+            # so the memory is read once for all heads (never expanded per head).
+            c = memory.keys.unsqueeze(1)  # (N, 1, T', d_c)
             scale = 1.0 / math.sqrt(self.head_dim)  # the scale of the unabsorbed keys' width
             out_latent = nn.functional.scaled_dot_product_attention(
-                q_latent, c, c, attn_mask=memory.mask, dropout_p=dropout, scale=scale)  # (N, H, W*L, d_c)
-            w_uv = self.v_up.weight.view(self.num_heads, self.head_dim, -1)  # (H, d, d_c)
+                q_latent.reshape(utts, 1, heads * queries, -1), c, c, attn_mask=memory.mask, dropout_p=dropout,
+                scale=scale).view(utts, heads, queries, -1)  # (N, H, W*L, d_c)
+            w_uv = self.v_up.weight.view(heads, self.head_dim, -1)  # (H, d, d_c)
             out = torch.einsum("nhqc,hdc->nhqd", out_latent, w_uv)
         out = out.transpose(1, 2).reshape(rows, length, dim)  # (N, W*L, H*d) -> (R, L, D)
         return self.linear_out(out)
