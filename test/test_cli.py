@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from espnet_setup import TOKENS, config, write_yaml
+from espnet_setup import TOKENS, config, encoder_decoder_config, write_yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXTS = ["abc", "bad", "cab", "fed", "ace", "dab"]
@@ -32,11 +32,12 @@ def run(module, args, cwd):
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True)
 
 
-def write_asr_setup(root) -> None:
-    """data/ (6 utterances), tokens.txt and train.yaml (tiny MTLA ASR, 2 epochs) under ``root``."""
+def write_asr_setup(root, decoder: str = "decoder_only") -> None:
+    """data/ (6 utterances), tokens.txt and train.yaml (tiny MTLA ASR, 2 epochs) under ``root``;
+    ``decoder: cached_transformer``: ESPnet's own model with our encoder-decoder decoder."""
     write_data_dir(root / "data", np.random.default_rng(0))
     (root / "tokens.txt").write_text("\n".join(TOKENS) + "\n")
-    conf = config("asr", "mtla")
+    conf = config("asr", "mtla") if decoder == "decoder_only" else encoder_decoder_config("asr", "mtla", "auto")
     conf.pop("token_list")
     conf.update(max_epoch=2, batch_type="unsorted", batch_size=3, num_workers=0, seed=0,
                 optim="adam", optim_conf={"lr": 0.002}, best_model_criterion=[["valid", "acc", "max"]])
@@ -44,8 +45,9 @@ def write_asr_setup(root) -> None:
 
 
 @pytest.mark.slow
-def test_asr_train_then_decode_with_efficiency_report(tmp_path):
-    write_asr_setup(tmp_path)
+@pytest.mark.parametrize("decoder", ["decoder_only", "cached_transformer"])
+def test_asr_train_then_decode_with_efficiency_report(tmp_path, decoder):
+    write_asr_setup(tmp_path, decoder)
     exp = tmp_path / "exp"
     train = run("espnet_mtla.bin.asr_train", [
         "--config", "train.yaml", "--output_dir", str(exp), "--ngpu", "0", "--token_list", "tokens.txt",
@@ -58,7 +60,7 @@ def test_asr_train_then_decode_with_efficiency_report(tmp_path):
     assert train.returncode == 0, train.stderr[-3000:]
     assert (exp / "2epoch.pth").exists() and (exp / "valid.acc.best.pth").exists()
     saved = (exp / "config.yaml").read_text()
-    assert "decoder: decoder_only" in saved and "attention_type: mtla" in saved
+    assert f"decoder: {decoder}" in saved and "attention_type: mtla" in saved
 
     decode = run("espnet_mtla.bin.asr_inference", [
         "--asr_train_config", str(exp / "config.yaml"), "--asr_model_file", str(exp / "valid.acc.best.pth"),
@@ -107,7 +109,8 @@ def test_train_clis_offer_the_decoder_only_choices(task, capsys):
         module.main(["--help"])
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
-    assert "decoder_only" in help_text.split("--decoder ")[1].split("--")[0]
+    decoders = help_text.split("--decoder ")[1].split("--")[0]
+    assert "decoder_only" in decoders and "cached_transformer" in decoders
     if task != "st":  # the st task has no --model choice (see espnet_mtla.models.st)
         assert "decoder_only" in help_text.split("--model ")[1].split("--")[0]
 
