@@ -36,9 +36,10 @@ def ours(attention_type="mha", source="mha", cls=CachedTransformerDecoder, **ove
     return decoder
 
 
-def espnet_decoder():
+def espnet_decoder(**options):
     torch.manual_seed(1)
-    decoder = TransformerDecoder(VOCAB, ENC_DIM, dropout_rate=0.0, positional_dropout_rate=0.0, **SIZES).eval()
+    decoder = TransformerDecoder(VOCAB, ENC_DIM, dropout_rate=0.0, positional_dropout_rate=0.0, **SIZES,
+                                 **options).eval()
     with torch.no_grad():
         decoder.output_layer.weight.mul_(3.0)
     return decoder
@@ -52,8 +53,9 @@ def teacher_forcing_batch(seed=2):
 
 
 # -- drop-in for ESPnet's TransformerDecoder -------------------------------------------------------
-def test_espnet_weights_load_unchanged_and_give_espnets_log_probs():
-    reference, decoder = espnet_decoder(), ours()
+@pytest.mark.parametrize("layout", [{}, {"normalize_before": False, "concat_after": True}])
+def test_espnet_weights_load_unchanged_and_give_espnets_log_probs(layout):
+    reference, decoder = espnet_decoder(**layout), ours(**layout)
     assert sorted(decoder.state_dict()) == sorted(reference.state_dict())  # ESPnet's names, both ways
     decoder.load_state_dict(reference.state_dict(), strict=True)
     hs, hlens, ys, ylens = teacher_forcing_batch()
