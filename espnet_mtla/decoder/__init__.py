@@ -1,7 +1,11 @@
-"""Decoder-only stack: ``stack.py`` (torch only) and its ESPnet adapter ``decoder_only.py``.
+"""Decoder stacks (torch only) and their ESPnet adapters.
 
-``DecoderOnlyDecoder`` and ``HypothesisState`` import ESPnet; they load on first use, so that
-``espnet_mtla.decoder.stack`` works without it.
+    stack.py            decoder-only Transformer over [prefix ; text]    decoder_only.py (decoder: decoder_only)
+    encoder_decoder.py  ESPnet's Transformer decoder, cached, with a     cached_transformer.py
+                        source memory (source_attention.py)              (decoder: cached_transformer)
+
+``scorer.py`` makes both adapters scorers of ESPnet's searches. ``DecoderOnlyDecoder`` and
+``HypothesisState`` import ESPnet; they load on first use, so that the stacks work without it.
 """
 
 from espnet_mtla.decoder.stack import DecoderCaches, DecoderOnlyStack
