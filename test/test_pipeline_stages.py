@@ -172,6 +172,24 @@ def test_report_renders_results_md_from_results_json(tmp_path, monkeypatch):
         assert image.format == "PNG" and image.size[0] > 800
 
 
+def test_experiments_compare_with_the_mha_experiment_of_their_own_decoder():
+    """Encoder-decoder rows against the encoder-decoder MHA row, decoder-only rows against theirs;
+    rows written before rows named their decoder count as decoder_only."""
+    from espnet_mtla.recipe.results import comparisons
+
+    def row(name, decoder, attention, wer):
+        return {"experiment": name, "test_set": "test", "attention": attention, "scores": {"wer": wer},
+                **({"decoder": decoder} if decoder else {})}
+
+    rows = [row("asr_train_mha", None, "mha", 5.0), row("asr_train_mtla", "decoder_only", "mtla", 4.0),
+            row("asr_train_encdec_mha", "cached_transformer", "mha", 6.0),
+            row("asr_train_encdec_mtla", "cached_transformer", "mtla", 6.5),
+            row("asr_espnet", "transformer", None, 7.0)]
+    assert comparisons(rows) == [
+        "asr_train_encdec_mtla vs asr_train_encdec_mha on test: wer 6.5 vs 6.0 (+0.50 points, worse)",
+        "asr_train_mtla vs asr_train_mha on test: wer 4.0 vs 5.0 (-1.00 points, better)"]
+
+
 def test_results_figure_has_one_bar_per_experiment_in_each_panel(tmp_path):
     from espnet_mtla.recipe.results import plot_results
 

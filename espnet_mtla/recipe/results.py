@@ -74,14 +74,17 @@ def plot_results(rows: List[dict], results: Path) -> Dict[str, List[str]]:
 
 
 def comparisons(rows: List[dict]) -> List[str]:
-    """Each experiment against the MHA one on the same test set, in words a person can read.
+    """Each experiment against the MHA one of the same decoder (decoder-only, encoder-decoder)
+    on the same test set, in words a person can read.
 
     Quality: the first score's difference (absolute points); speed, memory and cache: ratios.
     Experiments know their attention type from their config (``attention`` in the row).
     """
     lines = []
-    for test_set in sorted({r["test_set"] for r in rows}):
-        subset = [r for r in rows if r["test_set"] == test_set]
+    # rows written before rows named their decoder are decoder_only (the only one there was)
+    decoder_of = lambda r: r.get("decoder") or "decoder_only"  # noqa: E731
+    for test_set, decoder in sorted({(r["test_set"], decoder_of(r)) for r in rows}):
+        subset = [r for r in rows if r["test_set"] == test_set and decoder_of(r) == decoder]
         base = next((r for r in subset if r.get("attention") == "mha"), None)
         if base is None:
             continue

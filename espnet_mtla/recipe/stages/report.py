@@ -4,7 +4,7 @@ the packed model (a zip that ``--packed_model`` decodes from)."""
 import json
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 from espnet_mtla.recipe.experiment import Experiment
 from espnet_mtla.recipe.results import (RESULT_FIELDS, comparisons, figure_path, learning_curves, plot_results,
@@ -37,7 +37,8 @@ class Report(Stage):
         for name in x.test_sets:
             out = x.decode_dir(name)
             eff = json.loads((out / "efficiency.json").read_text())
-            row = {"experiment": x.exp.name, "test_set": name, "attention": attention_type(x.exp),
+            decoder, attention = decoder_of(x.exp)
+            row = {"experiment": x.exp.name, "test_set": name, "decoder": decoder, "attention": attention,
                    "model": eff.get("model", "-"),
                    "scores": json.loads((out / "scores.json").read_text()),
                    **{key: eff.get(key) for key in RESULT_FIELDS},
@@ -52,15 +53,17 @@ class Report(Stage):
             log.info("stage 10: %s", line)
 
 
-def attention_type(exp: Path) -> Optional[str]:
-    """The trained model's attention type (its config.yaml), None for a model without our decoder."""
+def decoder_of(exp: Path) -> Tuple[Optional[str], Optional[str]]:
+    """The trained model's decoder and attention type (its config.yaml); the attention type is
+    None for a decoder without one (ESPnet's own)."""
     import yaml
 
     config = exp / "config.yaml"
     if not config.exists():
-        return None
+        return None, None
     with open(config, encoding="utf-8") as f:
-        return ((yaml.safe_load(f) or {}).get("decoder_conf") or {}).get("attention_type")
+        config = yaml.safe_load(f) or {}
+    return config.get("decoder"), (config.get("decoder_conf") or {}).get("attention_type")
 
 
 class Pack(Stage):
