@@ -134,3 +134,25 @@ def test_variants_without_mha_are_a_one_line_error(module, capsys, tmp_path):
                    + (["--device", "cpu"] if module == "paper" else []))
     assert "--variants must include MHA (every ratio is to MHA)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+# -- the encoder-decoder benchmark (bench.encdec) ---------------------------------------------
+def test_encdec_replot_rebuilds_the_committed_table(tmp_path):
+    from espnet_mtla.bench import encdec
+
+    committed = COMMITTED.parent.parent / "bench_encdec"
+    shutil.copy(committed / "results.json", tmp_path / "results.json")
+    encdec.main(["--replot", "--out-dir", str(tmp_path)])
+    assert (tmp_path / "results.md").read_text() == (committed / "results.md").read_text()
+
+
+def test_encdec_quick_run_gives_espnets_hypotheses_and_fewer_bytes(tmp_path):
+    from espnet_mtla.bench import encdec
+
+    encdec.main(["--quick", "--out-dir", str(tmp_path)])  # 2 s and 4 s, 4 tokens, 4 utterances, beam 2
+    rows = [r for r in json.loads((tmp_path / "results.json").read_text())["results"] if r["seconds"] == 2]
+    assert [(r["decoder"], r["batch"]) for r in rows] == [("ESPnet", 1), ("ours MHA", 1), ("ours MHA", 4),
+                                                            ("ours MTLA s=2", 1), ("ours MTLA s=2", 4)]
+    assert all(r["same_as_espnet"] for r in rows if r["decoder"] == "ours MHA")
+    mha, mtla = rows[1], rows[3]
+    assert mha["held_bytes"] > 4 * mtla["held_bytes"]  # per-head source memory against merged latents
