@@ -211,3 +211,17 @@ def test_unknown_metric_and_job_backend_are_one_line_option_errors(capsys):
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert f"argument {option}: {message}" in err
     assert get_parser().parse_args(["--task", "mt", "--metrics", "bleu,chrf"]).metrics == ["bleu", "chrf"]
+
+
+def test_training_progress_shows_only_numbers_that_exist(tmp_path, caplog):
+    """ESPnet's ST model reports cer/wer as nan in validation (a decoder it does not run)."""
+    import logging
+
+    from espnet_mtla.recipe.progress import TrainingProgress, parse_epoch_results
+
+    progress = TrainingProgress(tmp_path / "train.log", max_epoch=2)
+    results = parse_epoch_results("[train] loss=12.5, [valid] loss=10.25, acc=0.5, cer=nan, wer=nan, bleu=3.2")
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        progress.report(1, results)
+    line = caplog.records[-1].getMessage()
+    assert "nan" not in line and "valid loss 10.25, acc 0.5" in line

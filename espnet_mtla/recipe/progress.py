@@ -137,7 +137,9 @@ class TrainingProgress(_Watcher):
         self.last = now
         mean = sum(self.epoch_seconds) / len(self.epoch_seconds)
         train, valid = results.get("train", {}), results.get("valid", {})
-        shown = ", ".join(f"{key} {_number(valid[key])}" for key in VALID_KEYS if key in valid)
+        # only numbers that exist: ESPnet's ST model reports cer/wer as nan for a decoder it does not run
+        shown = ", ".join(f"{key} {_number(valid[key])}" for key in VALID_KEYS
+                          if key in valid and _number(valid[key]) not in ("nan", "-"))
         left = max(0, self.max_epoch - epoch)
         log.info("stage 7: epoch %d/%d: train loss %s | valid %s | %s/epoch, ETA %s", epoch, self.max_epoch,
                  _number(train.get("loss")), shown or "-", duration(self.epoch_seconds[-1]),
