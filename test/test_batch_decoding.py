@@ -206,6 +206,30 @@ def test_cuda_graphs_without_a_gpu_is_a_one_line_error(tmp_path, capsys):
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
+def test_cuda_graphs_refuse_an_encoder_decoder_model_in_one_line(tmp_path):
+    """A replayed step pads its rows, which an encoder-decoder's per-utterance source memory cannot
+    group (reached here below the CLI, whose GPU check comes first on a CPU machine)."""
+    import importlib
+
+    from espnet_mtla.cli import batch_inference
+    from espnet_mtla.cli.options import inference_parser
+    from espnet_mtla.metrics.efficiency import EfficiencyRecorder
+    from espnet_mtla.storage.errors import BatchDecodingError
+    from espnet_mtla.tasks.specs import get_task
+
+    make_model(tmp_path, "mt", "mtla", "latent")
+    data = make_data(tmp_path, "mt")
+    module = importlib.import_module("espnet2.bin.mt_inference")
+    args = inference_parser(module).parse_args([
+        "--mt_train_config", str(tmp_path / "config.yaml"), "--mt_model_file", str(tmp_path / "model.pth"),
+        "--data_path_and_name_and_type", data, "--output_dir", str(tmp_path / "out"), "--batch_size", "2"])
+    with pytest.raises(BatchDecodingError, match=r"^--cuda_graphs true replays decoder_only models only \(the "
+                                                 r"encoder-decoder's source memory is read per utterance\): use "
+                                                 r"--cuda_graphs false$"):
+        batch_inference.decode(module, get_task("mt"), args, EfficiencyRecorder("cpu", total=7), cuda_graphs=True)
+    assert not (tmp_path / "out").exists()
+
+
 def test_attn_backend_option_keeps_the_results(tmp_path, monkeypatch):
     """--attn_backend switches how the loaded model computes attention, never the hypotheses;
     triton runs its kernel in Triton's CPU interpreter here (see conftest.py)."""

@@ -159,6 +159,12 @@ def test_config_mistakes_are_one_line_errors():
         ours(source_attention="mla")
     with pytest.raises(ConfigError, match=r"^decoder_conf: qk_norm: True is not supported by cached_transformer"):
         ours(qk_norm=True)
+    with pytest.raises(ConfigError, match=r"^decoder_conf: attention_heads must be an integer >= 1, got 0$"):
+        ours(attention_heads=0)
+    with pytest.raises(ConfigError, match=r"^decoder_conf: source_conf.down_rate must be an integer >= 1, got 0$"):
+        ours(source_attention="latent", source_conf={"kv_lora_rank": 8, "down_rate": 0})
+    with pytest.raises(ConfigError, match=r"^decoder_conf: input_layer 'linear' is not supported by cached_transformer"):
+        ours(input_layer="linear")
 
 
 def test_an_espnet_decoder_config_builds_with_one_word_changed(tmp_path):

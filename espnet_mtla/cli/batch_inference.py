@@ -153,6 +153,7 @@ def decode(module, spec: TaskSpec, args, recorder, batch_encoder: bool = False, 
     from espnet2.torch_utils.set_all_random_seed import set_all_random_seed
     from espnet2.train.dataset import ESPnetDataset
 
+    from espnet_mtla.decoder.encoder_decoder import EncoderDecoderStack
     from espnet_mtla.decoder.scorer import CachedScorer
 
     check_supported(args)
@@ -163,7 +164,7 @@ def decode(module, spec: TaskSpec, args, recorder, batch_encoder: bool = False, 
     if not isinstance(model.decoder, CachedScorer):
         raise BatchDecodingError(f"batched decoding needs a decoder_only or cached_transformer decoder; this one's "
                                  f"decoder is {type(model.decoder).__name__}: use --batch_size 1")
-    if cuda_graphs and not hasattr(model.decoder, "projector"):
+    if cuda_graphs and isinstance(model.decoder, EncoderDecoderStack):
         raise BatchDecodingError("--cuda_graphs true replays decoder_only models only (the encoder-decoder's source "
                                  "memory is read per utterance): use --cuda_graphs false")
     if attn_backend:

@@ -27,8 +27,9 @@ import torch
 from torch import nn
 
 from espnet_mtla.attention.cache import AttentionCache, LayerCaches
-from espnet_mtla.attention.registry import attention_options, attention_types, config_sections, get_attention_type
-from espnet_mtla.decoder.attention_config import attention_kwargs, build_layer_attention
+from espnet_mtla.attention.base import check_positive
+from espnet_mtla.attention.registry import attention_options, attention_types, config_sections
+from espnet_mtla.decoder.attention_config import build_layer_attention
 from espnet_mtla.decoder.source_attention import SourceAttention, SourceMemory
 from espnet_mtla.storage.errors import ConfigError, check_dropout_rate, check_known_keys
 
@@ -139,39 +140,35 @@ class EncoderDecoderLayer(nn.Module):
         return x if self.normalize_before else self.norm3(x)
 
 
-def _to_espnet_names(module, state_dict, prefix, local_metadata):
-    for espnet, ours in _ESPNET_SELF_ATTN.items():
+def _rename_self_attn(state_dict, prefix, names) -> None:
+    for old, new in names.items():
         for kind in ("weight", "bias"):
-            key = f"{prefix}self_attn.{ours}.{kind}"
+            key = f"{prefix}self_attn.{old}.{kind}"
             if key in state_dict:
-                state_dict[f"{prefix}self_attn.{espnet}.{kind}"] = state_dict.pop(key)
+                state_dict[f"{prefix}self_attn.{new}.{kind}"] = state_dict.pop(key)
+
+
+def _to_espnet_names(module, state_dict, prefix, local_metadata):
+    _rename_self_attn(state_dict, prefix, {ours: espnet for espnet, ours in _ESPNET_SELF_ATTN.items()})
     return state_dict
 
 
 def _from_espnet_names(state_dict, prefix, *args):
-    for espnet, ours in _ESPNET_SELF_ATTN.items():
-        for kind in ("weight", "bias"):
-            key = f"{prefix}self_attn.{espnet}.{kind}"
-            if key in state_dict:
-                state_dict[f"{prefix}self_attn.{ours}.{kind}"] = state_dict.pop(key)
+    _rename_self_attn(state_dict, prefix, _ESPNET_SELF_ATTN)
 
 
-def resolve_source(kind: str, conf: Optional[dict], attention_type: str, sections: dict):
-    """``source_attention``/``source_conf`` with ``auto`` replaced by the self-attention's kind."""
+def resolve_source(kind: str, conf: Optional[dict], self_attn: nn.Module):
+    """``source_attention``/``source_conf`` with ``auto`` replaced by the self-attention's kind:
+    MLA/MTLA's latent (its rank, norm and ``down_rate``), else per-head keys and values."""
     conf = dict(conf or {})
     check_known_keys("decoder_conf.source_conf", conf, ("kv_lora_rank", "down_rate", "latent_norm"))
     if kind != "auto":
         return kind, conf
-    if "kv_lora_rank" not in attention_options(attention_type):
+    if not hasattr(self_attn, "kv_lora_rank"):
         return "mha", conf
-    # the self-attention's latent options as configured, else its class's defaults (MLA: no merge)
-    attention = attention_kwargs(attention_type, sections)
-    defaults = {}
-    for cls in reversed(get_attention_type(attention_type).load().__mro__):
-        parameters = inspect.signature(cls.__init__).parameters if "__init__" in vars(cls) else {}
-        defaults.update({name: p.default for name, p in parameters.items()
-                         if name in ("kv_lora_rank", "down_rate", "latent_norm")})
-    return "latent", {**defaults, **{k: v for k, v in attention.items() if k in defaults}, **conf}
+    latent = {"kv_lora_rank": self_attn.kv_lora_rank, "down_rate": self_attn.down_rate,
+              "latent_norm": self_attn.latent_norm}
+    return "latent", {**latent, **conf}
 
 
 class EncoderDecoderStack(nn.Module):
@@ -229,10 +226,6 @@ class EncoderDecoderStack(nn.Module):
                                   f"(use {default!r})")
         arguments = [p for p in inspect.signature(EncoderDecoderStack.__init__).parameters if p != "type_sections"]
         check_known_keys("decoder_conf", type_sections, set(arguments[3:]) | set(config_sections()))
-        for name, value in (("attention_heads", attention_heads), ("linear_units", linear_units),
-                            ("num_blocks", num_blocks)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"decoder_conf: {name} must be an integer >= 1, got {value!r}")
         for name in ("dropout_rate", "positional_dropout_rate", "self_attention_dropout_rate",
                      "src_attention_dropout_rate"):
             check_dropout_rate(f"decoder_conf.{name}", locals()[name])
@@ -246,15 +239,21 @@ class EncoderDecoderStack(nn.Module):
             attention_conf.setdefault("bias", True)
             type_sections = dict(type_sections, mha_conf={"rope": False, **(type_sections.get("mha_conf") or {})})
         sections = dict(type_sections, attention_conf=attention_conf)
-        source_attention, source_conf = resolve_source(source_attention, source_conf, attention_type, sections)
-        try:
+        try:  # the layers raise ValueError; here they are decoder_conf's
+            for name, value in (("attention_heads", attention_heads), ("linear_units", linear_units),
+                                ("num_blocks", num_blocks)):
+                check_positive(value, name)
             self.embed = nn.Sequential(nn.Embedding(vocab_size, dim), PositionalEncoding(dim, positional_dropout_rate))
-            self.decoders = nn.ModuleList(
-                EncoderDecoderLayer(
-                    dim, build_layer_attention(attention_type, dim, attention_heads, sections),
-                    SourceAttention(dim, attention_heads, src_attention_dropout_rate, source_attention, **source_conf),
-                    linear_units, dropout_rate, normalize_before, concat_after)
-                for _ in range(num_blocks))
+            layers = []  # built layer by layer: a seed gives the same weights as it always has
+            for _ in range(num_blocks):
+                self_attn = build_layer_attention(attention_type, dim, attention_heads, sections)
+                if not layers:  # ``auto`` reads the first self-attention
+                    source_attention, source_conf = resolve_source(source_attention, source_conf, self_attn)
+                src_attn = SourceAttention(dim, attention_heads, src_attention_dropout_rate, source_attention,
+                                           **source_conf)
+                layers.append(EncoderDecoderLayer(dim, self_attn, src_attn, linear_units, dropout_rate,
+                                                  normalize_before, concat_after))
+            self.decoders = nn.ModuleList(layers)
         except ConfigError:
             raise
         except ValueError as err:

@@ -25,6 +25,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from espnet_mtla.attention.base import check_positive
 from espnet_mtla.attention.norms import build_norm
 
 SOURCE_KINDS = ("mha", "latent")
@@ -56,11 +57,6 @@ class SourceMemory:
         return SourceMemory(pick(self.keys), pick(self.values), pick(self.mask))
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], dropout: float):
-    """q (N, H, Q, d), k (N, H|1, T, d), v (N, H|1, T, dv) -> (N, H, Q, dv); padded frames get no weight."""
-    return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-
-
 class SourceAttention(nn.Module):
     """Cross-attention from decoder states to a ``SourceMemory``.
 
@@ -82,8 +78,7 @@ class SourceAttention(nn.Module):
         if dim % num_heads:
             raise ValueError(f"attention_heads ({num_heads}) must divide the decoder width ({dim})")
         for name, value in (("kv_lora_rank", kv_lora_rank), ("down_rate", down_rate)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"source_conf.{name} must be an integer >= 1, got {value!r}")
+            check_positive(value, f"source_conf.{name}")
         self.kind, self.num_heads, self.head_dim = kind, num_heads, dim // num_heads
         self.dropout = dropout
         self.linear_q = nn.Linear(dim, dim)
@@ -137,7 +132,8 @@ class SourceAttention(nn.Module):
         q = self.linear_q(x).view(utts, width * length, self.num_heads, self.head_dim).transpose(1, 2)
         dropout = self.dropout if self.training else 0.0
         if self.kind == "mha":
-            out = _attend(q, memory.keys, memory.values, memory.mask, dropout)  # (N, H, W*L, d)
+            out = nn.functional.scaled_dot_product_attention(  # padded frames get no weight
+                q, memory.keys, memory.values, attn_mask=memory.mask, dropout_p=dropout)  # (N, H, W*L, d)
         else:
             # Absorbed: q_h . (W_uk,h c) = (W_uk,h^T q_h) . c, and the values are c itself,
             # so every head reads the one latent per frame; W_uv comes after the attention.
