@@ -6,7 +6,8 @@ N``, which the recipes' decode configs set) or ``--batch_size N`` (N > 1) the
 (``Speech2Text``, ``Speech2Understand``, ``Text2Text``) is built from the same options and
 supplies the model, its beam-search configuration (weights, pre-beam, CTC), token converter
 and tokenizer; ``MultiUtteranceBeamSearch`` (espnet_mtla.search) searches all utterances of
-a batch together, joint CTC/attention included.
+a batch together, joint CTC/attention and a language model (``--lm_train_config``,
+``--lm_file``, ``--lm_weight``: shallow fusion, ``lm: decoder_only`` or ESPnet's own LMs) included.
 
 Batches: with ``--batch_frames N`` the utterances are sorted by length and grouped so that each
 batch's padded input (utterances x longest) stays within N frames (10 ms of speech, or source
@@ -22,7 +23,7 @@ reach into padded frames. ``--batch_encoder true`` runs one encoder pass over th
 (faster; exact for text sources and fbank+Transformer, otherwise the last frames of shorter
 utterances differ slightly). The search is batched either way.
 
-Not supported here (refused in one line): language models, CTC-only decoding (``--ctc_weight
+Not supported here (refused in one line): n-gram and word LMs, CTC-only decoding (``--ctc_weight
 1``) and decoders other than ``decoder_only`` and ``cached_transformer``.
 """
 
@@ -37,13 +38,13 @@ from espnet_mtla.search import MultiUtteranceBeamSearch
 from espnet_mtla.search.batching import budget_batches, speech_frames
 from espnet_mtla.tasks.specs import TaskSpec
 
-SCORERS = ("decoder", "ctc", "length_bonus")  # what the multi-utterance search scores
+SCORERS = ("decoder", "ctc", "length_bonus", "lm")  # what the multi-utterance search scores
 
 
 def check_supported(args) -> None:
     """One-line refusals for what the multi-utterance search does not score."""
     how = f"--batch_frames {args.batch_frames}" if args.batch_frames else f"--batch_size {args.batch_size}"
-    for option in ("lm_file", "ngram_file", "word_lm_file"):
+    for option in ("ngram_file", "word_lm_file"):
         if getattr(args, option, None):
             raise BatchDecodingError(f"{how} does not use --{option}: drop it, or use --batch_size 1")
     if getattr(args, "ctc_weight", 0.0) >= 1.0:
@@ -87,7 +88,8 @@ def build_search(inference, model, nbest: int, cuda_graphs: bool = False):
         model.decoder, model.sos, model.eos, espnet_search.beam_size, decoder_weight=weights["decoder"],
         ctc_weight=ctc_weight, pre_beam_size=espnet_search.pre_beam_size if espnet_search.do_pre_beam else None,
         penalty=weights.get("length_bonus", 0.0) if "length_bonus" in scorers else 0.0,
-        normalize_length=espnet_search.normalize_length, nbest=nbest, cuda_graphs=cuda_graphs)
+        normalize_length=espnet_search.normalize_length, nbest=nbest, cuda_graphs=cuda_graphs,
+        lm=scorers.get("lm"), lm_weight=weights.get("lm", 0.0) if "lm" in scorers else 0.0)
     return search, (scorers["ctc"].ctc if ctc_weight > 0 else None)
 
 

@@ -98,23 +98,59 @@ def check_inference_inputs(spec: TaskSpec, args) -> None:
             raise SystemExit(f"error: --{option} is required (or --packed_model)")
         if not os.path.isfile(value):
             raise SystemExit(f"error: --{option}: no such file: {value}")
-    import yaml
-
-    try:
-        with open(config_file, encoding="utf-8") as f:
-            config = yaml.safe_load(f)
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise SystemExit(f"error: --{spec.name}_train_config: {config_file}: not valid YAML "
-                         f"({str(err).splitlines()[0]})") from None
-    if not isinstance(config, dict):
-        raise SystemExit(f"error: --{spec.name}_train_config: {config_file}: not a YAML mapping of options "
-                         f"(got {type(config).__name__})")
+    config = read_train_config(f"{spec.name}_train_config", config_file)
     required = ["token_list"] + (["src_token_list"] if spec.source_text else [])
     for key in required:
         if key not in config:
             raise SystemExit(f"error: --{spec.name}_train_config: {config_file}: missing key '{key}' "
                              "(decode with the config.yaml that training wrote)")
     check_input_files(args, config)
+    check_language_model(args, config)
+
+
+def read_train_config(option: str, path: str) -> dict:
+    """A training's config.yaml as a dict; one line when it is not one."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise SystemExit(f"error: --{option}: {path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(config, dict):
+        raise SystemExit(f"error: --{option}: {path}: not a YAML mapping of options (got {type(config).__name__})")
+    return config
+
+
+def token_list_of(value) -> Optional[List[str]]:
+    """A config's token list: a list, or the path of a tokens.txt (None when unreadable)."""
+    if isinstance(value, list):
+        return [str(t) for t in value]
+    if isinstance(value, str) and os.path.isfile(value):
+        with open(value, encoding="utf-8") as f:
+            return [line.rstrip("\n") for line in f]
+    return None
+
+
+def check_language_model(args, config: dict) -> None:
+    """``--lm_train_config``/``--lm_file``: both given, both files, and the LM's token list the
+    model's (ESPnet would fuse scores of different tokens, or fail deep inside the search)."""
+    lm_config, lm_file = getattr(args, "lm_train_config", None), getattr(args, "lm_file", None)
+    if not lm_config and not lm_file:
+        return
+    for option, value in (("lm_train_config", lm_config), ("lm_file", lm_file)):
+        if not value:
+            raise SystemExit(f"error: --{option} is required with --lm_train_config/--lm_file (the LM's "
+                             "config.yaml and model file)")
+        if not os.path.isfile(value):
+            raise SystemExit(f"error: --{option}: no such file: {value}")
+    lm_tokens = token_list_of(read_train_config("lm_train_config", lm_config).get("token_list"))
+    tokens = token_list_of(getattr(args, "token_list", None) or config.get("token_list"))
+    if lm_tokens is not None and tokens is not None and lm_tokens != tokens:
+        first = next((i for i, (a, b) in enumerate(zip(lm_tokens, tokens)) if a != b), min(len(lm_tokens), len(tokens)))
+        raise SystemExit(f"error: --lm_train_config: {lm_config}: the LM's token list differs from the model's "
+                         f"({len(lm_tokens)} vs {len(tokens)} tokens, first difference at id {first}): train the "
+                         "LM with the model's token list")
 
 
 def inference_parser(module):

@@ -8,11 +8,14 @@ from typing import List, Optional, Union
 
 from espnet_mtla.cli.options import check_input_files, fail, pop_option
 from espnet_mtla.storage.safe_load import TRUST_OPTION
-from espnet_mtla.tasks.specs import TaskSpec, get_task
+from espnet_mtla.tasks.specs import LM_TASK, TaskSpec, get_task
 
 
 def run_training(task: Union[str, TaskSpec], cmd: Optional[List[str]] = None) -> None:
-    spec = get_task(task) if isinstance(task, str) else task
+    """``task``: a task of the task table (or its name), or ``"lm"`` (ESPnet's lm task)."""
+    name = task if isinstance(task, str) else task.name
+    if name != LM_TASK:
+        get_task(name)
     import espnet_mtla.tasks.registration  # noqa: F401  (registers)
     from espnet_mtla.storage.errors import ConfigError
     from espnet_mtla.storage.init_param import checked_init_param
@@ -20,7 +23,7 @@ def run_training(task: Union[str, TaskSpec], cmd: Optional[List[str]] = None) ->
 
     from espnet_mtla.storage.safe_load import UnsafeModelFileError, safe_loading
 
-    module = importlib.import_module(spec.espnet_module("train"))
+    module = importlib.import_module(f"espnet2.bin.{name}_train")
     cmd, trust = pop_option(list(sys.argv[1:] if cmd is None else cmd), TRUST_OPTION, "false", ("true", "false"))
     trust = trust == "true"
     args = module.get_parser().parse_args(cmd)

@@ -6,9 +6,11 @@
 
 Training and decoding run the same code path: each layer writes the prefix into a KV cache
 (``fill_prefix``) and then attends the text tokens with that cache, so parallel training is
-exactly what step-by-step decoding computes. This module needs only torch, so that the stack
+exactly what step-by-step decoding computes. Without an encoder (``encoder_output_size=None``)
+the stack has no prefix: it is a causal language model over the text alone (the ESPnet LM
+adapter ``espnet_mtla.lm.DecoderOnlyLM``). This module needs only torch, so that the stack
 and espnet_mtla.search run (and are benchmarked) where ESPnet is not installed; the ESPnet
-adapter is ``decoder_only.DecoderOnlyDecoder``.
+decoder adapter is ``decoder_only.DecoderOnlyDecoder``.
 """
 
 import inspect
@@ -36,7 +38,8 @@ class DecoderOnlyStack(nn.Module):
 
     Args:
         vocab_size: output vocabulary (ESPnet passes it).
-        encoder_output_size: width of the encoder output fed to the prefix projector.
+        encoder_output_size: width of the encoder output fed to the prefix projector; None: no
+            prefix (a language model; the prefix options are then unused).
         attention_type: a registered type (mha | mqa | gqa | mla | mtla); options in
             ``attention_conf`` and the type's sections (``mha_conf``, ``gqa_conf``, ``mla_conf``,
             ``mtla_conf``, ...), passed as keywords (see attention_config.py).
@@ -54,7 +57,7 @@ class DecoderOnlyStack(nn.Module):
     def __init__(
         self,
         vocab_size: int,
-        encoder_output_size: int,
+        encoder_output_size: Optional[int],
         attention_type: str = "mtla",
         model_dim: int = 512,
         attention_heads: int = 8,
@@ -86,7 +89,8 @@ class DecoderOnlyStack(nn.Module):
         self.prefix_mode = prefix_mode
         self.model_dim = model_dim
         try:  # the layers raise ValueError; here they are decoder_conf's
-            self.projector = PrefixProjector(encoder_output_size, model_dim, prefix_stack, prefix_hidden)
+            self.projector = (None if encoder_output_size is None else
+                              PrefixProjector(encoder_output_size, model_dim, prefix_stack, prefix_hidden))
             self.embed = nn.Embedding(vocab_size, model_dim)
             nn.init.normal_(self.embed.weight, std=model_dim**-0.5)
             self.embed_dropout = nn.Dropout(dropout_rate)
@@ -113,7 +117,7 @@ class DecoderOnlyStack(nn.Module):
 
     def cache_capacity(self, frames: int, tokens: int) -> int:
         """Cache slots for an encoder output of ``frames`` frames and ``tokens`` tokens."""
-        return -(-frames // self.projector.stack) + tokens
+        return tokens if self.projector is None else -(-frames // self.projector.stack) + tokens
 
     def new_caches(self, batch_size: int, capacity: int, like: torch.Tensor) -> DecoderCaches:
         return DecoderCaches(
@@ -121,7 +125,10 @@ class DecoderOnlyStack(nn.Module):
         )
 
     def fill_prefix(self, caches: DecoderCaches, hs: torch.Tensor, hlens: torch.Tensor) -> None:
-        """Project encoder output (B, T, D_enc) to the prefix and write it into every layer."""
+        """Project encoder output (B, T, D_enc) to the prefix and write it into every layer
+        (nothing to write without a prefix)."""
+        if self.projector is None:
+            return
         prefix, prefix_lens = self.projector(hs, hlens)
         mask = torch.arange(prefix.shape[1], device=prefix.device) < prefix_lens.unsqueeze(1)
         if bool(mask.all()):  # one host read here instead of one per layer; equal rows need no masks later

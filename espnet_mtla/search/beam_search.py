@@ -13,12 +13,15 @@ Per utterance it scores exactly what ESPnet's ``BatchBeamSearch`` scores with a 
 and a length bonus: ``0 + w_dec * decoder + penalty``, CTC scored only for the
 ``pre_beam_size`` best tokens of that sum (``pre_beam_score_key: full``) and added with
 ``w_ctc``, then the running score; so its n-best lists equal ``--batch_size 1``'s (scores within
-float rounding).
+float rounding). With a language model (``lm``, ``lm_weight``: shallow fusion, ``fusion.py``) it
+adds ``w_lm * lm`` after the length bonus, as ESPnet adds its ``lm`` scorer, with the LM's
+own caches reordered with the beam.
 
     search = MultiUtteranceBeamSearch(decoder, sos, eos, beam_size=10, ctc_weight=0.3, pre_beam_size=15)
     result = search(enc, enc_lens, ctc_logp=ctc.log_softmax(enc))
     result.hypotheses        # N lists of EndedHypothesis, best first
     result.cache_bytes_peak  # the KV caches' largest size during the search
+    MultiUtteranceBeamSearch(decoder, ..., lm=lm, lm_weight=0.3)   # with an LM fused
 """
 
 import logging
@@ -29,6 +32,7 @@ import torch
 from espnet_mtla.search.candidates import BeamState, initial_state, select_candidates
 from espnet_mtla.search.ctc_prefix import BatchedCTCPrefixScorer
 from espnet_mtla.search.decode_step import DecodeStep, GraphedDecodeStep
+from espnet_mtla.search.fusion import fused_language_model
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +46,12 @@ class EndedHypothesis(NamedTuple):
 
 class SearchResult(NamedTuple):
     """What a search returns: each utterance's best ended hypotheses (best first), and the
-    largest size in bytes its KV caches reached (all layers and rows)."""
+    largest size in bytes the decoder's KV caches reached (all layers and rows), and the fused
+    language model's (0 without one, or for an LM without a KV cache)."""
 
     hypotheses: List[List[EndedHypothesis]]
     cache_bytes_peak: int
+    lm_cache_bytes_peak: int = 0
 
 
 def length_limits(enc_lens: torch.Tensor, maxlenratio: float, minlenratio: float):
@@ -81,12 +87,14 @@ class MultiUtteranceBeamSearch:
         blank: the CTC blank id.
         cuda_graphs: replay the decoder's step from CUDA graphs (``decode_step.GraphedDecodeStep``;
             on a CPU the same fixed-shape step runs eagerly).
+        lm: a language model fused with weight ``lm_weight``: ``lm: decoder_only`` (cached) or
+            any ESPnet ``BatchScorerInterface`` LM (``fusion.py``); None or weight 0: none.
     """
 
     def __init__(self, decoder, sos: int, eos: int, beam_size: int, decoder_weight: float = 1.0,
                  ctc_weight: float = 0.0, pre_beam_size: Optional[int] = None, penalty: float = 0.0,
                  normalize_length: bool = False, nbest: Optional[int] = None, blank: int = 0,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, lm=None, lm_weight: float = 0.0):
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         self.decoder = decoder
@@ -98,6 +106,7 @@ class MultiUtteranceBeamSearch:
         self.normalize_length = normalize_length
         self.nbest = nbest or beam_size
         self.cuda_graphs = cuda_graphs
+        self.lm, self.lm_weight = lm, lm_weight
 
     @torch.no_grad()
     def __call__(self, enc: torch.Tensor, enc_lens: torch.Tensor, maxlenratio: float = 0.0,
@@ -115,7 +124,8 @@ class MultiUtteranceBeamSearch:
             if max_length.shape != enc_lens.shape or int(max_length.min()) < 1:
                 raise ValueError(f"max_length must be ({enc_lens.shape[0]},) integers >= 1, one per utterance")
             maxlenratio = -1.0  # a fixed maximum: no end detection
-        nbest, cache_bytes_peak = self._search(enc, enc_lens, maxlenratio, minlenratio, ctc_logp, max_length)
+        nbest, cache_bytes_peak, lm_bytes_peak = self._search(enc, enc_lens, maxlenratio, minlenratio, ctc_logp,
+                                                              max_length)
         for n, hyps in enumerate(nbest):
             if not hyps and minlenratio >= 0.1:  # as ESPnet: retry with a smaller minlenratio
                 log.warning("utterance %d: no ended hypothesis; decoding again with minlenratio %.1f", n,
@@ -125,7 +135,8 @@ class MultiUtteranceBeamSearch:
                              None if ctc_logp is None else ctc_logp[n: n + 1, :length])
                 nbest[n] = again.hypotheses[0]
                 cache_bytes_peak = max(cache_bytes_peak, again.cache_bytes_peak)
-        return SearchResult(nbest, cache_bytes_peak)
+                lm_bytes_peak = max(lm_bytes_peak, again.lm_cache_bytes_peak)
+        return SearchResult(nbest, cache_bytes_peak, lm_bytes_peak)
 
     def _search(self, enc, enc_lens, maxlenratio, minlenratio, ctc_logp, max_length=None) -> SearchResult:
         decoder, device, beam = self.decoder, enc.device, self.beam_size
@@ -137,6 +148,9 @@ class MultiUtteranceBeamSearch:
         state = initial_state(num_utts, self.sos, maxlen, minlen, self.nbest, enc.dtype)
         caches = decoder.new_caches(num_utts, decoder.cache_capacity(enc.shape[1], state.tokens.shape[1]), enc)
         decoder.fill_prefix(caches, enc, enc_lens)
+        lm = None
+        if self.lm is not None and self.lm_weight != 0:
+            lm = fused_language_model(self.lm, num_utts, state.tokens.shape[1], enc, self.cuda_graphs)
         ctc = ctc_state = None
         utt = torch.arange(num_utts, device=device)  # (R,) the (original) utterance of each row
         if self.ctc_weight > 0:
@@ -150,8 +164,10 @@ class MultiUtteranceBeamSearch:
             width = state.scores.shape[1]
             logp = decoder_step(caches, state.tokens[:, step: step + 1])  # (R, V)
             caches.note_peak()
-            # ESPnet's order of additions: 0 + w_dec * decoder + w_len * 1 (+ w_ctc * ctc) + score
+            # ESPnet's order of additions: 0 + w_dec * decoder + w_len * 1 (+ w_lm * lm) (+ w_ctc * ctc) + score
             weighted = self.decoder_weight * logp + self.penalty
+            if lm is not None:
+                weighted = weighted + self.lm_weight * lm(state.tokens, step)
             if ctc is not None:
                 ids = self._pre_beam(weighted)
                 ctc_delta, candidates = ctc.score(ctc_state, utt, state.tokens[:, step], step, ids)
@@ -181,6 +197,8 @@ class MultiUtteranceBeamSearch:
                     ctc_state = type(ctc_state)(*(t[..., kept_rows] for t in ctc_state))
                     utt = utt[kept_rows]
             decoder_step.reorder(caches, rows)
+            if lm is not None:
+                lm.reorder(rows)
             step += 1
         # one read back for the whole batch, utterances in the order they finished
         finished = BeamState(*(torch.cat(parts) for parts in zip(*(s for s, _ in finished_states))))
@@ -188,7 +206,7 @@ class MultiUtteranceBeamSearch:
         results: List[List[EndedHypothesis]] = [[] for _ in range(num_utts)]
         for k, hyps in zip(order, self._hypotheses(finished)):
             results[k] = hyps
-        return SearchResult(results, caches.peak_nbytes)
+        return SearchResult(results, caches.peak_nbytes, lm.cache_bytes_peak if lm is not None else 0)
 
     def _pre_beam(self, weighted: torch.Tensor) -> torch.Tensor:
         """(R, S) token ids CTC scores for each row: ESPnet's pre-beam on the weighted sum."""

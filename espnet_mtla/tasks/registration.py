@@ -4,6 +4,7 @@
     decoder: decoder_only      # espnet_mtla.decoder.DecoderOnlyDecoder (every task)
     decoder: cached_transformer  # espnet_mtla.decoder.cached_transformer (every task, ESPnet's models)
     model: decoder_only        # the task's model (espnet_mtla.tasks.specs: DecoderOnly{ASR,SLU,MT}Model)
+    lm: decoder_only           # espnet_mtla.lm.DecoderOnlyLM, in ESPnet's lm task
     data type: zip_npy         # espnet_mtla.data.zip_features (fairseq-style zip storage)
 
 The tasks and their classes come from the task table (``espnet_mtla.tasks.specs``).
@@ -49,6 +50,7 @@ ENCODER_DECODER = "cached_transformer"  # ESPnet's own models, our cached decode
 # espnet2.tasks.<task> modules and their task classes, for every task of the task table
 ESPNET_TASK_MODULES = {name: _import_espnet_quietly(f"espnet2.tasks.{name}") for name in TASKS}
 ESPNET_TASKS = {name: getattr(ESPNET_TASK_MODULES[name], spec.espnet_task) for name, spec in TASKS.items()}
+ESPNET_LM_MODULE = _import_espnet_quietly("espnet2.tasks.lm")
 _UNEXPECTED = re.compile(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'")
 
 
@@ -79,6 +81,7 @@ def register() -> None:
         return
     from espnet_mtla.decoder import DecoderOnlyDecoder
     from espnet_mtla.decoder.cached_transformer import CachedTransformerDecoder
+    from espnet_mtla.lm import DecoderOnlyLM
 
     for name, spec in TASKS.items():
         module = ESPNET_TASK_MODULES[name]
@@ -90,6 +93,9 @@ def register() -> None:
             patch_for_process(module, "ESPnetSTModel", spec.load_model())
         task = ESPNET_TASKS[name]
         patch_for_process(task, "build_model", classmethod(_explain_unknown_keys(task.build_model.__func__)))
+    ESPNET_LM_MODULE.lm_choices.classes[NAME] = DecoderOnlyLM
+    lm_task = ESPNET_LM_MODULE.LMTask
+    patch_for_process(lm_task, "build_model", classmethod(_explain_unknown_keys(lm_task.build_model.__func__)))
     register_data_type()
     register.done = True
 

@@ -80,6 +80,9 @@ TASKS: Dict[str, TaskSpec] = {spec.name: spec for spec in (
 )}
 
 
+LM_TASK = "lm"  # ESPnet's lm task: language models for shallow fusion (espnet_mtla.lm); not a recipe task
+
+
 def get_task(name: str) -> TaskSpec:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")

@@ -1,0 +1,63 @@
+"""Shallow fusion inside the multi-utterance search: a language model's next-token log-probs
+for every running hypothesis of every utterance, one LM call per step, and its state kept in
+step with the beam.
+
+    lm = fused_language_model(lm_module, num_utts, capacity, like, cuda_graphs)
+    logp = lm(tokens, step)  # (R, V) for the token buffer (R, L) at ``step``
+    lm.reorder(rows)         # the surviving hypotheses' parents, as the decoder's caches
+
+Two kinds of LM:
+- ``CachedLanguageModel``: a cached stack (``run_tokens`` + ``new_caches``: ``lm: decoder_only``,
+  any attention type). Its own KV caches, one row per hypothesis, fed only the newest token;
+  the same step object as the decoder's (``decode_step``), so CUDA graphs serve it too.
+- ``ScorerLanguageModel``: any other ESPnet ``BatchScorerInterface`` LM (ESPnet's
+  ``TransformerLM``, ``SequentialRNNLM``): ``batch_score`` over all rows with the whole token
+  prefix and its per-hypothesis states, reordered on the host (one read of ``rows`` per step).
+"""
+
+from typing import List
+
+import torch
+
+from espnet_mtla.search.decode_step import DecodeStep, GraphedDecodeStep
+
+
+class CachedLanguageModel:
+    def __init__(self, lm, num_utts: int, capacity: int, like: torch.Tensor, cuda_graphs: bool = False):
+        self.caches = lm.new_caches(num_utts, lm.cache_capacity(0, capacity), like)
+        self.step = GraphedDecodeStep(lm) if cuda_graphs else DecodeStep(lm)
+
+    def __call__(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
+        """tokens: (R, L) the hypotheses' token buffer -> (R, V) log-probs of token ``step + 1``."""
+        logp = self.step(self.caches, tokens[:, step: step + 1])
+        self.caches.note_peak()
+        return logp
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self.step.reorder(self.caches, rows)
+
+    @property
+    def cache_bytes_peak(self) -> int:
+        return self.caches.peak_nbytes
+
+
+class ScorerLanguageModel:
+    def __init__(self, lm, num_utts: int):
+        self.lm = lm
+        self.states: List = [lm.init_state(None) for _ in range(num_utts)]
+
+    def __call__(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
+        logp, self.states = self.lm.batch_score(tokens[:, : step + 1], self.states, None)
+        return logp
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self.states = [self.states[r] for r in rows.tolist()]
+
+    cache_bytes_peak = 0  # ESPnet's LMs keep no KV cache (their states: earlier layer outputs)
+
+
+def fused_language_model(lm, num_utts: int, capacity: int, like: torch.Tensor, cuda_graphs: bool = False):
+    """The search-side object of ``lm`` for ``num_utts`` utterances and ``capacity`` tokens."""
+    if hasattr(lm, "run_tokens") and hasattr(lm, "new_caches"):
+        return CachedLanguageModel(lm, num_utts, capacity, like, cuda_graphs)
+    return ScorerLanguageModel(lm, num_utts)
