@@ -118,3 +118,74 @@ def test_fusion_with_espnets_transformer_lm_equals_espnet(ctc_weight):
 def test_mtla_lm_cache_is_smaller_than_mha():
     sizes = {t: fusion_case(tiny_lm(t), 0.0).lm_cache_bytes_peak for t in ("mha", "mtla")}
     assert sizes["mha"] > 2 * sizes["mtla"], sizes
+
+
+# -- the inference CLI: --lm_train_config/--lm_file, batched == one utterance at a time ---------------
+LM_CONF = dict(model_dim=32, attention_heads=4, linear_units=48, num_blocks=2, dropout_rate=0.0,
+               gqa_conf={"num_kv_heads": 2}, mtla_conf={"down_rate": 2},
+               mla_conf={"kv_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8})
+ESPNET_LM_CONF = dict(pos_enc="sinusoidal", embed_unit=16, att_unit=32, head=4, unit=48, layer=2, dropout_rate=0.0)
+
+
+def make_lm(tmp_path, lm: str, attention_type=None, token_list=None):
+    """An LM's config.yaml and model file, built by ESPnet's lm task (our lm: decoder_only or its transformer)."""
+    from espnet_setup import TOKENS, write_yaml
+
+    conf = {"lm": lm, "token_list": token_list or TOKENS, "token_type": "char",
+            "lm_conf": dict(LM_CONF, attention_type=attention_type) if lm == "decoder_only" else ESPNET_LM_CONF}
+    write_yaml(tmp_path / "lm.yaml", conf)
+    task = espnet_mtla.tasks.registration.ESPNET_LM_MODULE.LMTask
+    args = task.get_parser().parse_args(["--config", str(tmp_path / "lm.yaml"), "--output_dir", "unused"])
+    torch.manual_seed(4)
+    model = task.build_model(args)
+    with torch.no_grad():  # a peaky LM, so that it changes the search
+        for name, p in model.lm.named_parameters():
+            if name in ("embed.weight", "decoder.weight"):
+                p.mul_(4.0)
+    torch.save(model.state_dict(), tmp_path / "lm.pth")
+    write_yaml(tmp_path / "lm_config.yaml", vars(args))
+    return ["--lm_train_config", str(tmp_path / "lm_config.yaml"), "--lm_file", str(tmp_path / "lm.pth"),
+            "--lm_weight", "0.6"]
+
+
+@pytest.mark.parametrize("lm, attention_type", [("decoder_only", "mtla"), ("decoder_only", "mha"),
+                                                ("transformer", None)])
+def test_cli_fusion_batched_equals_one_utterance_at_a_time(tmp_path, lm, attention_type):
+    from test_batch_decoding import BUDGET, assert_same_results, decode, make_data, make_model, read
+
+    make_model(tmp_path, "asr", "mtla")
+    data = make_data(tmp_path, "asr")
+    lm_options = make_lm(tmp_path, lm, attention_type)
+    lengths = ["--maxlenratio", "0", "--minlenratio", "0"]  # end detection (ESPnet's CTC scorer fails on fixed lengths)
+    single = decode(tmp_path, "asr", data, "single", "--batch_size", "1", *lengths, *lm_options, ctc_weight="0.3")
+    batched = decode(tmp_path, "asr", data, "batched", "--batch_frames", BUDGET["asr"], *lengths, *lm_options,
+                     ctc_weight="0.3")
+    without = decode(tmp_path, "asr", data, "without", "--batch_frames", BUDGET["asr"], *lengths, ctc_weight="0.3")
+    assert_same_results(single, batched)
+    assert read(batched / "1best_recog" / "token_int") != read(without / "1best_recog" / "token_int")
+
+
+@pytest.mark.parametrize("change, message", [
+    ("tokens", "the LM's token list differs from the model's (12 vs 12 tokens, first difference at id 3)"),
+    ("no_file", "--lm_file: no such file"),
+    ("no_config", "--lm_train_config is required with"),
+])
+def test_cli_lm_input_errors_are_one_line(tmp_path, capsys, change, message):
+    from espnet_setup import TOKENS
+    from test_batch_decoding import decode, make_data, make_model
+
+    make_model(tmp_path, "asr", "mtla")
+    data = make_data(tmp_path, "asr")
+    tokens = TOKENS[:3] + ["z"] + TOKENS[4:] if change == "tokens" else None
+    options = make_lm(tmp_path, "decoder_only", "mtla", tokens)
+    if change == "no_file":
+        options[3] = str(tmp_path / "missing.pth")
+    if change == "no_config":
+        options = options[2:]
+    with pytest.raises(SystemExit) as exit_info:
+        decode(tmp_path, "asr", data, "out", "--batch_frames", "400", *options)
+    # the message is the exit's (Python prints it as the one line), or was printed before exiting
+    code = exit_info.value.code
+    err = [code] if isinstance(code, str) else capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out").exists()

@@ -201,7 +201,7 @@ def test_search_core_imports_only_torch():
         "ctc_logp = torch.randn(2, 9, 13).log_softmax(-1)\n"
         "hyps = MultiUtteranceBeamSearch(stack, 12, 12, 3, decoder_weight=0.7, ctc_weight=0.3, pre_beam_size=4)(\n"
         "    enc, torch.tensor([9, 6]), -4, ctc_logp=ctc_logp)\n"
-        "assert len(hyps) == 2 and all(hyps)\n"
+        "assert len(hyps.hypotheses) == 2 and all(hyps.hypotheses)\n"
         "assert not [m for m in sys.modules if m.split('.')[0] in ('espnet', 'espnet2')]\n"
         "print('ok')\n"
     )

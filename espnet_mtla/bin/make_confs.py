@@ -5,7 +5,7 @@
         --decode conf_templates/decode_asr.yaml --out egs2/mini_synth/asr1/conf [--prefix train_]
 
 Writes ``<prefix><type>.yaml`` for every registered attention type (the template with
-``decoder_conf.attention_type`` set; everything else identical, so results compare the
+``decoder_conf.attention_type``, or a language model's ``lm_conf.attention_type``, set; everything else identical, so results compare the
 attention alone) and copies the decode config to ``decode.yaml``.
 """
 
@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # recipe conf dir -> [(train template, decode template, file prefix)], paths relative to the repository
 RECIPES = {
     "egs2/mini_synth/asr1/conf": [("asr_mini.yaml", "decode_asr.yaml", "train_"),
-                                  ("asr_mini_encdec.yaml", None, "train_encdec_")],
+                                  ("asr_mini_encdec.yaml", None, "train_encdec_"),
+                                  ("lm_mini.yaml", None, "train_lm_")],
     "egs2/mini_synth/st1/conf": [("st_mini.yaml", "decode_st.yaml", "train_"),
                                  ("st_mini_encdec.yaml", None, "train_encdec_")],
     "egs2/mini_synth/slu1/conf": [("slu_mini.yaml", "decode_slu.yaml", "train_")],
@@ -41,7 +42,7 @@ RECIPES = {
 
 def render(template: Path, attention_type: str) -> str:
     config = yaml.safe_load(template.read_text())
-    config["decoder_conf"]["attention_type"] = attention_type
+    config["lm_conf" if "lm_conf" in config else "decoder_conf"]["attention_type"] = attention_type
     header = (f"# Generated from {template.as_posix()} by espnet_mtla.bin.make_confs "
               f"(attention_type: {attention_type}); edit the template and re-run.\n")
     return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100)

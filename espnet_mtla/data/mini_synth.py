@@ -10,7 +10,9 @@ SLU ``text`` is "<intent> transcript" as in ESPnet's SLURP recipe and
 ``transcript`` is the transcript alone. Speakers are espeak-ng voices (accent + variant);
 each utterance also draws a speaking rate and pitch. Utterance ids are
 ``<speaker>-<split>-<index>``, so sorting by id also sorts by speaker (Kaldi's rule).
-``--condition hard`` adds tempo changes, reverberation and noise at -5 to 10 dB SNR to every
+``--lm-text N`` also writes ``<out-dir>/lm_text.txt``: N more sentences of the grammar in the
+target language, one per line, for a language model (sentences of the dev and test sets left
+out). ``--condition hard`` adds tempo changes, reverberation and noise at -5 to 10 dB SNR to every
 utterance (see ``conditions.py``); each split's draws are listed in
 ``<audio-dir>/<task>-hard/<split>/conditions.tsv``. The texts and voices are the same in both
 conditions.
@@ -112,6 +114,28 @@ def generate(task: str, out_dir, audio_dir, sizes: Dict[str, int], seed: int = 0
         write_data_dir(Path(out_dir) / split, to_utterances(utts, paths, task))
 
 
+def write_lm_text(task: str, out_dir, count: int, sizes: Dict[str, int], seed: int = 0) -> Path:
+    """``<out_dir>/lm_text.txt``: ``count`` target-language sentences (one per line) of the grammar,
+    none of them a sentence of the dev or test set (an LM must not have seen the test's text)."""
+    held_out = {u["text"].split(" ", 1)[1] if task == "slu" else u["text"]
+                for split in ("dev", "test") for u in draw_utterances(task, split, sizes[split], seed)}
+    rng = random.Random(f"{seed}-{task}-lm")
+    lines = []
+    while len(lines) < count:
+        if task == "slu":
+            cmd = command(rng)
+            text = cmd.transcript
+            line = f"{cmd.intent} {cmd.transcript}"
+        else:
+            sent = sentence(rng)
+            line = text = sent.english if task == "asr" else sent.german
+        if text not in held_out:
+            lines.append(line)
+    path = Path(out_dir) / "lm_text.txt"
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
+    return path
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=TASKS, required=True)
@@ -123,9 +147,13 @@ def main(argv=None) -> None:
     parser.add_argument("--nj", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     for split, default in zip(SPLITS, (2000, 200, 200)):
         parser.add_argument(f"--{split}", type=int, default=default, help=f"utterances in {split}")
+    parser.add_argument("--lm-text", type=int, default=0,
+                        help="also write <out-dir>/lm_text.txt: this many sentences for a language model")
     args = parser.parse_args(argv)
     sizes = {split: getattr(args, split) for split in SPLITS}
     generate(args.task, args.out_dir, args.audio_dir, sizes, args.seed, args.nj, args.condition)
+    if args.lm_text:
+        write_lm_text(args.task, args.out_dir, args.lm_text, sizes, args.seed)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,11 @@ class Experiment:
         self.exp = Path(args.expdir) / f"{self.task.name}_{self.tag}"
         self.stats_dir = Path(args.expdir) / f"{self.task.name}_stats_{self.features.stats_name}"
         self.train_set = args.train_set + ("_sp" if args.speed_perturb_factors.strip() else "")
+        self.use_lm = args.use_lm == "true"
+        if args.lm_config:
+            args.lm_config = args.lm_config.replace("{attention}", args.lm_attention or args.attention)
+        self.lm_exp = Path(args.expdir) / f"lm_{Path(args.lm_config).stem if args.lm_config else 'default'}"
+        self.lm_stats_dir = Path(args.expdir) / f"lm_stats_{self.token_dir('tgt').name}"
 
     # -- data and tokens -------------------------------------------------------------------------
     def text_names(self) -> Dict[str, str]:
@@ -102,8 +107,41 @@ class Experiment:
 
     # -- decoding --------------------------------------------------------------------------------
     def decode_dir(self, test_set: str) -> Path:
+        """exp/<experiment>/<decode config>[_<LM experiment>]_<model>/<test set>."""
         tag = Path(self.args.inference_config).stem if self.args.inference_config else "decode"
+        if self.use_lm:
+            tag += f"_{self.lm_exp.name}"
         return self.exp / f"{tag}_{Path(self.args.inference_model).stem}" / test_set
+
+    # -- language model ------------------------------------------------------------------------
+    def lm_model(self) -> Path:
+        return self.lm_exp / self.args.lm_inference_model
+
+    def lm_train_texts(self) -> List[Path]:
+        """The LM's training text files (Kaldi text): --lm_train_text, else the training transcripts."""
+        text = self.text_names()["text"]
+        return [Path(f) for f in self.args.lm_train_text.split()] or [self.dump / self.train_set / text]
+
+    def lm_extra_texts(self) -> List[Path]:
+        """--lm_extra_text: plain text files, one sentence per line."""
+        return [Path(f) for f in self.args.lm_extra_text.split()]
+
+    def lm_dev_text(self) -> Path:
+        text = self.text_names()["text"]
+        return Path(self.args.lm_dev_text) if self.args.lm_dev_text else self.dump / self.args.valid_set / text
+
+    def lm_command(self, *options) -> List:
+        """``lm_train`` with the LM config, the target token list, and the LM's text."""
+        cmd = [sys.executable, "-m", "espnet_mtla.bin.lm_train"]
+        if self.args.lm_config:
+            cmd += ["--config", self.args.lm_config]
+        tgt = self.token_dir("tgt")
+        cmd += ["--use_preprocessor", "true", "--token_type", self.args.token_type, "--token_list", tgt / "tokens.txt"]
+        if self.args.token_type == "bpe":
+            cmd += ["--bpemodel", tgt / "bpe.model"]
+        cmd += list(options)
+        return cmd + ["--train_data_path_and_name_and_type", f"{self.lm_stats_dir / 'train.txt'},text,text",
+                      "--valid_data_path_and_name_and_type", f"{self.lm_stats_dir / 'dev.txt'},text,text"]
 
     def decode_dirs(self) -> List[Path]:
         return [self.decode_dir(name) for name in self.test_sets]

@@ -30,7 +30,7 @@ def get_parser() -> argparse.ArgumentParser:
     add = p.add_argument
     add("--task", choices=tuple(TASKS), required=True)
     add("--stage", type=int, default=1)
-    add("--stop_stage", type=int, default=11)
+    add("--stop_stage", type=int, default=14)
     add("--nj", type=int, default=2, help="parallel jobs for formatting and statistics")
     add("--inference_nj", type=int, default=2, help="parallel decoding jobs")
     add("--cmd", default="local", type=job_backend,
@@ -81,6 +81,24 @@ def get_parser() -> argparse.ArgumentParser:
     add("--tag", default=None, help="experiment name; default: the train config's stem")
     add("--train_args", default="", help="extra options for <task>_train")
     add("--inference_args", default="", help="extra options for <task>_inference")
+    add("--use_lm", default="false", choices=("true", "false"),
+        help="stages 12-14 train a language model and stage 8 fuses it into decoding (the decode config's "
+             "lm_weight); false: the LM stages are skipped")
+    add("--lm_config", default="", help="the LM's training config (lm: decoder_only | transformer ...); may "
+        "contain {attention}, filled with --lm_attention")
+    add("--lm_attention", default=None, choices=attention_types(),
+        help="fills {attention} in --lm_config (default: --attention)")
+    add("--lm_train_text", default="",
+        help="space-separated Kaldi text files (key sentence) the LM trains on; default: the training set's "
+             "transcripts")
+    add("--lm_extra_text", default="",
+        help="space-separated plain text files (one sentence per line) added to the LM's training text")
+    add("--lm_dev_text", default="", help="the LM's validation and perplexity text (Kaldi text); default: the "
+        "valid set's transcripts")
+    add("--lm_args", default="", help="extra options for lm_train")
+    add("--lm_inference_model", default="valid.loss.ave.pth",
+        help="the LM file stage 8 fuses, under the LM's experiment dir (ESPnet's average of the best epochs by "
+             "valid.loss)")
     add("--dumpdir", default="dump")
     add("--expdir", default="exp")
     add("--metrics", default="auto", type=metric_names,

@@ -112,10 +112,12 @@ def _number(value: Optional[str]) -> str:
 
 
 class TrainingProgress(_Watcher):
-    """Stage 7: ``epoch k/N: train loss, valid loss/acc (cer/wer when reported), s/epoch, ETA``."""
+    """Stage 7 (or 13, the LM's): ``epoch k/N: train loss, valid loss/acc (cer/wer when reported),
+    s/epoch, ETA``."""
 
-    def __init__(self, train_log: Path, max_epoch: int):
+    def __init__(self, train_log: Path, max_epoch: int, stage: int = 7):
         self.follower = LogFollower(train_log)
+        self.stage = stage
         self.max_epoch = max_epoch
         earlier = [int(m.group(1)) for m in EPOCH_RE.finditer(self.follower.earlier_text())]
         self.done_before = earlier[-1] if earlier else 0
@@ -125,7 +127,8 @@ class TrainingProgress(_Watcher):
     def poll(self):
         for line in self.follower.new_lines():
             if RESUMED_RE.search(line):
-                log.info("stage 7: resumed from the checkpoint after epoch %d of %d", self.done_before, self.max_epoch)
+                log.info("stage %d: resumed from the checkpoint after epoch %d of %d", self.stage, self.done_before,
+                         self.max_epoch)
                 continue
             match = EPOCH_RE.search(line)
             if match:
@@ -141,7 +144,7 @@ class TrainingProgress(_Watcher):
         shown = ", ".join(f"{key} {_number(valid[key])}" for key in VALID_KEYS
                           if key in valid and _number(valid[key]) not in ("nan", "-"))
         left = max(0, self.max_epoch - epoch)
-        log.info("stage 7: epoch %d/%d: train loss %s | valid %s | %s/epoch, ETA %s", epoch, self.max_epoch,
+        log.info("stage %d: epoch %d/%d: train loss %s | valid %s | %s/epoch, ETA %s", self.stage, epoch, self.max_epoch,
                  _number(train.get("loss")), shown or "-", duration(self.epoch_seconds[-1]),
                  duration(mean * left) if left else "done")
 

@@ -4,7 +4,8 @@
     figures = plot_results(rows, Path("RESULTS.md"))   # RESULTS_<test set>.png next to RESULTS.md
     text = render_results(rows, "RESULTS.json", figures)
 
-A row is one experiment on one test set: its attention type, scores (``{"wer": 4.1, ...}``),
+A row is one experiment on one test set (and one fused language model, ``lm``, or none): its
+attention type, scores (``{"wer": 4.1, ...}``),
 decoding efficiency (``RESULT_FIELDS``) and the experiment's learning-curve images (paths relative to
 RESULTS.md; ESPnet draws them under ``exp/<experiment>/images/``). The figure puts the
 experiments side by side, one bar per experiment in each panel: quality (the first score),
@@ -19,6 +20,11 @@ RESULT_FIELDS = ("total_decode_time_s", "utterances_per_s", "tokens_per_s", "pea
 # ESPnet's learning curves worth a link, in this order (others exist: grad_norm, iter_time, ...).
 CURVES = ("loss", "acc", "cer", "wer", "bleu", "cer_ctc")
 LOWER_IS_BETTER = {"wer", "cer"}
+
+
+def row_name(r: dict) -> str:
+    """An experiment, and the LM fused into its decoding: ``asr_train_mtla + lm_train_lm_mtla``."""
+    return r["experiment"] + (f" + {r['lm']}" if r.get("lm") else "")
 
 
 def learning_curves(exp_dir: Path, results_dir: Path) -> List[str]:
@@ -53,8 +59,8 @@ def plot_results(rows: List[dict], results: Path) -> Dict[str, List[str]]:
     plt = pyplot()
     drawn = {}
     for test_set in sorted({r["test_set"] for r in rows}):
-        subset = sorted((r for r in rows if r["test_set"] == test_set), key=lambda r: r["experiment"])
-        names = [r["experiment"] for r in subset]
+        subset = sorted((r for r in rows if r["test_set"] == test_set), key=row_name)
+        names = [row_name(r) for r in subset]
         panels = _panels(subset)
         fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
         colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -75,7 +81,7 @@ def plot_results(rows: List[dict], results: Path) -> Dict[str, List[str]]:
 
 def comparisons(rows: List[dict]) -> List[str]:
     """Each experiment against the MHA one of the same decoder (decoder-only, encoder-decoder)
-    on the same test set, in words a person can read.
+    on the same test set with the same LM (or none), in words a person can read.
 
     Quality: the first score's difference (absolute points); speed, memory and cache: ratios.
     Experiments know their attention type from their config (``attention`` in the row).
@@ -83,8 +89,9 @@ def comparisons(rows: List[dict]) -> List[str]:
     lines = []
     # rows written before rows named their decoder are decoder_only (the only one there was)
     decoder_of = lambda r: r.get("decoder") or "decoder_only"  # noqa: E731
-    for test_set, decoder in sorted({(r["test_set"], decoder_of(r)) for r in rows}):
-        subset = [r for r in rows if r["test_set"] == test_set and decoder_of(r) == decoder]
+    lm_of = lambda r: r.get("lm") or ""  # noqa: E731
+    for test_set, decoder, lm in sorted({(r["test_set"], decoder_of(r), lm_of(r)) for r in rows}):
+        subset = [r for r in rows if (r["test_set"], decoder_of(r), lm_of(r)) == (test_set, decoder, lm)]
         base = next((r for r in subset if r.get("attention") == "mha"), None)
         if base is None:
             continue
@@ -105,7 +112,7 @@ def comparisons(rows: List[dict]) -> List[str]:
                     ratio = r[key] / base[key]
                     smaller = f", {1 / ratio:.1f}x smaller" if key != "utterances_per_s" and ratio < 1 else ""
                     parts.append(f"{label} {ratio:.2f}x {unit}{smaller}")
-            lines.append(f"{r['experiment']} vs {base['experiment']} on {test_set}: " + "; ".join(parts))
+            lines.append(f"{row_name(r)} vs {row_name(base)} on {test_set}: " + "; ".join(parts))
     return lines
 
 
@@ -113,13 +120,31 @@ def _number(value, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def render_results(rows: List[dict], source: str = "RESULTS.json", figures: Optional[Dict[str, str]] = None) -> str:
-    """RESULTS.md from the rows of ``source``; ``figures``: {test set: image path relative to RESULTS.md}."""
+def language_model_effects(rows: List[dict]) -> List[str]:
+    """Each row decoded with an LM against the same experiment's row without one."""
+    lines = []
+    for r in rows:
+        base = next((b for b in rows if b["experiment"] == r["experiment"] and b["test_set"] == r["test_set"]
+                     and not b.get("lm")), None) if r.get("lm") else None
+        metric = next(iter(base["scores"]), None) if base else None
+        if metric in (r["scores"] if base else {}):
+            a, b = r["scores"][metric], base["scores"][metric]
+            speed = (f"; decoding speed {r['utterances_per_s'] / base['utterances_per_s']:.2f}x"
+                     if r.get("utterances_per_s") and base.get("utterances_per_s") else "")
+            lines.append(f"{r['experiment']} on {r['test_set']} with {r['lm']}: {metric} {a} vs {b} without "
+                         f"({a - b:+.2f} points){speed}")
+    return lines
+
+
+def render_results(rows: List[dict], source: str = "RESULTS.json", figures: Optional[Dict[str, str]] = None,
+                   lms: Optional[List[dict]] = None) -> str:
+    """RESULTS.md from the rows of ``source``; ``figures``: {test set: image path relative to RESULTS.md};
+    ``lms``: the language models' perplexity reports (stage 14)."""
     lines = []
     for r in rows:
         quality = ", ".join(f"{k} {v}" for k, v in r["scores"].items())
         peak, cache = r.get("peak_memory_bytes"), r.get("cache_bytes_peak")
-        lines.append(f"| {r['experiment']} | {r['test_set']} | {r['model']} | {quality} | "
+        lines.append(f"| {row_name(r)} | {r['test_set']} | {r['model']} | {quality} | "
                      f"{_number(r.get('total_decode_time_s'), '.2f')} | {r.get('utterances_per_s', '-')} | "
                      f"{r.get('tokens_per_s', '-')} | {_number(None if peak is None else peak / 2**20, '.1f')} | "
                      f"{_number(None if cache is None else cache / 1e6, '.3f')} |\n")
@@ -131,6 +156,15 @@ def render_results(rows: List[dict], source: str = "RESULTS.json", figures: Opti
     if compared:
         text += "\nAgainst MHA (quality: difference in points; speed, memory, cache: ratios):\n\n"
         text += "".join(f"- {line}\n" for line in compared)
+    effects = language_model_effects(rows)
+    if effects:
+        text += "\nWith a language model against without (shallow fusion, the decode config's lm_weight):\n\n"
+        text += "".join(f"- {line}\n" for line in effects)
+    if lms:
+        text += ("\nLanguage models (stage 14: perplexity per token, <eos> included, on the dev text):\n\n"
+                 "| language model | attention | model | dev tokens | perplexity |\n|---|---|---|---|---|\n")
+        text += "".join(f"| {r['lm']} | {r.get('attention') or '-'} | {r.get('model', '-')} | {r.get('tokens', '-')} | "
+                        f"{r['perplexity']} |\n" for r in lms)
     for test_set, image in sorted((figures or {}).items()):
         text += f"\n![{test_set}: the experiments side by side]({image})\n"
     curves = {r["experiment"]: r["learning_curves"] for r in rows if r.get("learning_curves")}  # one per experiment

@@ -24,6 +24,8 @@ def check_earlier_stages(x: Experiment, stage: Stage) -> None:
     """StageError when an earlier stage was interrupted (unless its outputs are usable unfinished)."""
     for number in stage.after or range(1, stage.number):
         earlier = STAGES[number]
+        if earlier.needs_lm and not x.use_lm:
+            continue
         record = earlier.record(x)
         if record is None or not record.interrupted:
             continue
@@ -86,6 +88,9 @@ def main(argv=None) -> int:
     x = Experiment(args)
     for stage in STAGES.values():
         if args.stage <= stage.number <= args.stop_stage:
+            if stage.needs_lm and not x.use_lm:
+                log.info("stage %d: %s skipped (--use_lm false)", stage.number, stage.name)
+                continue
             log.info("stage %d: %s", stage.number, stage.name)
             start = time.time()
             try:

@@ -35,13 +35,15 @@ class Stage:
         number, name: ``--stage N``; the name in logs and records.
         records_under: where its record lives: ``expdir`` (data stages, shared by experiments),
             ``exp`` (the experiment), ``decode`` (the decode dir of the inference config and
-            model); None: the stage keeps no record and always runs.
+            model), ``lm_exp`` (the language model's experiment); None: the stage keeps no
+            record and always runs.
         after: the stages whose interruption stops this one; None: every earlier stage.
         resumes: an interrupted run with the same options and inputs continues where it stopped.
         usable_unfinished: later stages may use its outputs while it is unfinished (training:
             model files are written atomically), with a warning instead of stopping.
         jobs: the option (``cmd``, ``train_cmd``, ``decode_cmd``) whose backend runs its jobs;
             None: they run on this machine.
+        needs_lm: a language-model stage, skipped with ``--use_lm false``.
     """
 
     number: ClassVar[int]
@@ -51,6 +53,7 @@ class Stage:
     resumes: ClassVar[bool] = False
     usable_unfinished: ClassVar[bool] = False
     jobs: ClassVar[Optional[str]] = None
+    needs_lm: ClassVar[bool] = False
 
     def ready(self, x: Experiment) -> None:
         """Raise StageError when the stage cannot start (nothing is created before)."""
@@ -68,7 +71,8 @@ class Stage:
         """Where this stage records that it finished; None for a stage without a record."""
         if self.records_under is None:
             return None
-        where = {"expdir": Path(x.args.expdir), "exp": x.exp, "decode": x.decode_dir("-").parent}
+        where = {"expdir": Path(x.args.expdir), "exp": x.exp, "decode": x.decode_dir("-").parent,
+                 "lm_exp": x.lm_exp}
         return StageRecord(where[self.records_under] / "stages", self.number, self.name)
 
 

@@ -11,7 +11,12 @@
      9 score          stages/decode.py   --metrics -> scores.json
     10 report         stages/report.py   RESULTS.json -> RESULTS.md and figures
     11 pack           stages/report.py   the model as a zip (+ safetensors copy)
+    12 lm_stats       stages/lm.py       --use_lm true: the LM's text and shape statistics
+    13 lm_train       stages/lm.py       lm_train with --lm_config, resumable
+    14 lm_perplexity  stages/lm.py       the LM's perplexity on the dev text
 
+Stages run in the table's order: the LM stages after stage 7 and before stage 8 (which fuses
+the LM), as asr.sh trains its LM before decoding; ``--stage``/``--stop_stage`` select by number.
 A new stage: a ``Stage`` subclass (espnet_mtla.recipe.stage) and one entry here.
 """
 
@@ -20,9 +25,11 @@ from typing import Dict
 from espnet_mtla.recipe.stage import Stage
 from espnet_mtla.recipe.stages.data import Data, Filter, Format, SpeedPerturb
 from espnet_mtla.recipe.stages.decode import Decode, Score
+from espnet_mtla.recipe.stages.lm import LmPerplexity, LmStats, LmTrain
 from espnet_mtla.recipe.stages.report import Pack, Report
 from espnet_mtla.recipe.stages.tokens import Stats, Tokenizer
 from espnet_mtla.recipe.stages.train import Train
 
 STAGES: Dict[int, Stage] = {stage.number: stage for stage in (
-    Data(), SpeedPerturb(), Format(), Filter(), Tokenizer(), Stats(), Train(), Decode(), Score(), Report(), Pack())}
+    Data(), SpeedPerturb(), Format(), Filter(), Tokenizer(), Stats(), Train(), LmStats(), LmTrain(), LmPerplexity(),
+    Decode(), Score(), Report(), Pack())}

@@ -1,5 +1,6 @@
 """Stages 8-9: decoding each test set in ``--inference_nj`` jobs (resumable: finished jobs are
-kept) with one efficiency report per set, then scoring with the recipe's metrics."""
+kept) with one efficiency report per set, then scoring with the recipe's metrics. With
+``--use_lm true`` stage 8 fuses the LM of stages 12-14, into a decode dir named after it."""
 
 import json
 import logging
@@ -35,13 +36,19 @@ class Decode(Stage):
 
     def ready(self, x: Experiment) -> None:
         check_model(x)
+        if x.use_lm:
+            from espnet_mtla.recipe.stages.lm import check_lm_model
+
+            check_lm_model(x)
 
     def covers(self, x: Experiment) -> Cover:
         a = x.args
         options = {k: getattr(a, k) for k in ("inference_config", "inference_model", "inference_args",
                                               "inference_nj", "ngpu")}
-        return Cover({**options, "test_sets": x.test_sets},
+        lm = {"lm": [str(x.lm_exp), a.lm_inference_model]} if x.use_lm else {}  # older records: no key
+        return Cover({**options, **lm, "test_sets": x.test_sets},
                      [Path(a.inference_config or "-"), x.exp / "config.yaml", x.exp / a.inference_model] +
+                     ([x.lm_exp / "config.yaml", x.lm_model()] if x.use_lm else []) +
                      x.token_files() + tables([x.dump / name for name in x.test_sets]),
                      [d / "efficiency.json" for d in x.decode_dirs()])
 
@@ -66,6 +73,8 @@ class Decode(Stage):
                    "--output_dir", logdir / "output.JOB"]
             if a.inference_config:
                 cmd += ["--config", a.inference_config]
+            if x.use_lm:  # fused with the decode config's lm_weight
+                cmd += ["--lm_train_config", x.lm_exp / "config.yaml", "--lm_file", x.lm_model()]
             cmd += x.data_args("--data_path_and_name_and_type", data, only=x.task.input_name)
             cmd += shlex.split(a.inference_args)
             if pending:

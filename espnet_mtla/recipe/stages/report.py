@@ -26,7 +26,8 @@ class Report(Stage):
     def run(self, x: Experiment, run: StageRun) -> None:
         path = Path(x.args.results)
         results_file = path.with_suffix(".json")
-        rows = json.loads(results_file.read_text(encoding="utf-8"))["rows"] if results_file.exists() else []
+        saved = json.loads(results_file.read_text(encoding="utf-8")) if results_file.exists() else {}
+        rows, lms = saved.get("rows", []), saved.get("lms", [])
         notes = ""  # sections a person added below the table ("## ..."): kept as they are
         if path.exists():
             text = path.read_text(encoding="utf-8")
@@ -38,16 +39,21 @@ class Report(Stage):
             out = x.decode_dir(name)
             eff = json.loads((out / "efficiency.json").read_text())
             decoder, attention = decoder_of(x.exp)
+            lm = x.lm_exp.name if x.use_lm else None
             row = {"experiment": x.exp.name, "test_set": name, "decoder": decoder, "attention": attention,
-                   "model": eff.get("model", "-"),
+                   "lm": lm, "model": eff.get("model", "-"),
                    "scores": json.loads((out / "scores.json").read_text()),
                    **{key: eff.get(key) for key in RESULT_FIELDS},
                    "learning_curves": learning_curves(x.exp, path.resolve().parent)}
-            rows = [r for r in rows if (r["experiment"], r["test_set"]) != (x.exp.name, name)] + [row]
-        rows.sort(key=lambda r: (r["experiment"], r["test_set"]))
-        write_text_atomic(results_file, json.dumps({"rows": rows}, indent=2) + "\n")
+            rows = [r for r in rows if (r["experiment"], r["test_set"], r.get("lm")) != (x.exp.name, name, lm)] + [row]
+        rows.sort(key=lambda r: (r["experiment"], r["test_set"], r.get("lm") or ""))
+        perplexity = x.lm_exp / "perplexity.json"
+        if x.use_lm and perplexity.exists():
+            lms = [r for r in lms if r["lm"] != x.lm_exp.name] + [json.loads(perplexity.read_text(encoding="utf-8"))]
+            lms.sort(key=lambda r: r["lm"])
+        write_text_atomic(results_file, json.dumps({"rows": rows, **({"lms": lms} if lms else {})}, indent=2) + "\n")
         figures = {test_set: figure_path(path, test_set).name for test_set in plot_results(rows, path)}
-        write_text_atomic(path, render_results(rows, results_file.name, figures) + notes)
+        write_text_atomic(path, render_results(rows, results_file.name, figures, lms) + notes)
         print(path.read_text())
         for line in comparisons(rows):
             log.info("stage 10: %s", line)

@@ -2,7 +2,7 @@
 
 import shlex
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from espnet_mtla.recipe.errors import StageError
 from espnet_mtla.recipe.experiment import Experiment
@@ -60,16 +60,21 @@ class Train(Stage):
         cmd += shlex.split(a.train_args)
         if a.dist_launcher == "slurm":  # one task per node (ESPnet spawns a process per GPU); the
             cmd = ["srun", "--ntasks-per-node=1"] + cmd  # job asks for the nodes: --train_cmd "slurm --nodes N"
-        with TrainingProgress(x.exp / "train.log", max_epoch(x)):
+        with TrainingProgress(x.exp / "train.log", max_epoch(a.train_args, a.train_config)):
             run.jobs.launch(cmd, x.exp / "train.log")
 
 
-def max_epoch(x: Experiment) -> int:
-    """Epochs stage 7 trains: --train_args' --max_epoch, else the config's, else ESPnet's default (40)."""
-    words = shlex.split(x.args.train_args)
+def max_epoch(train_args: str, config: Optional[str]) -> int:
+    """Epochs a training runs: ``train_args``' --max_epoch, else the config's, else ESPnet's default (40)."""
+    words = shlex.split(train_args)
     for i, word in enumerate(words):
         if word.startswith("--max_epoch"):
             value = word.split("=", 1)[1] if "=" in word else (words[i + 1] if i + 1 < len(words) else "")
             if value.isdigit():
                 return int(value)
-    return int(x.config_value("max_epoch", 40) if x.args.train_config else 40)
+    if not config:
+        return 40
+    import yaml
+
+    with open(config, encoding="utf-8") as f:
+        return int((yaml.safe_load(f) or {}).get("max_epoch", 40))
