@@ -156,3 +156,19 @@ def test_encdec_quick_run_gives_espnets_hypotheses_and_fewer_bytes(tmp_path):
     assert all(r["same_as_espnet"] for r in rows if r["decoder"] == "ours MHA")
     mha, mtla = rows[1], rows[3]
     assert mha["held_bytes"] > 4 * mtla["held_bytes"]  # per-head source memory against merged latents
+
+
+def test_lm_fusion_quick_run_measures_every_lm_side_by_side(tmp_path):
+    from espnet_mtla.bench import lm_fusion
+
+    lm_fusion.main(["--quick", "--out-dir", str(tmp_path)])  # 4 utterances, beam 2, 4 tokens
+    rows = {r["name"]: r for r in json.loads((tmp_path / "results.json").read_text())["results"]}
+    assert list(rows) == ["no LM", "ESPnet TransformerLM", "ours MHA", "ours MTLA s=2"]
+    assert rows["no LM"]["lm_cache_bytes"] == 0
+    # ESPnet keeps each layer's outputs (one 512-d vector per token), our MHA keys and values (two)
+    assert rows["ours MHA"]["lm_cache_bytes"] >= 2 * rows["ESPnet TransformerLM"]["lm_cache_bytes"] > 0
+    assert 0 < rows["ours MTLA s=2"]["lm_cache_bytes"] < rows["ours MHA"]["lm_cache_bytes"] / 4
+    table = (tmp_path / "results.md").read_text()
+    assert "| ours MTLA s=2 |" in table and "x smaller |" in table
+    lm_fusion.main(["--replot", "--out-dir", str(tmp_path)])
+    assert (tmp_path / "results.md").read_text() == table

@@ -13,6 +13,8 @@ Two kinds of LM:
 - ``ScorerLanguageModel``: any other ESPnet ``BatchScorerInterface`` LM (ESPnet's
   ``TransformerLM``, ``SequentialRNNLM``): ``batch_score`` over all rows with the whole token
   prefix and its per-hypothesis states, reordered on the host (one read of ``rows`` per step).
+  What it holds in place of a cache (``TransformerLM``: every layer's outputs for every earlier
+  token, from which it re-projects keys and values at each step) is counted as its cache bytes.
 """
 
 from typing import List
@@ -53,7 +55,28 @@ class ScorerLanguageModel:
     def reorder(self, rows: torch.Tensor) -> None:
         self.states = [self.states[r] for r in rows.tolist()]
 
-    cache_bytes_peak = 0  # ESPnet's LMs keep no KV cache (their states: earlier layer outputs)
+    @property
+    def cache_bytes_peak(self) -> int:
+        """Bytes of the states held after the last step (the most: they only grow with the prefix)."""
+        return storage_bytes(self.states)
+
+
+def storage_bytes(tree) -> int:
+    """Bytes of the distinct storages of the tensors in ``tree`` (lists, tuples, dicts): the
+    per-hypothesis states are rows of a few batched tensors, each counted once."""
+    seen, total, stack = set(), 0, [tree]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            storage = item.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return total
 
 
 def fused_language_model(lm, num_utts: int, capacity: int, like: torch.Tensor, cuda_graphs: bool = False):
