@@ -17,13 +17,27 @@ HYPS = {"spk-1": "the cat sat down", "spk-2": "hello word"}
 @pytest.mark.skipif(not any(shutil.which(c) or Path(c).exists() for c in scoring.SCLITE_CANDIDATES),
                     reason="needs sclite (Debian sctk)")
 def test_sclite_wer_and_cer(tmp_path):
-    wer = scoring.sclite_error_rate(REFS, HYPS, tmp_path / "wer")
+    wer = scoring.error_rate(REFS, HYPS, tmp_path / "wer")
     # 5 reference words: 1 substitution (word), 1 insertion (down) -> 40 %.
     assert (wer["words"], wer["sub"], wer["ins"], wer["del"], wer["err"]) == (5, 20.0, 20.0, 0.0, 40.0)
     assert (tmp_path / "wer" / "ref.trn").read_text().splitlines()[0] == "the cat sat\t(spk-1)"
-    cer = scoring.sclite_error_rate(REFS, HYPS, tmp_path / "cer", unit="char")
+    cer = scoring.error_rate(REFS, HYPS, tmp_path / "cer", unit="char")
     # 22 reference characters (spaces count): 5 inserted (" down"), 1 deleted ("l") -> 27.3 %.
     assert (cer["words"], cer["err"]) == (22, 27.3)
+
+
+@pytest.mark.skipif(not scoring.sclite_path(), reason="needs sclite (Debian sctk) to compare with")
+def test_without_sclite_jiwer_gives_sclites_numbers(tmp_path, monkeypatch, capsys):
+    refs = dict(REFS, **{"spk-3": "a b c d", "spk-4": "one two", "spk-5": "x"})
+    hyps = dict(HYPS, **{"spk-3": "a c d e", "spk-4": "", "spk-5": "x"})
+    with_sclite = {unit: scoring.error_rate(refs, hyps, tmp_path / f"sclite_{unit}", unit) for unit in ("word", "char")}
+    monkeypatch.setattr(scoring, "SCLITE_CANDIDATES", ())
+    monkeypatch.setitem(scoring._NOTICE, "given", False)
+    for unit in ("word", "char"):
+        assert scoring.error_rate(refs, hyps, tmp_path / f"jiwer_{unit}", unit) == with_sclite[unit]
+        assert "Sum/Avg" in (tmp_path / f"jiwer_{unit}" / "result.txt").read_text()
+    assert capsys.readouterr().err.splitlines() == [  # once per process
+        "notice: sclite not found: WER/CER computed by jiwer (install Debian's sctk for sclite's alignment reports)"]
 
 
 def test_missing_hypotheses_are_an_error(tmp_path):

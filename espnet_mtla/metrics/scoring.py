@@ -1,5 +1,8 @@
 """Scoring: sclite WER/CER, sacrebleu BLEU/chrF, SLU intent accuracy, ROUGE.
 
+WER/CER come from sclite (Debian's sctk); where it is not installed, from jiwer with the same
+words and the same numbers in ``result.txt`` (no alignment report), after a one-line notice.
+
 ``METRICS`` is the registry the pipeline's ``--metrics`` picks from (a task's defaults are in
 ``espnet_mtla.tasks.specs``). Every scorer has one signature: ``scorer(refs, hyps, out_dir)``,
 references and hypotheses as {utt_id: text}; it writes its detailed output files to
@@ -11,6 +14,7 @@ import re
 import shutil
 import string
 import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, Dict, Sequence
 
@@ -20,11 +24,12 @@ SCLITE_CANDIDATES = ("/usr/lib/sctk/bin/sclite", "sclite")
 
 
 def sclite_path() -> str:
+    """sclite's path; "" where Debian's sctk is not installed."""
     for candidate in SCLITE_CANDIDATES:
         found = shutil.which(candidate) or (candidate if Path(candidate).exists() else None)
         if found:
             return found
-    raise RuntimeError("sclite not found; install Debian's sctk ('apt-get install sctk'; make install does it as root)")
+    return ""
 
 
 def _check_keys(refs: Dict[str, str], hyps: Dict[str, str]) -> None:
@@ -38,8 +43,9 @@ def _trn(texts: Dict[str, str], keys) -> str:
     return "".join(f"{texts.get(k, '').strip()}\t({k})\n" for k in keys)
 
 
-def sclite_error_rate(refs: Dict[str, str], hyps: Dict[str, str], out_dir, unit: str = "word") -> Dict[str, float]:
-    """WER (unit "word") or CER (unit "char": characters, spaces as '<space>') with sclite."""
+def error_rate(refs: Dict[str, str], hyps: Dict[str, str], out_dir, unit: str = "word") -> Dict[str, float]:
+    """WER (unit "word") or CER (unit "char": characters, spaces as '<space>'): sclite's summary
+    numbers (percentages of the reference words), by sclite, or by jiwer where sclite is missing."""
     _check_keys(refs, hyps)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -49,15 +55,53 @@ def sclite_error_rate(refs: Dict[str, str], hyps: Dict[str, str], out_dir, unit:
             return " ".join("<space>" if c == " " else c for c in text.strip())
         refs = {k: split(v) for k, v in refs.items()}
         hyps = {k: split(v) for k, v in hyps.items()}
+    sclite = sclite_path()
+    if not sclite:
+        return jiwer_error_rate(refs, hyps, keys, out_dir)
     write_text_atomic(out_dir / "ref.trn", _trn(refs, keys))
     write_text_atomic(out_dir / "hyp.trn", _trn(hyps, keys))
-    cmd = [sclite_path(), "-r", str(out_dir / "ref.trn"), "trn", "-h", str(out_dir / "hyp.trn"), "trn",
+    cmd = [sclite, "-r", str(out_dir / "ref.trn"), "trn", "-h", str(out_dir / "hyp.trn"), "trn",
            "-i", "rm", "-o", "all", "stdout"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"sclite failed ({' '.join(cmd)}): {result.stderr.strip()[:300]}")
     write_text_atomic(out_dir / "result.txt", result.stdout)
     return parse_sclite(result.stdout)
+
+
+_NOTICE = {"given": False}
+
+
+def jiwer_error_rate(refs: Dict[str, str], hyps: Dict[str, str], keys, out_dir: Path) -> Dict[str, float]:
+    """sclite's summary numbers computed by jiwer (the same words, every utterance aligned alone);
+    ``result.txt`` holds the summary line, with a notice once per process on stderr."""
+    import jiwer
+
+    if not _NOTICE["given"]:
+        print("notice: sclite not found: WER/CER computed by jiwer (install Debian's sctk for sclite's "
+              "alignment reports)", file=sys.stderr)
+        _NOTICE["given"] = True
+    words = hits = subs = dels = ins = wrong = 0
+    for key in keys:
+        ref, hyp = refs[key].split(), hyps.get(key, "").split()
+        words += len(ref)
+        if not ref:
+            ins += len(hyp)
+            wrong += bool(hyp)
+            continue
+        out = jiwer.process_words(" ".join(ref), " ".join(hyp) if hyp else "")
+        hits, subs, dels, ins = hits + out.hits, subs + out.substitutions, dels + out.deletions, ins + out.insertions
+        wrong += bool(out.substitutions or out.deletions or out.insertions)
+
+    def pct(n):
+        return round(100.0 * n / words, 1) if words else 0.0
+
+    scores = {"sentences": len(keys), "words": words, "corr": pct(hits), "sub": pct(subs), "del": pct(dels),
+              "ins": pct(ins), "err": pct(subs + dels + ins),
+              "sent_err": round(100.0 * wrong / len(keys), 1) if keys else 0.0}
+    write_text_atomic(out_dir / "result.txt", "jiwer (sclite not found) | Sum/Avg | " +
+                      " ".join(f"{k} {v}" for k, v in scores.items()) + "\n")
+    return scores
 
 
 def parse_sclite(report: str) -> Dict[str, float]:
@@ -108,13 +152,13 @@ def chrf(refs: Dict[str, str], hyps: Dict[str, str], out_dir) -> Dict[str, float
 
 
 def wer(refs: Dict[str, str], hyps: Dict[str, str], out_dir) -> Dict[str, float]:
-    """sclite word error rate (%)."""
-    return {"wer": sclite_error_rate(refs, hyps, out_dir, unit="word")["err"]}
+    """Word error rate (%): sclite, or jiwer without it."""
+    return {"wer": error_rate(refs, hyps, out_dir, unit="word")["err"]}
 
 
 def cer(refs: Dict[str, str], hyps: Dict[str, str], out_dir) -> Dict[str, float]:
-    """sclite character error rate (%), spaces counted as '<space>'."""
-    return {"cer": sclite_error_rate(refs, hyps, out_dir, unit="char")["err"]}
+    """Character error rate (%), spaces counted as '<space>': sclite, or jiwer without it."""
+    return {"cer": error_rate(refs, hyps, out_dir, unit="char")["err"]}
 
 
 def intent_scores(refs: Dict[str, str], hyps: Dict[str, str], out_dir) -> Dict[str, float]:
@@ -135,7 +179,7 @@ def intent_scores(refs: Dict[str, str], hyps: Dict[str, str], out_dir) -> Dict[s
         name: round(100.0 * sum(ref_parts[k][i] == hyp_parts[k][i] for k in keys) / n, 2)
         for i, name in enumerate(["intent_acc", "scenario_acc", "action_acc"])
     }
-    transcript = sclite_error_rate({k: ref_parts[k][3] for k in keys}, {k: hyp_parts[k][3] for k in keys},
+    transcript = error_rate({k: ref_parts[k][3] for k in keys}, {k: hyp_parts[k][3] for k in keys},
                                    Path(out_dir) / "transcript")
     scores["transcript_wer"] = transcript["err"]
     _write_result(out_dir, "".join(f"{k}: {v}\n" for k, v in scores.items()))
