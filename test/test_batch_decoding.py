@@ -143,6 +143,14 @@ def test_batch_size_and_budget_together(tmp_path):
     sizes = {u["batch_size"] for u in json.loads((capped / "1best_recog" / "efficiency.json").read_text())["utterances"].values()}
     assert sizes == {1, 2}
     assert {u["batch_size"] for u in json.loads((single / "1best_recog" / "efficiency.json").read_text())["utterances"].values()} == {1}
+    # each report says how it decoded (RESULTS rows are compared only where that is the same)
+    how = {name: json.loads((path / "1best_recog" / "efficiency.json").read_text())["decoding"]
+           for name, path in (("single", single), ("capped", capped))}
+    assert {k: how["single"][k] for k in ("search", "beam_size", "batch_frames", "batch_size", "ctc_weight", "device")} == \
+        {"search": "per-utterance", "beam_size": 4, "batch_frames": None, "batch_size": 1, "ctc_weight": 0.0, "device": "cpu"}
+    assert {k: how["capped"][k] for k in ("search", "batch_frames", "batch_size")} == \
+        {"search": "batched", "batch_frames": 100000, "batch_size": 2}
+    assert how["capped"]["machine"] == how["single"]["machine"] and how["capped"]["lm_weight"] is None
 
 
 def test_a_budget_below_the_longest_utterance_decodes_it_alone(tmp_path, caplog):

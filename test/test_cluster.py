@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -132,15 +133,21 @@ def test_recipe_through_slurm_equals_local_and_a_killed_job_is_redone(slurm, loc
     uninterrupted = (decode / "text").read_text()
     cancelled = []
 
-    def cancel_job_2():
+    log_2 = decode / "logdir" / "decode.2.log"
+
+    def running(log: Path) -> bool:
+        """The job has started this run's command (its log opens a section that has not ended)."""
+        text = log.read_text() if log.exists() else ""
+        return text.rfind("# Started at") > text.rfind("# Ended")
+
+    def cancel_job_2():  # as soon as it runs: the event itself, not a fixed delay after queueing
         deadline = time.time() + 120
         while time.time() < deadline and not cancelled:
             job = slurm.jobs().get("decode.2")
-            if job:
-                time.sleep(1)
+            if job and running(log_2):
                 slurm.cancel(job)
                 cancelled.append(job)
-            time.sleep(0.2)
+            time.sleep(0.05)
 
     killer = threading.Thread(target=cancel_job_2)
     killer.start()

@@ -225,3 +225,29 @@ def test_training_progress_shows_only_numbers_that_exist(tmp_path, caplog):
         progress.report(1, results)
     line = caplog.records[-1].getMessage()
     assert "nan" not in line and "valid loss 10.25, acc 0.5" in line
+
+
+def test_rows_decoded_differently_are_not_compared_and_say_why():
+    from espnet_mtla.recipe.results import comparisons, render_results
+
+    how = {"search": "batched", "beam_size": 10, "batch_frames": 4000, "batch_size": 1, "penalty": 0.0,
+           "maxlenratio": 0.0, "ctc_weight": 0.3, "lm_weight": None, "device": "cpu", "machine": "Xeon, 2 cores",
+           "threads": 1, "jobs": 2}
+
+    def row(attention, **decoding):
+        return {"experiment": f"asr_train_{attention}", "test_set": "test", "attention": attention,
+                "model": "valid.acc.ave", "scores": {"wer": 3.0}, "utterances_per_s": 10.0,
+                "decoding": dict(how, **decoding)}
+
+    alike = comparisons([row("mha"), row("mtla")])
+    assert alike == ["asr_train_mtla vs asr_train_mha on test: wer 3.0 vs 3.0 (+0.00 points, equal); decoding "
+                     "speed 1.00x the utterances/s"]
+    assert comparisons([row("mha", search="per-utterance", batch_frames=None), row("mtla")]) == [
+        "asr_train_mtla vs asr_train_mha on test: not compared, decoded differently (search batched vs "
+        "per-utterance; batch_frames 4000 vs None): decode both alike (stage 8 with the same options and machine)"]
+    old = row("mha")
+    del old["decoding"]  # a row from before rows said how they were decoded
+    assert "asr_train_mha's decoding was not recorded" in comparisons([old, row("mtla")])[0]
+    text = render_results([row("mha"), row("mtla", beam_size=20)])
+    assert ("- asr_train_mha (test): batched within 4000 frames, beam 10, CTC weight 0.3, length bonus 0.0, "
+            "maxlenratio 0.0, 2 job(s) of 1 thread(s) on Xeon, 2 cores\n") in text

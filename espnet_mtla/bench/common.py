@@ -20,7 +20,6 @@ import math
 import multiprocessing as mp
 import queue as queue_module
 import os
-import platform
 import warnings
 from pathlib import Path
 
@@ -214,16 +213,10 @@ def kernel_cell(result) -> str:
 def machine(device="cpu", dtype: str = "fp32") -> str:
     """The report's machine line: the CPU's model, cores and threads, or on ``cuda`` the GPU's
     name and SMs; the torch version; ``dtype`` as given."""
-    if torch.device(device).type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        return f"{props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, {dtype}"
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, {dtype}"
+    from espnet_mtla.metrics.efficiency import machine_name
+
+    threads = "" if torch.device(device).type == "cuda" else f", {torch.get_num_threads()} threads"
+    return f"{machine_name(device)}, torch {torch.__version__}{threads}, {dtype}"
 
 
 def positive_int(text: str) -> int:

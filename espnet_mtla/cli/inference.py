@@ -51,7 +51,7 @@ def run_inference(task: Union[str, TaskSpec], cmd: Optional[List[str]] = None) -
     import espnet_mtla.tasks.registration  # noqa: F401  (registers)
     from espnet_mtla.cli import batch_inference
     from espnet_mtla.storage.errors import BatchDecodingError, ConfigError
-    from espnet_mtla.metrics.efficiency import EfficiencyRecorder
+    from espnet_mtla.metrics.efficiency import EfficiencyRecorder, decoding_setup
     from espnet_mtla.models.common import CheckpointMismatchError
     from espnet_mtla.storage.safe_load import UnsafeModelFileError, load_state_dict_file, safe_loading
 
@@ -75,6 +75,7 @@ def run_inference(task: Union[str, TaskSpec], cmd: Optional[List[str]] = None) -
         fail(f"--{task}_model_file: {err}")
     device = "cuda" if args.ngpu >= 1 else "cpu"
     recorder = EfficiencyRecorder(device, total=len(batch_inference.input_keys(args)))
+    recorder.decoding = decoding_setup(args, batched, device)
     # Everything goes to <output_dir>.partial, renamed to <output_dir> once complete: a killed
     # run never leaves an output dir that looks finished.
     output_dir = Path(args.output_dir)

@@ -1,12 +1,14 @@
 """Decoding efficiency report: per-utterance and total time, peak memory, KV-cache bytes, tokens/s.
 
 ``EfficiencyRecorder`` wraps an ESPnet inference object's ``__call__`` (Speech2Text, ...) and
-the data iterator (for utterance ids); ``write`` saves ``efficiency.json``.
+the data iterator (for utterance ids); ``write`` saves ``efficiency.json``, with how the run
+decoded (``decoding_setup``: search, beam, frame budget, weights, machine).
 """
 
 import json
 import logging
 import os
+import platform
 import time
 from typing import Dict, Optional
 
@@ -36,8 +38,36 @@ def _result_caches(best):
     return getattr(states.get("decoder"), "caches", None)
 
 
-def summarize(utterances: Dict[str, dict], device: Optional[str], peak_kind: Optional[str]) -> dict:
-    """Totals over per-utterance records (one inference job's, or several jobs' merged)."""
+def machine_name(device: str = "cpu") -> str:
+    """The machine a measurement ran on: the GPU's name and SMs, or the CPU's model and cores."""
+    if torch.device(device).type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{props.name} ({props.multi_processor_count} SMs)"
+    cpu = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def decoding_setup(args, batched: bool, device: str) -> dict:
+    """How an inference run decoded (``efficiency.json``'s ``decoding``): RESULTS rows are
+    compared only where this is the same. ``args``: the inference options."""
+    lm = bool(getattr(args, "lm_file", None) or getattr(args, "lm_train_config", None))
+    return {"search": "batched" if batched else "per-utterance", "beam_size": args.beam_size,
+            "batch_frames": args.batch_frames if batched else None,
+            "batch_size": args.batch_size if batched else 1, "penalty": getattr(args, "penalty", None),
+            "maxlenratio": getattr(args, "maxlenratio", None), "ctc_weight": getattr(args, "ctc_weight", None),
+            "lm_weight": getattr(args, "lm_weight", None) if lm else None, "device": torch.device(device).type,
+            "machine": machine_name(device), "threads": torch.get_num_threads()}
+
+
+def summarize(utterances: Dict[str, dict], device: Optional[str], peak_kind: Optional[str],
+              decoding: Optional[dict] = None) -> dict:
+    """Totals over per-utterance records (one inference job's, or several jobs' merged);
+    ``decoding``: how they were decoded (``decoding_setup``)."""
     utts = utterances.values()
     total_time = sum(u["decode_time_s"] for u in utts)
     tokens = sum(u["output_tokens"] for u in utts)
@@ -53,6 +83,7 @@ def summarize(utterances: Dict[str, dict], device: Optional[str], peak_kind: Opt
         "peak_memory_bytes": max((u["peak_memory_bytes"] for u in utts), default=0),
         "peak_memory_kind": peak_kind,
         "cache_bytes_peak": max(caches) if caches else None,
+        "decoding": decoding,
         "utterances": utterances,
     }
 
@@ -64,6 +95,7 @@ class EfficiencyRecorder:
         self.utterances: Dict[str, dict] = {}
         self.peak_kind: Optional[str] = None
         self.total = total  # utterances this job decodes, for its progress lines (when known)
+        self.decoding: Optional[dict] = None  # decoding_setup(), set by the inference CLI
 
     def _progress(self) -> None:
         if self.total:  # the pipeline sums these lines over its jobs (espnet_mtla.recipe.progress)
@@ -111,7 +143,7 @@ class EfficiencyRecorder:
         self._progress()
 
     def summary(self) -> dict:
-        return summarize(self.utterances, str(self.device), self.peak_kind)
+        return summarize(self.utterances, str(self.device), self.peak_kind, self.decoding)
 
     def write(self, path: str) -> dict:
         summary = self.summary()

@@ -79,6 +79,34 @@ def plot_results(rows: List[dict], results: Path) -> Dict[str, List[str]]:
     return drawn
 
 
+def decoding_differences(a: dict, b: dict, ignore=()) -> List[str]:
+    """How rows ``a`` and ``b`` were decoded differently (model, search, beam, budget, weights,
+    machine); empty where alike. Rows written before rows said how they were decoded compare with
+    each other as before."""
+    da, db = a.get("decoding"), b.get("decoding")
+    if da is None and db is None:
+        return []
+    if da is None or db is None:
+        return [f"{row_name(a if da is None else b)}'s decoding was not recorded (decoded before rows said how)"]
+    differ = [] if a.get("model") == b.get("model") else [f"model {a.get('model')} vs {b.get('model')}"]
+    keys = list(da) + [key for key in db if key not in da]
+    return differ + [f"{key} {da.get(key)} vs {db.get(key)}" for key in keys
+                     if key not in ignore and da.get(key) != db.get(key)]
+
+
+def describe_decoding(d: dict) -> str:
+    """One row's decoding in words: 'batched within 4000 frames, beam 10, CTC weight 0.3, ...'."""
+    search = (f"batched within {d['batch_frames']} frames" if d.get("batch_frames") else
+              f"batched {d.get('batch_size')} utterances per search" if d.get("search") == "batched" else
+              "one utterance per search")
+    parts = [search, f"beam {d.get('beam_size')}"]
+    parts += [f"{label} {d[key]}" for key, label in (("ctc_weight", "CTC weight"), ("lm_weight", "LM weight"),
+                                                    ("penalty", "length bonus"), ("maxlenratio", "maxlenratio"))
+              if d.get(key) is not None]
+    parts.append(f"{d.get('jobs', 1)} job(s) of {d.get('threads')} thread(s) on {d.get('machine')}")
+    return ", ".join(parts)
+
+
 def comparisons(rows: List[dict]) -> List[str]:
     """Each experiment against the MHA one of the same decoder (decoder-only, encoder-decoder)
     on the same test set with the same LM (or none), in words a person can read.
@@ -97,6 +125,11 @@ def comparisons(rows: List[dict]) -> List[str]:
             continue
         for r in subset:
             if r is base:
+                continue
+            differ = decoding_differences(r, base)
+            if differ:  # a gap the setup makes is not the attention's
+                lines.append(f"{row_name(r)} vs {row_name(base)} on {test_set}: not compared, decoded differently "
+                             f"({'; '.join(differ)}): decode both alike (stage 8 with the same options and machine)")
                 continue
             metric = next(iter(base["scores"]), None)
             parts = []
@@ -125,7 +158,8 @@ def language_model_effects(rows: List[dict]) -> List[str]:
     lines = []
     for r in rows:
         base = next((b for b in rows if b["experiment"] == r["experiment"] and b["test_set"] == r["test_set"]
-                     and not b.get("lm")), None) if r.get("lm") else None
+                     and not b.get("lm") and not decoding_differences(r, b, ignore=("lm_weight",))),
+                    None) if r.get("lm") else None
         metric = next(iter(base["scores"]), None) if base else None
         if metric in (r["scores"] if base else {}):
             a, b = r["scores"][metric], base["scores"][metric]
@@ -165,6 +199,13 @@ def render_results(rows: List[dict], source: str = "RESULTS.json", figures: Opti
                  "| language model | attention | model | dev tokens | perplexity |\n|---|---|---|---|---|\n")
         text += "".join(f"| {r['lm']} | {r.get('attention') or '-'} | {r.get('model', '-')} | {r.get('tokens', '-')} | "
                         f"{r['perplexity']} |\n" for r in lms)
+    setups: Dict[str, List[str]] = {}
+    for r in rows:
+        if r.get("decoding"):
+            setups.setdefault(describe_decoding(r["decoding"]), []).append(f"{row_name(r)} ({r['test_set']})")
+    if setups:
+        text += "\nHow the rows were decoded:\n\n" + "".join(
+            f"- {', '.join(names)}: {setup}\n" for setup, names in setups.items())
     for test_set, image in sorted((figures or {}).items()):
         text += f"\n![{test_set}: the experiments side by side]({image})\n"
     curves = {r["experiment"]: r["learning_curves"] for r in rows if r.get("learning_curves")}  # one per experiment

@@ -109,7 +109,9 @@ def merge_efficiency(reports: List[dict]) -> dict:
     for report in reports:
         utts.update(report["utterances"])
     first = reports[0] if reports else {}
-    merged = summarize(dict(sorted(utts.items())), first.get("device"), first.get("peak_memory_kind"))
+    decoding = first.get("decoding")
+    merged = summarize(dict(sorted(utts.items())), first.get("device"), first.get("peak_memory_kind"),
+                       dict(decoding, jobs=len(reports)) if decoding else None)
     return {"jobs": len(reports), **merged}
 
 

@@ -43,7 +43,7 @@ class Report(Stage):
             row = {"experiment": x.exp.name, "test_set": name, "decoder": decoder, "attention": attention,
                    "lm": lm, "model": eff.get("model", "-"),
                    "scores": json.loads((out / "scores.json").read_text()),
-                   **{key: eff.get(key) for key in RESULT_FIELDS},
+                   **{key: eff.get(key) for key in RESULT_FIELDS}, "decoding": eff.get("decoding"),
                    "learning_curves": learning_curves(x.exp, path.resolve().parent)}
             rows = [r for r in rows if (r["experiment"], r["test_set"], r.get("lm")) != (x.exp.name, name, lm)] + [row]
         rows.sort(key=lambda r: (r["experiment"], r["test_set"], r.get("lm") or ""))
