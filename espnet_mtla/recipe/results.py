@@ -87,7 +87,7 @@ def decoding_differences(a: dict, b: dict, ignore=()) -> List[str]:
     if da is None and db is None:
         return []
     if da is None or db is None:
-        return [f"{row_name(a if da is None else b)}'s decoding was not recorded (decoded before rows said how)"]
+        return [f"{row_name(a if da is None else b)}'s decoding was not recorded: decoded before rows said how"]
     differ = [] if a.get("model") == b.get("model") else [f"model {a.get('model')} vs {b.get('model')}"]
     keys = list(da) + [key for key in db if key not in da]
     return differ + [f"{key} {da.get(key)} vs {db.get(key)}" for key in keys
