@@ -201,7 +201,7 @@ def decode(module, spec: TaskSpec, args, recorder, batch_encoder: bool = False, 
             results[key] = [(hypothesis_tokens(h, inference.converter, inference.tokenizer), h.score)
                             for h in hyps[: args.nbest]]
             tokens.append(len(results[key][0][0][2]) if results[key] else 0)  # tokens of the best hypothesis
-        recorder.record_batch(uids, elapsed, tokens, peak_bytes, result.cache_bytes_peak)
+        recorder.record_batch(uids, elapsed, tokens, peak_bytes, result.cache_bytes_peak, result.lm_cache_bytes_peak)
         logging.info("decoded %d utterances in %.3f s", len(uids), elapsed)
     with DatadirWriter(args.output_dir) as writer:  # in input order
         for key in keys:

@@ -72,6 +72,7 @@ def summarize(utterances: Dict[str, dict], device: Optional[str], peak_kind: Opt
     total_time = sum(u["decode_time_s"] for u in utts)
     tokens = sum(u["output_tokens"] for u in utts)
     caches = [u["cache_bytes_peak"] for u in utts if u["cache_bytes_peak"] is not None]
+    lm_caches = [u.get("lm_cache_bytes_peak") or 0 for u in utts]
     return {
         "device": device,
         "num_utterances": len(utterances),
@@ -83,6 +84,7 @@ def summarize(utterances: Dict[str, dict], device: Optional[str], peak_kind: Opt
         "peak_memory_bytes": max((u["peak_memory_bytes"] for u in utts), default=0),
         "peak_memory_kind": peak_kind,
         "cache_bytes_peak": max(caches) if caches else None,
+        "lm_cache_bytes_peak": max(lm_caches, default=0),
         "decoding": decoding,
         "utterances": utterances,
     }
@@ -129,8 +131,10 @@ class EfficiencyRecorder:
         self._progress()
         return results
 
-    def record_batch(self, keys, elapsed: float, tokens, peak_bytes: int, cache_bytes_peak) -> None:
-        """A batch decoded together: its time is shared equally by its utterances."""
+    def record_batch(self, keys, elapsed: float, tokens, peak_bytes: int, cache_bytes_peak,
+                     lm_cache_bytes_peak: int = 0) -> None:
+        """A batch decoded together: its time is shared equally by its utterances. Cache bytes:
+        the decoder's search state, and apart the fused LM's (0 without one)."""
         for key, count in zip(keys, tokens):
             self.utterances[key] = {
                 "decode_time_s": round(elapsed / len(keys), 6),
@@ -138,6 +142,7 @@ class EfficiencyRecorder:
                 "peak_memory_bytes": peak_bytes,
                 "cache_bytes": None,
                 "cache_bytes_peak": cache_bytes_peak,
+                "lm_cache_bytes_peak": lm_cache_bytes_peak,
                 "batch_size": len(keys),
             }
         self._progress()

@@ -16,7 +16,8 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
-RESULT_FIELDS = ("total_decode_time_s", "utterances_per_s", "tokens_per_s", "peak_memory_bytes", "cache_bytes_peak")
+RESULT_FIELDS = ("total_decode_time_s", "utterances_per_s", "tokens_per_s", "peak_memory_bytes", "cache_bytes_peak",
+                 "lm_cache_bytes_peak")
 # ESPnet's learning curves worth a link, in this order (others exist: grad_norm, iter_time, ...).
 CURVES = ("loss", "acc", "cer", "wer", "bleu", "cer_ctc")
 LOWER_IS_BETTER = {"wer", "cer"}
@@ -165,6 +166,8 @@ def language_model_effects(rows: List[dict]) -> List[str]:
             a, b = r["scores"][metric], base["scores"][metric]
             speed = (f"; decoding speed {r['utterances_per_s'] / base['utterances_per_s']:.2f}x"
                      if r.get("utterances_per_s") and base.get("utterances_per_s") else "")
+            if r.get("lm_cache_bytes_peak"):
+                speed += f"; the LM's cache {r['lm_cache_bytes_peak'] / 1e6:.3f} MB at its peak"
             lines.append(f"{r['experiment']} on {r['test_set']} with {r['lm']}: {metric} {a} vs {b} without "
                          f"({a - b:+.2f} points){speed}")
     return lines
