@@ -74,7 +74,9 @@ def plot_results(rows: List[dict], results: Path) -> Dict[str, List[str]]:
             ax.set_title(title, fontsize=9)
             ax.set_xticks(range(len(names)), [n.split("_", 2)[-1] for n in names], rotation=30, ha="right", fontsize=8)
             ax.margins(y=0.15)
-        fig.suptitle(f"{test_set}: " + ", ".join(names), fontsize=9)
+        listed = ", ".join(names)  # every name while they fit on one line; the bars' labels say the rest
+        fig.suptitle(f"{test_set}: " + (listed if len(listed) < 30 * len(panels) else
+                                         f"{len(names)} experiments (labels: the names after <task>_)"), fontsize=9)
         save_figure(fig, figure_path(results, test_set))
         drawn[test_set] = names
     return drawn
