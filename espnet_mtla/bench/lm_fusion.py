@@ -19,6 +19,8 @@ weight 0.3, LMs of one size (6 layers, 512-d, 8 heads, FFN 2048, 5000 tokens, ra
 Time: the best of ``--repeats`` searches; added time = the row's minus the search without an LM.
 LM cache: the LM's bytes held after the last step (ESPnet's: the layer outputs it keeps).
 Peak: PyTorch's CPU allocations during one search. Each row runs in its own subprocess.
+``--profile`` instead splits each of our LMs' time into steps and beam reorders and prints
+torch.profiler's top operators of one step.
 """
 
 import argparse
@@ -87,6 +89,43 @@ def run_config(name, opts, queue):
                "lm_params": sum(p.numel() for p in lm.parameters()) if lm is not None else 0})
 
 
+def profile_lm_step(name: str, rows: int, tokens: int, utts: int) -> str:
+    """Where one LM's time goes in the search: its steps and beam reorders over ``tokens`` steps
+    at ``rows`` hypotheses, and torch.profiler's top operators of the last step."""
+    from espnet_mtla.search.fusion import fused_language_model
+
+    torch.manual_seed(0)
+    lm = build_lm(*LMS[name]).eval()
+    ids = torch.randint(0, EOS, (rows, tokens + 2))
+    moved = torch.arange(rows).flip(0)  # every row moves, as a beam's parents do
+
+    def fresh():
+        fused = fused_language_model(lm, utts, tokens + 2, torch.zeros(utts, 4, EMBED))
+        fused.reorder(torch.arange(utts).repeat_interleave(rows // utts))
+        return fused
+
+    with torch.no_grad():
+        fused = fresh()
+        for t in range(3):  # warm-up
+            fused(ids, t)
+        fused, step_s, reorder_s = fresh(), 0.0, 0.0
+        for t in range(tokens):
+            start = time.perf_counter()
+            fused(ids, t)
+            middle = time.perf_counter()
+            fused.reorder(moved)
+            step_s, reorder_s = step_s + middle - start, reorder_s + time.perf_counter() - middle
+        fused = fresh()
+        for t in range(tokens - 1):
+            fused(ids, t)
+            fused.reorder(moved)
+        with torch.profiler.profile() as prof:
+            fused(ids, tokens - 1)
+            fused.reorder(moved)
+    return (f"{name}: {tokens} steps at {rows} rows: LM steps {step_s:.2f} s, beam reorders {reorder_s:.2f} s; "
+            f"the last step and reorder:\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
+
+
 def markdown(results, opts, machine_name) -> str:
     by = {r["name"]: r for r in results}
     added = {r["name"]: r["search_s"] - by["no LM"]["search_s"] for r in results if r["name"] != "no LM"}
@@ -128,6 +167,8 @@ def main(argv=None) -> None:
     parser.add_argument("--lms", nargs="+", default=list(LMS), choices=list(LMS))
     parser.add_argument("--quick", action="store_true", help="4 utterances, beam 2, 4 tokens, 20 frames, 1 repeat")
     parser.add_argument("--out-dir", default="docs/bench_lm_fusion")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: where each of our LMs' time goes (steps, reorders, torch.profiler's top ops)")
     opts = parse_or_replot(parser, argv, markdown, None)
     if opts is None:
         return
@@ -137,6 +178,10 @@ def main(argv=None) -> None:
         opts.utts, opts.beam, opts.tokens, opts.frames, opts.repeats = 4, 2, 4, 20, 1
     options = {k: getattr(opts, k) for k in ("utts", "beam", "tokens", "frames", "repeats", "threads")}
     torch.set_num_threads(opts.threads)
+    if opts.profile:
+        for name in (n for n in opts.lms if LMS[n] is not None and LMS[n][0] == "decoder_only"):
+            print(profile_lm_step(name, opts.utts * opts.beam, opts.tokens, opts.utts), flush=True)
+        return
     results = []
     for name in opts.lms:
         results.append(run_in_subprocess(run_config, name, options))

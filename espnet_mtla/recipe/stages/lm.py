@@ -22,8 +22,8 @@ from espnet_mtla.data import datadir
 from espnet_mtla.recipe.errors import StageError
 from espnet_mtla.recipe.experiment import Experiment
 from espnet_mtla.recipe.progress import TrainingProgress
-from espnet_mtla.recipe.stage import Cover, Stage, StageRun, describe_changes
-from espnet_mtla.recipe.stages.train import max_epoch
+from espnet_mtla.recipe.stage import Cover, Stage, StageRun
+from espnet_mtla.recipe.stages.train import max_epoch, refuse_to_mix
 from espnet_mtla.storage.fileio import write_text_atomic
 
 log = logging.getLogger("pipeline")
@@ -112,10 +112,7 @@ class LmTrain(Stage):
                      [x.lm_exp / "config.yaml", x.lm_exp / "checkpoint.pth"])
 
     def on_changed(self, x: Experiment, changed: List[str]) -> None:
-        if (x.lm_exp / "checkpoint.pth").exists() and x.args.force != "true":
-            raise StageError(f"{x.lm_exp} holds an LM training run with other options or inputs (changed: "
-                             f"{describe_changes(changed)}); resuming it would mix the two: move it away, or "
-                             f"continue it anyway with --force true")
+        refuse_to_mix(x, x.lm_exp, changed, "an LM training run")
 
     def run(self, x: Experiment, run: StageRun) -> None:
         a = x.args

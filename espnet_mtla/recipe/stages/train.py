@@ -39,11 +39,7 @@ class Train(Stage):
                      [x.exp / "config.yaml", x.exp / "checkpoint.pth"])
 
     def on_changed(self, x: Experiment, changed: List[str]) -> None:
-        """Other options or inputs than the run its checkpoint holds: never mix the two."""
-        if (x.exp / "checkpoint.pth").exists() and x.args.force != "true":
-            raise StageError(f"{x.exp} holds a training run with other options or inputs (changed: "
-                             f"{describe_changes(changed)}); resuming it would mix the two: move it away, name a new "
-                             f"experiment with --tag, or continue it anyway with --force true")
+        refuse_to_mix(x, x.exp, changed, "a training run", "name a new experiment with --tag, ")
 
     def run(self, x: Experiment, run: StageRun) -> None:
         a = x.args
@@ -78,3 +74,12 @@ def max_epoch(train_args: str, config: Optional[str]) -> int:
 
     with open(config, encoding="utf-8") as f:
         return int((yaml.safe_load(f) or {}).get("max_epoch", 40))
+
+
+def refuse_to_mix(x: Experiment, run_dir: Path, changed: List[str], what: str, ways: str = "") -> None:
+    """Other options or inputs than the run ``run_dir``'s checkpoint holds: never mix the two
+    (``ways``: the stage's other ways out, before --force)."""
+    if (run_dir / "checkpoint.pth").exists() and x.args.force != "true":
+        raise StageError(f"{run_dir} holds {what} with other options or inputs (changed: "
+                         f"{describe_changes(changed)}); resuming it would mix the two: move it away, {ways}"
+                         f"or continue it anyway with --force true")
