@@ -112,7 +112,7 @@ def test_fusion_equals_espnet_per_utterance(attention_type, ctc_weight):
 @pytest.mark.parametrize("ctc_weight", [0.0, 0.3])
 def test_fusion_with_espnets_transformer_lm_equals_espnet(ctc_weight):
     result = fusion_case(espnet_transformer_lm(), ctc_weight)
-    assert result.lm_cache_bytes_peak == 0  # ESPnet's LM keeps layer outputs, not a KV cache
+    assert result.lm_cache_bytes_peak > 0  # no KV cache: the layer outputs it keeps, counted in its place
 
 
 def test_mtla_lm_cache_is_smaller_than_mha():
