@@ -197,7 +197,8 @@ def test_mini_synth_slu_every_stage(tmp_path):
 
 # Text translation learns in a minute: enough sentences and epochs for BLEU well above 0
 # (about 19 BLEU, 50 chrF on this budget), so that the test checks a model that translates.
-TRANSLATE = ["--local_data_opts", "--train_size 160 --dev_size 8 --test_size 8", "--nj", "2", "--inference_nj", "2",
+TRANSLATE = ["--local_data_opts", "--train_size 160 --dev_size 8 --test_size 8 --condition clean", "--nj", "2",
+             "--inference_nj", "2",
              "--train_args", "--max_epoch 12 --batch_size 8 --scheduler_conf warmup_steps=60",
              "--inference_args", "--beam_size 2"]
 

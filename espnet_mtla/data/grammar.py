@@ -2,7 +2,10 @@
 
 Sentences are drawn from a ``random.Random`` so a seed fixes the corpus. Phrases are
 translated as whole units (articles and adjectives agree inside each German phrase), so
-every English sentence has exactly one reference translation.
+every English sentence has exactly one reference translation. ``hard_sentence`` (the text
+condition of the MT recipe) adds subordinate clauses whose German verb goes to the end
+(``because``/``weil``, ``when``/``wenn``: word order to learn) and coordinated sentences, and
+``misspell`` puts typing errors into source words.
 """
 
 import random
@@ -66,6 +69,40 @@ def sentence(rng: random.Random) -> Sentence:
     if rng.random() < 0.6:
         parts.append(rng.choice(ADVERBIALS))
     return Sentence(" ".join(en for en, _ in parts), " ".join(de for _, de in parts))
+
+
+# Subordinating conjunctions: the German clause puts its verb last ("weil der bauer den hut kauft").
+SUBORDINATORS = [("because", "weil"), ("when", "wenn"), ("although", "obwohl")]
+
+
+def hard_sentence(rng: random.Random) -> Sentence:
+    """A sentence, then with probability 0.5 a subordinate clause (verb-final in German), or with
+    probability 0.25 a second sentence joined by "and"/"und": longer, with reordering."""
+    first = sentence(rng)
+    draw = rng.random()
+    if draw < 0.5:
+        (en_conj, de_conj), subject, verb, obj = (rng.choice(SUBORDINATORS), rng.choice(SUBJECTS), rng.choice(VERBS),
+                                                 rng.choice(OBJECTS))
+        return Sentence(f"{first.english} {en_conj} {subject[0]} {verb[0]} {obj[0]}",
+                        f"{first.german} {de_conj} {subject[1]} {obj[1]} {verb[1]}")
+    if draw < 0.75:
+        second = sentence(rng)
+        return Sentence(f"{first.english} and {second.english}", f"{first.german} und {second.german}")
+    return first
+
+
+def misspell(text: str, rng: random.Random, rate: float = 0.1) -> str:
+    """Each word of three letters or more, with probability ``rate``: a letter dropped, two
+    adjacent letters swapped, or a letter doubled (noisy source text)."""
+    words = text.split()
+    for i, word in enumerate(words):
+        if len(word) >= 3 and rng.random() < rate:
+            k = rng.randrange(len(word) - 1)
+            kind = rng.randrange(3)
+            words[i] = (word[:k] + word[k + 1:] if kind == 0 else
+                        word[:k] + word[k + 1] + word[k] + word[k + 2:] if kind == 1 else
+                        word[:k + 1] + word[k:])
+    return " ".join(words)
 
 
 def command(rng: random.Random) -> Command:

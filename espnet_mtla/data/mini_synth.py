@@ -10,7 +10,9 @@ SLU ``text`` is "<intent> transcript" as in ESPnet's SLURP recipe and
 ``transcript`` is the transcript alone. Speakers are espeak-ng voices (accent + variant);
 each utterance also draws a speaking rate and pitch. Utterance ids are
 ``<speaker>-<split>-<index>``, so sorting by id also sorts by speaker (Kaldi's rule).
-``--lm-text N`` also writes ``<out-dir>/lm_text.txt``: N more sentences of the grammar in the
+For ``mt`` (text only), ``--condition hard`` is a text condition: longer sentences with
+subordinate clauses whose German verb goes last, coordinated sentences, and misspelt source
+words (``grammar.hard_sentence``, ``grammar.misspell``). ``--lm-text N`` also writes ``<out-dir>/lm_text.txt``: N more sentences of the grammar in the
 target language, one per line, for a language model (sentences of the dev and test sets left
 out). ``--condition hard`` adds tempo changes, reverberation and noise at -5 to 10 dB SNR to every
 utterance (see ``conditions.py``); each split's draws are listed in
@@ -29,7 +31,7 @@ import soundfile
 from tqdm import tqdm
 
 from espnet_mtla.data import conditions
-from espnet_mtla.data.grammar import command, sentence
+from espnet_mtla.data.grammar import command, hard_sentence, misspell, sentence
 from espnet_mtla.data.kaldi_dir import Utterance, write_data_dir
 from espnet_mtla.data.speech_synth import SAMPLE_RATE, VOICES, Voice, check_espeak, speak
 from espnet_mtla.storage.fileio import write_atomic, write_text_atomic
@@ -47,10 +49,14 @@ def draw_utterances(task: str, split: str, count: int, seed: int, condition: str
     for index in range(count):
         voice = random_voice(rng)
         utt = {"voice": voice, "utt_id": f"{voice.speaker_id}-{split}-{index:05d}",
-               "condition": None if condition == "clean" else conditions.draw(condition_rng)}
+               "condition": None if condition == "clean" or task == "mt" else conditions.draw(condition_rng)}
         if task == "slu":
             cmd = command(rng)
             utt.update(spoken=cmd.transcript, text=f"{cmd.intent} {cmd.transcript}", transcript=cmd.transcript)
+        elif task == "mt" and condition == "hard":  # a text condition: longer, reordered, misspelt source
+            sent = hard_sentence(rng)
+            utt.update(spoken=sent.english, text=sent.german, **{"text.en": misspell(sent.english, condition_rng),
+                                                                  "text.de": sent.german})
         else:
             sent = sentence(rng)
             utt.update(spoken=sent.english, text=sent.english if task == "asr" else sent.german)
