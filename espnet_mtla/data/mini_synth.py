@@ -38,6 +38,7 @@ from espnet_mtla.storage.fileio import write_atomic, write_text_atomic
 
 TASKS = ("asr", "st", "slu", "mt")
 SPLITS = ("train", "dev", "test")
+MT_MISSPELL_RATE = 0.3  # the MT text condition's share of misspelt source words (3+ letters)
 
 
 def draw_utterances(task: str, split: str, count: int, seed: int, condition: str = "clean") -> List[Dict[str, str]]:
@@ -55,7 +56,8 @@ def draw_utterances(task: str, split: str, count: int, seed: int, condition: str
             utt.update(spoken=cmd.transcript, text=f"{cmd.intent} {cmd.transcript}", transcript=cmd.transcript)
         elif task == "mt" and condition == "hard":  # a text condition: longer, reordered, misspelt source
             sent = hard_sentence(rng)
-            utt.update(spoken=sent.english, text=sent.german, **{"text.en": misspell(sent.english, condition_rng),
+            utt.update(spoken=sent.english, text=sent.german, **{"text.en": misspell(sent.english, condition_rng,
+                                                                                     MT_MISSPELL_RATE),
                                                                   "text.de": sent.german})
         else:
             sent = sentence(rng)
