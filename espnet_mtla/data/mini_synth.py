@@ -10,14 +10,14 @@ SLU ``text`` is "<intent> transcript" as in ESPnet's SLURP recipe and
 ``transcript`` is the transcript alone. Speakers are espeak-ng voices (accent + variant);
 each utterance also draws a speaking rate and pitch. Utterance ids are
 ``<speaker>-<split>-<index>``, so sorting by id also sorts by speaker (Kaldi's rule).
-For ``mt`` (text only), ``--condition hard`` is a text condition: longer sentences with
-subordinate clauses whose German verb goes last, coordinated sentences, and misspelt source
-words (``grammar.hard_sentence``, ``grammar.misspell``). ``--lm-text N`` also writes ``<out-dir>/lm_text.txt``: N more sentences of the grammar in the
-target language, one per line, for a language model (sentences of the dev and test sets left
-out). ``--condition hard`` adds tempo changes, reverberation and noise at -5 to 10 dB SNR to every
+``--condition hard`` adds tempo changes, reverberation and noise at -5 to 10 dB SNR to every
 utterance (see ``conditions.py``); each split's draws are listed in
 ``<audio-dir>/<task>-hard/<split>/conditions.tsv``. The texts and voices are the same in both
-conditions.
+conditions. For ``mt`` (text only), ``--condition hard`` is a text condition instead: longer
+sentences with subordinate clauses whose German verb goes last, coordinated sentences, and
+misspelt source words (``grammar.hard_sentence``, ``grammar.misspell``). ``--lm-text N`` also
+writes ``<out-dir>/lm_text.txt``: N more sentences of the grammar in the target language, one
+per line, for a language model (sentences of the dev and test sets left out).
 """
 
 import argparse
@@ -51,21 +51,26 @@ def draw_utterances(task: str, split: str, count: int, seed: int, condition: str
         voice = random_voice(rng)
         utt = {"voice": voice, "utt_id": f"{voice.speaker_id}-{split}-{index:05d}",
                "condition": None if condition == "clean" or task == "mt" else conditions.draw(condition_rng)}
-        if task == "slu":
-            cmd = command(rng)
-            utt.update(spoken=cmd.transcript, text=f"{cmd.intent} {cmd.transcript}", transcript=cmd.transcript)
-        elif task == "mt" and condition == "hard":  # a text condition: longer, reordered, misspelt source
-            sent = hard_sentence(rng)
-            utt.update(spoken=sent.english, text=sent.german, **{"text.en": misspell(sent.english, condition_rng,
-                                                                                     MT_MISSPELL_RATE),
-                                                                  "text.de": sent.german})
-        else:
-            sent = sentence(rng)
-            utt.update(spoken=sent.english, text=sent.english if task == "asr" else sent.german)
-            if task in ("st", "mt"):
-                utt.update(**{"text.en": sent.english, "text.de": sent.german})
+        utt.update(draw_texts(task, rng, condition, condition_rng))
         utts.append(utt)
     return sorted(utts, key=lambda u: u["utt_id"])
+
+
+def draw_texts(task: str, rng: random.Random, condition: str = "clean", noise_rng=None) -> Dict[str, str]:
+    """One utterance's texts: ``spoken`` (what espeak-ng says), ``text`` (the target) and the
+    task's other text files. ``noise_rng`` misspells the source of MT's hard text condition."""
+    if task == "slu":
+        cmd = command(rng)
+        return {"spoken": cmd.transcript, "text": f"{cmd.intent} {cmd.transcript}", "transcript": cmd.transcript}
+    if task == "mt" and condition == "hard":  # a text condition: longer, reordered, misspelt source
+        sent = hard_sentence(rng)
+        return {"spoken": sent.english, "text": sent.german,
+                "text.en": misspell(sent.english, noise_rng or rng, MT_MISSPELL_RATE), "text.de": sent.german}
+    sent = sentence(rng)
+    texts = {"spoken": sent.english, "text": sent.english if task == "asr" else sent.german}
+    if task in ("st", "mt"):
+        texts.update({"text.en": sent.english, "text.de": sent.german})
+    return texts
 
 
 def random_voice(rng: random.Random) -> Voice:
@@ -122,23 +127,18 @@ def generate(task: str, out_dir, audio_dir, sizes: Dict[str, int], seed: int = 0
         write_data_dir(Path(out_dir) / split, to_utterances(utts, paths, task))
 
 
-def write_lm_text(task: str, out_dir, count: int, sizes: Dict[str, int], seed: int = 0) -> Path:
+def write_lm_text(task: str, out_dir, count: int, sizes: Dict[str, int], seed: int = 0,
+                  condition: str = "clean") -> Path:
     """``<out_dir>/lm_text.txt``: ``count`` target-language sentences (one per line) of the grammar,
     none of them a sentence of the dev or test set (an LM must not have seen the test's text)."""
-    held_out = {u["text"].split(" ", 1)[1] if task == "slu" else u["text"]
-                for split in ("dev", "test") for u in draw_utterances(task, split, sizes[split], seed)}
+    held_out = {u["text"] for split in ("dev", "test") for u in draw_utterances(task, split, sizes[split], seed,
+                                                                                 condition)}
     rng = random.Random(f"{seed}-{task}-lm")
     lines = []
     while len(lines) < count:
-        if task == "slu":
-            cmd = command(rng)
-            text = cmd.transcript
-            line = f"{cmd.intent} {cmd.transcript}"
-        else:
-            sent = sentence(rng)
-            line = text = sent.english if task == "asr" else sent.german
+        text = draw_texts(task, rng, condition)["text"]
         if text not in held_out:
-            lines.append(line)
+            lines.append(text)
     path = Path(out_dir) / "lm_text.txt"
     write_text_atomic(path, "".join(line + "\n" for line in lines))
     return path
@@ -161,7 +161,7 @@ def main(argv=None) -> None:
     sizes = {split: getattr(args, split) for split in SPLITS}
     generate(args.task, args.out_dir, args.audio_dir, sizes, args.seed, args.nj, args.condition)
     if args.lm_text:
-        write_lm_text(args.task, args.out_dir, args.lm_text, sizes, args.seed)
+        write_lm_text(args.task, args.out_dir, args.lm_text, sizes, args.seed, args.condition)
 
 
 if __name__ == "__main__":

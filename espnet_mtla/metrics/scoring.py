@@ -89,7 +89,7 @@ def jiwer_error_rate(refs: Dict[str, str], hyps: Dict[str, str], keys, out_dir: 
             ins += len(hyp)
             wrong += bool(hyp)
             continue
-        out = jiwer.process_words(" ".join(ref), " ".join(hyp) if hyp else "")
+        out = jiwer.process_words(" ".join(ref), " ".join(hyp))
         hits, subs, dels, ins = hits + out.hits, subs + out.substitutions, dels + out.deletions, ins + out.insertions
         wrong += bool(out.substitutions or out.deletions or out.insertions)
 

@@ -10,6 +10,14 @@ from espnet_mtla.recipe.features import Features
 from espnet_mtla.tasks.specs import get_task
 
 
+def read_config(path) -> dict:
+    """A YAML config's top-level mapping ({} when empty): training, LM and model configs."""
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
 class Experiment:
     """Args:
         args: the parsed options (``espnet_mtla.recipe.options.get_parser``).
@@ -37,6 +45,8 @@ class Experiment:
             args.lm_config = args.lm_config.replace("{attention}", args.lm_attention or args.attention)
         self.lm_exp = Path(args.expdir) / f"lm_{Path(args.lm_config).stem if args.lm_config else 'default'}"
         self.lm_stats_dir = Path(args.expdir) / f"lm_stats_{self.token_dir('tgt').name}"
+        # ESPnet's shape statistics of the LM's text: stage 12 writes them, stage 13 trains on them
+        self.lm_shape_files = [self.lm_stats_dir / tag / "text_shape" for tag in ("train", "valid")]
 
     # -- data and tokens -------------------------------------------------------------------------
     def text_names(self) -> Dict[str, str]:
@@ -100,10 +110,7 @@ class Experiment:
 
     def config_value(self, key: str, default=None):
         """A top-level value of the training config (ESPnet's default when the config omits it)."""
-        import yaml
-
-        with open(self.args.train_config, encoding="utf-8") as f:
-            return (yaml.safe_load(f) or {}).get(key, default)
+        return read_config(self.args.train_config).get(key, default)
 
     # -- decoding --------------------------------------------------------------------------------
     def decode_dir(self, test_set: str) -> Path:

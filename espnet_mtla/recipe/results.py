@@ -160,11 +160,12 @@ def language_model_effects(rows: List[dict]) -> List[str]:
     """Each row decoded with an LM against the same experiment's row without one."""
     lines = []
     for r in rows:
+        if not r.get("lm"):
+            continue
         base = next((b for b in rows if b["experiment"] == r["experiment"] and b["test_set"] == r["test_set"]
-                     and not b.get("lm") and not decoding_differences(r, b, ignore=("lm_weight",))),
-                    None) if r.get("lm") else None
+                     and not b.get("lm") and not decoding_differences(r, b, ignore=("lm_weight",))), None)
         metric = next(iter(base["scores"]), None) if base else None
-        if metric in (r["scores"] if base else {}):
+        if metric in r["scores"]:
             a, b = r["scores"][metric], base["scores"][metric]
             speed = (f"; decoding speed {r['utterances_per_s'] / base['utterances_per_s']:.2f}x"
                      if r.get("utterances_per_s") and base.get("utterances_per_s") else "")

@@ -20,7 +20,7 @@ from typing import List
 
 from espnet_mtla.data import datadir
 from espnet_mtla.recipe.errors import StageError
-from espnet_mtla.recipe.experiment import Experiment
+from espnet_mtla.recipe.experiment import Experiment, read_config
 from espnet_mtla.recipe.progress import TrainingProgress
 from espnet_mtla.recipe.stage import Cover, Stage, StageRun
 from espnet_mtla.recipe.stages.train import max_epoch, refuse_to_mix
@@ -73,7 +73,7 @@ class LmStats(Stage):
         return Cover({"lm_config": a.lm_config, "lm_train_text": a.lm_train_text, "lm_extra_text": a.lm_extra_text,
                       "lm_dev_text": a.lm_dev_text},
                      [Path(a.lm_config)] + x.lm_train_texts() + x.lm_extra_texts() + [x.lm_dev_text()] + x.token_files(),
-                     [x.lm_stats_dir / "train" / "text_shape", x.lm_stats_dir / "valid" / "text_shape"])
+                     x.lm_shape_files)
 
     def run(self, x: Experiment, run: StageRun) -> None:
         out = x.lm_stats_dir
@@ -81,10 +81,11 @@ class LmStats(Stage):
         train = [line for path in x.lm_train_texts() for line in kaldi_lines(path)]
         for i, path in enumerate(x.lm_extra_texts(), 1):
             train += plain_lines(path, f"lm_extra{i}")
+        dev = kaldi_lines(x.lm_dev_text())
         write_text_atomic(out / "train.txt", "".join(train))
-        write_text_atomic(out / "dev.txt", "".join(kaldi_lines(x.lm_dev_text())))
+        write_text_atomic(out / "dev.txt", "".join(dev))
         log.info("LM text: %d training sentences (%d files), %d dev sentences -> %s", len(train),
-                 len(x.lm_train_texts()) + len(x.lm_extra_texts()), len((out / "dev.txt").read_text(encoding="utf-8").splitlines()), out)
+                 len(x.lm_train_texts()) + len(x.lm_extra_texts()), len(dev), out)
         cmd = x.lm_command("--collect_stats", "true", "--ngpu", "0", "--num_workers", "0",
                            "--train_shape_file", out / "train.txt", "--valid_shape_file", out / "dev.txt",
                            "--output_dir", out)
@@ -105,10 +106,9 @@ class LmTrain(Stage):
 
     def covers(self, x: Experiment) -> Cover:
         a = x.args
-        stats = [x.lm_stats_dir / tag / "text_shape" for tag in ("train", "valid")]
         return Cover({"lm_config": a.lm_config, "lm_args": a.lm_args, "ngpu": a.ngpu},
                      [Path(a.lm_config), x.lm_stats_dir / "train.txt", x.lm_stats_dir / "dev.txt"] +
-                     x.token_files() + stats,
+                     x.token_files() + x.lm_shape_files,
                      [x.lm_exp / "config.yaml", x.lm_exp / "checkpoint.pth"])
 
     def on_changed(self, x: Experiment, changed: List[str]) -> None:
@@ -117,9 +117,9 @@ class LmTrain(Stage):
     def run(self, x: Experiment, run: StageRun) -> None:
         a = x.args
         x.lm_exp.mkdir(parents=True, exist_ok=True)
+        train_shape, valid_shape = x.lm_shape_files
         cmd = x.lm_command("--ngpu", a.ngpu, "--output_dir", x.lm_exp, "--resume", "true",
-                           "--train_shape_file", x.lm_stats_dir / "train" / "text_shape",
-                           "--valid_shape_file", x.lm_stats_dir / "valid" / "text_shape")
+                           "--train_shape_file", train_shape, "--valid_shape_file", valid_shape)
         cmd += shlex.split(a.lm_args)
         with TrainingProgress(x.lm_exp / "train.log", max_epoch(a.lm_args, a.lm_config), stage=self.number):
             run.jobs.launch(cmd, x.lm_exp / "train.log")
@@ -163,8 +163,5 @@ class LmPerplexity(Stage):
 
 def lm_attention(lm_exp: Path):
     """The LM's attention type (``lm_conf.attention_type``), or its ``lm`` class name (ESPnet's own)."""
-    import yaml
-
-    with open(lm_exp / "config.yaml", encoding="utf-8") as f:
-        config = yaml.safe_load(f) or {}
+    config = read_config(lm_exp / "config.yaml")
     return (config.get("lm_conf") or {}).get("attention_type") or config.get("lm")

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Optional, Tuple
 
-from espnet_mtla.recipe.experiment import Experiment
+from espnet_mtla.recipe.experiment import Experiment, read_config
 from espnet_mtla.recipe.results import (RESULT_FIELDS, comparisons, figure_path, learning_curves, plot_results,
                                         render_results)
 from espnet_mtla.recipe.stage import Cover, Stage, StageRun
@@ -62,13 +62,9 @@ class Report(Stage):
 def decoder_of(exp: Path) -> Tuple[Optional[str], Optional[str]]:
     """The trained model's decoder and attention type (its config.yaml); the attention type is
     None for a decoder without one (ESPnet's own)."""
-    import yaml
-
-    config = exp / "config.yaml"
-    if not config.exists():
+    if not (exp / "config.yaml").exists():
         return None, None
-    with open(config, encoding="utf-8") as f:
-        config = yaml.safe_load(f) or {}
+    config = read_config(exp / "config.yaml")
     return config.get("decoder"), (config.get("decoder_conf") or {}).get("attention_type")
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from espnet_mtla.recipe.errors import StageError
-from espnet_mtla.recipe.experiment import Experiment
+from espnet_mtla.recipe.experiment import Experiment, read_config
 from espnet_mtla.recipe.progress import TrainingProgress
 from espnet_mtla.recipe.stage import Cover, Stage, StageRun, describe_changes, tables
 from espnet_mtla.recipe.stages.tokens import check_ssl_checkpoint
@@ -68,12 +68,7 @@ def max_epoch(train_args: str, config: Optional[str]) -> int:
             value = word.split("=", 1)[1] if "=" in word else (words[i + 1] if i + 1 < len(words) else "")
             if value.isdigit():
                 return int(value)
-    if not config:
-        return 40
-    import yaml
-
-    with open(config, encoding="utf-8") as f:
-        return int((yaml.safe_load(f) or {}).get("max_epoch", 40))
+    return int(read_config(config).get("max_epoch", 40)) if config else 40
 
 
 def refuse_to_mix(x: Experiment, run_dir: Path, changed: List[str], what: str, ways: str = "") -> None:
