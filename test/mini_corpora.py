@@ -44,7 +44,8 @@ MUSTC_TALKS = {"train": [("ted_1", 4), ("ted_2", 4), ("ted_3", 4), ("ted_4", 4)]
 
 
 def write_mustc(root: Path, tgt_lang: str = "de", seed: int = 0) -> Dict[str, List[dict]]:
-    """<root>/en-<tgt>/data/<split>/{wav/<talk>.wav, txt/<split>.{yaml,en,<tgt>}}."""
+    """<root>/en-<tgt>/data/<split>/{wav/<talk>.wav, txt/<split>.{yaml,en,<tgt>}} (MuST-C v1's
+    layout and yaml keys, as ESPnet's egs/must_c/st1/local/data_prep.sh reads them)."""
     rng = random.Random(seed)
     written = {}
     for split, talks in MUSTC_TALKS.items():
@@ -61,8 +62,10 @@ def write_mustc(root: Path, tgt_lang: str = "de", seed: int = 0) -> Dict[str, Li
                                   f"uW: 0, speaker_id: spk.{talk[4:]}, wav: {talk}.wav}}")
                 en.append(source)
                 tgt.append(pair.german.capitalize() + ".")
-                segments.append(dict(talk=talk, start=start, end=round(start + duration, 6), en=source,
-                                     tgt=tgt[-1], utt_id=f"{talk}_{round(start * 1000):08d}_{round((start + duration) * 1000):08d}"))
+                start_ms, end_ms = int(1000 * start + 0.5), int(1000 * (start + duration) + 0.5)
+                recording = f"ted_{int(talk[4:]):05d}"  # ESPnet's ids: ted_<5 digits>_<start ms>_<end ms>
+                segments.append(dict(talk=recording, start=start_ms / 1000, end=end_ms / 1000, en=source,
+                                     tgt=tgt[-1], utt_id=f"{recording}_{start_ms:07d}_{end_ms:07d}"))
         (base / "txt").mkdir(parents=True, exist_ok=True)
         for suffix, lines in (("yaml", yaml_lines), ("en", en), (tgt_lang, tgt)):
             (base / "txt" / f"{split}.{suffix}").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -79,9 +82,18 @@ AMI_MEETINGS = [("ES2002a", [("A", 0, "MEE006", 3), ("B", 1, "FEE005", 3)]),
 NITE = 'xmlns:nite="http://nite.sourceforge.net/"'
 
 
-def write_ami(root: Path, seed: int = 0) -> Dict[str, List[dict]]:
-    """<root>/amicorpus/<m>/audio/<m>.Headset-<n>.wav and <root>/annotations/{words,segments,
-    corpusResources/meetings.xml} in the NXT format of ami_public_manual_1.6.2."""
+AMI_AUDIO = {"website": "amicorpus/{m}/audio", "kaldi": "{m}/audio", "lhotse": "wav_db/{m}/audio"}
+
+
+def centiseconds(time: str) -> int:
+    return int(float(time) * 100)  # ami_split_segments.pl truncates (sprintf "%07d" of t * 100)
+
+
+def write_ami(root: Path, seed: int = 0, layout: str = "website") -> Dict[str, List[dict]]:
+    """Headset audio where the AMI website's download (``amicorpus/``), Kaldi's ami_download.sh
+    (``<meeting>/audio/``) or lhotse (``wav_db/``) puts it, and ``annotations/{words,segments,
+    corpusResources/meetings.xml}`` in the NXT format of ami_public_manual_1.6.2 (Kaldi unpacks it
+    into annotations/). Each segment is one sentence ending in a full stop: one utterance."""
     rng = random.Random(seed)
     annotations = root / "annotations"
     for sub in ("words", "segments", "corpusResources"):
@@ -94,7 +106,8 @@ def write_ami(root: Path, seed: int = 0) -> Dict[str, List[dict]]:
         for agent, channel, name, count in speakers:
             meetings_xml.append(f'    <speaker nxt_agent="{agent}" channel="{channel}" global_name="{name}" role="PM"/>')
             texts = [sentence(rng).english for _ in range(count)]
-            times = long_recording(texts, rng, root / "amicorpus" / meeting / "audio" / f"{meeting}.Headset-{channel}.wav")
+            audio = root / AMI_AUDIO[layout].format(m=meeting)
+            times = long_recording(texts, rng, audio / f"{meeting}.Headset-{channel}.wav")
             words_xml = ['<?xml version="1.0" encoding="ISO-8859-1" standalone="yes"?>',
                          f'<nite:root nite:id="{meeting}.{agent}.words" {NITE}>']
             segments_xml = ['<?xml version="1.0" encoding="ISO-8859-1" standalone="yes"?>',
@@ -122,10 +135,11 @@ def write_ami(root: Path, seed: int = 0) -> Dict[str, List[dict]]:
                                  f'transcriber_end="{end + 0.1:.3f}" channel="{channel}">',
                                  f'      <nite:child href={quoteattr(href)}/>', '   </segment>']
                 speaker = f"AMI_{meeting}_H0{channel}_{name}"
-                w_end = float(f"{start + len(words) * step:.2f}")  # the last word's end, as written
+                # From the first word's start to the full stop's time, as written.
+                first_cs, stop_cs = centiseconds(f"{start:.2f}"), centiseconds(f"{end:.2f}")
                 written[split_of[meeting]].append(dict(
-                    utt_id=f"{speaker}_{round(start * 100):07d}_{round(w_end * 100):07d}", speaker=speaker,
-                    recording=f"AMI_{meeting}_H0{channel}", start=start, text=text.upper()))
+                    utt_id=f"{speaker}_{first_cs:07d}_{stop_cs:07d}", speaker=speaker,
+                    recording=f"AMI_{meeting}_H0{channel}", start=first_cs / 100, text=text.upper()))
             words_xml.append("</nite:root>")
             segments_xml.append("</nite:root>")
             (annotations / "words" / f"{meeting}.{agent}.words.xml").write_text("\n".join(words_xml) + "\n", encoding="latin-1")
@@ -140,31 +154,42 @@ def write_ami(root: Path, seed: int = 0) -> Dict[str, List[dict]]:
 SLURP_SIZES = {"train": 16, "devel": 4, "test": 4}
 
 
-def write_slurp(root: Path, seed: int = 0) -> Dict[str, List[dict]]:
-    """<root>/dataset/slurp/{train,devel,test}.jsonl and <root>/slurp_real/*.flac."""
+def write_slurp(root: Path, seed: int = 0, layout: str = "release") -> Dict[str, List[dict]]:
+    """SLURP's release (github.com/pswietojanski/slurp): ``dataset/slurp/{train,devel,test}.jsonl``
+    and ``dataset/slurp/metadata.json`` (README: ``<slurp_id> -> recordings -> <file> -> usrid``),
+    audio where ``scripts/download_audio.sh`` unpacks it (``audio/slurp_real/``; ``layout="flat"``:
+    ``slurp_real/`` at the root). Sentences are lower case as released; some entries' ``intent``
+    is not ``<scenario>_<action>`` (as about 1.5% of devel/test): the label comes from the fields."""
     rng = random.Random(seed)
     (root / "dataset" / "slurp").mkdir(parents=True, exist_ok=True)
-    (root / "slurp_real").mkdir(parents=True, exist_ok=True)
-    written, slurp_id = {}, 1000
+    audio_dir = root / ("audio/slurp_real" if layout == "release" else "slurp_real")
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    written, slurp_id, metadata = {}, 1000, {}
     for split, size in SLURP_SIZES.items():
         lines, utts = [], []
         for _ in range(size):
             slurp_id += 1
             cmd = command(rng)
             scenario, action = cmd.intent.split("_", 1)
-            recordings = []
+            recordings, usrid = [], f"{'FM'[slurp_id % 2]}{'EO'[slurp_id % 3 == 0]}-{100 + slurp_id % 7:03d}"
+            metadata[str(slurp_id)] = {"nlub_id": slurp_id, "recordings": {}, "status": "correct"}
             for take in range(2 if slurp_id % 5 == 0 else 1):  # some prompts were recorded twice
-                name = f"audio-{1490000000 + slurp_id * 10 + take}{'-headset' if take else ''}.flac"
-                soundfile.write(root / "slurp_real" / name, speak(cmd.transcript, voice(rng)), SAMPLE_RATE,
+                recording_id = f"{1490000000 + slurp_id * 10 + take}{'-headset' if take else ''}"
+                name = f"audio-{recording_id}.flac"
+                soundfile.write(audio_dir / name, speak(cmd.transcript, voice(rng)), SAMPLE_RATE,
                                 format="FLAC", subtype="PCM_16")
                 recordings.append({"file": name, "wer": 0.0, "ent_wer": 0.0, "status": "correct"})
-                utts.append(dict(utt_id=Path(name).stem, text=f"{cmd.intent} {cmd.transcript}"))
-            lines.append(json.dumps({"slurp_id": slurp_id, "sentence": cmd.transcript.capitalize(),
-                                     "sentence_annotation": cmd.transcript, "intent": cmd.intent,
+                metadata[str(slurp_id)]["recordings"][name] = {"ansid": 1, "recid": 2, "status": "correct", "usrid": usrid}
+                utts.append(dict(utt_id=f"slurp_{usrid}_{recording_id}", speaker=f"slurp_{usrid}",
+                                 text=f"{cmd.intent} {cmd.transcript}"))
+            lines.append(json.dumps({"slurp_id": slurp_id, "sentence": cmd.transcript,
+                                     "sentence_annotation": cmd.transcript,
+                                     "intent": action if slurp_id % 9 == 0 else cmd.intent,
                                      "action": action, "tokens": [], "scenario": scenario,
-                                     "recordings": recordings}))
+                                     "recordings": recordings, "entities": []}))
         (root / "dataset" / "slurp" / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
         written[split] = utts
+    (root / "dataset" / "slurp" / "metadata.json").write_text(json.dumps(metadata, indent=1), encoding="utf-8")
     return written
 
 
@@ -185,16 +210,28 @@ def xsum_documents(seed: int = 0) -> Dict[str, List[dict]]:
     return docs
 
 
-def write_xsum_original(root: Path, seed: int = 0) -> Dict[str, List[dict]]:
-    """<root>/bbc-summary-data/<id>.summary and <root>/XSum-TRAINING-DEV-TEST-SPLIT-90-5-5.json."""
+XSUM_SHARE_PANEL = ["Share this with", "Email", "Facebook", "Messenger", "Twitter", "Pinterest", "WhatsApp",
+                    "LinkedIn", "Copy this link", "These are external links and will open in a new window"]
+
+
+def write_xsum_original(root: Path, seed: int = 0, layout: str = "summary") -> Dict[str, List[dict]]:
+    """The released archive, ``bbc-summary-data/<id>.summary`` (``[SN]URL/TITLE/FIRST-SENTENCE/
+    RESTBODY[SN]``, as the HuggingFace loader reads it), or ``layout="extracts"``: what the
+    dataset's parse-bbc-html-data.py writes, ``xsum-extracts-from-downloads/<id>.data``
+    (``[XSUM]URL/INTRODUCTION/RESTBODY[XSUM]``); both with ``XSum-TRAINING-DEV-TEST-SPLIT-90-5-5.json``.
+    Bodies begin with the BBC page's sharing panel, one line per item, as in the released files."""
     docs = xsum_documents(seed)
-    (root / "bbc-summary-data").mkdir(parents=True, exist_ok=True)
+    folder, suffix = ("bbc-summary-data", ".summary") if layout == "summary" else ("xsum-extracts-from-downloads", ".data")
+    (root / folder).mkdir(parents=True, exist_ok=True)
     for items in docs.values():
         for d in items:
-            body = d["document"].split(". ")
-            text = (f"[SN]URL[SN]\n{d['url']}\n\n[SN]TITLE[SN]\n{d['title']}\n\n[SN]FIRST-SENTENCE[SN]\n"
-                    f"{d['summary']}\n\n[SN]RESTBODY[SN]\n" + "\n".join(s.rstrip(".") + "." for s in body) + "\n")
-            (root / "bbc-summary-data" / f"{d['id']}.summary").write_text(text, encoding="utf-8")
+            body = "\n".join(XSUM_SHARE_PANEL + [s.rstrip(".") + "." for s in d["document"].split(". ")])
+            if layout == "summary":
+                text = (f"[SN]URL[SN]\n{d['url']}\n\n[SN]TITLE[SN]\n{d['title']}\n\n[SN]FIRST-SENTENCE[SN]\n"
+                        f"{d['summary']}\n\n[SN]RESTBODY[SN]\n{body}\n")
+            else:
+                text = f"[XSUM]URL[XSUM]\n{d['url']}\n\n[XSUM]INTRODUCTION[XSUM]\n{d['summary']}\n\n[XSUM]RESTBODY[XSUM]\n{body}\n"
+            (root / folder / f"{d['id']}{suffix}").write_text(text, encoding="utf-8")
     split = {name: [d["id"] for d in items] for name, items in docs.items()}
     (root / "XSum-TRAINING-DEV-TEST-SPLIT-90-5-5.json").write_text(json.dumps(split, indent=1), encoding="utf-8")
     return docs

@@ -67,7 +67,7 @@ def test_ami_partition_segments_and_normalisation(corpora, tmp_path):
         assert all(table(data / "utt2spk")[s["utt_id"]] == s["speaker"] for s in segments)
     assert {u.split("_")[1] for u in table(tmp_path / "data" / "dev" / "utt2spk")} == {"ES2011a"}  # official dev list
     assert {u.split("_")[1] for u in table(tmp_path / "data" / "eval" / "utt2spk")} == {"ES2004a"}
-    assert ami.normalise(["Mm", "hmm", ",", "it's", "L_C_D", "uh-huh"]) == "MM-HMM IT'S L C D UH-HUH"
+    assert ami.normalise("MM HMM ,0 IT'S L_C_D_ UH-HUH UM,I ANTI-TRUST") == "MM-HMM IT'S L. C. D. UH-HUH ANTI TRUST"
 
 
 def test_slurp_targets_intents_and_recordings(corpora, tmp_path):
@@ -76,8 +76,9 @@ def test_slurp_targets_intents_and_recordings(corpora, tmp_path):
     for split, utts in written.items():
         data = tmp_path / "data" / split
         assert not datadir.validate(data, check_audio=True, fs=16000)
-        assert table(data / "text") == {u["utt_id"]: u["text"] for u in utts}
+        assert table(data / "text") == {u["utt_id"]: u["text"] for u in utts}  # labels from scenario/action
         assert table(data / "transcript") == {u["utt_id"]: u["text"].split(" ", 1)[1] for u in utts}
+        assert table(data / "utt2spk") == {u["utt_id"]: u["speaker"] for u in utts}  # metadata.json's usrid
     intents = (tmp_path / "data" / "intents.txt").read_text().split()
     assert intents == sorted({u["text"].split()[0] for u in written["train"]})
 
@@ -96,11 +97,15 @@ def test_xsum_original_and_jsonl_releases_give_the_same_data(tmp_path):
     assert all(len(v.split()) == 5 for v in table(tmp_path / "short" / "test" / "text.doc").values())
 
 
-def test_xsum_counts_split_ids_without_a_file(tmp_path, capsys):
+def test_xsum_counts_split_ids_without_a_file_and_articles_with_an_empty_section(tmp_path, capsys):
     docs = write_xsum_original(tmp_path / "orig")
     (tmp_path / "orig" / "bbc-summary-data" / f"{docs['test'][0]['id']}.summary").unlink()
+    summary = tmp_path / "orig" / "bbc-summary-data" / f"{docs['train'][3]['id']}.summary"
+    summary.write_text(summary.read_text().replace("[SN]FIRST-SENTENCE[SN]", "[SN]FIRST[SN]"))
     xsum.prepare(tmp_path / "orig", tmp_path / "data")
-    assert "xsum test: 3 documents (1 ids of the split have no .summary file: skipped)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"xsum test: 3 documents -> {tmp_path / 'data' / 'test'} (skipped: 1 ids of the split with no .summary file)" in err
+    assert f"xsum train: 23 documents -> {tmp_path / 'data' / 'train'} (skipped: 1 articles with an empty summary or body)" in err
 
 
 # -- malformed corpus files: one line naming the file and line -----------------------------------
@@ -154,11 +159,19 @@ def test_ami_broken_xml_and_missing_headset_audio(corpora, tmp_path, capsys):
     err = run_main(ami.main, ["--root", str(root), "--out-dir", str(tmp_path / "data")], capsys)
     assert err == f"error: {words}:3: not well-formed XML (mismatched tag)"
     shutil.copy(corpora["ami"][0] / "annotations" / "words" / words.name, words)
-    wav = root / "amicorpus" / "ES2003a" / "audio" / "ES2003a.Headset-2.wav"
-    wav.unlink()
+    # A headset that is not there: its segments are skipped and counted in the summary line ...
+    (root / "amicorpus" / "ES2003a" / "audio" / "ES2003a.Headset-2.wav").unlink()
+    assert ami.main(["--root", str(root), "--out-dir", str(tmp_path / "data")]) == 0
+    train = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("ami ihm train: "))
+    assert train.startswith("ami ihm train: 9 utterances, ") and " 3 speakers, 3 recordings -> " in train
+    assert train.endswith("(skipped: 3 segments without their ihm recording)")
+    # ... but a set that loses most of its segments so is refused, and nothing is written.
+    shutil.rmtree(tmp_path / "data")
+    (root / "amicorpus" / "ES2002a" / "audio" / "ES2002a.Headset-0.wav").unlink()
+    (root / "amicorpus" / "ES2002a" / "audio" / "ES2002a.Headset-1.wav").unlink()
     err = run_main(ami.main, ["--root", str(root), "--out-dir", str(tmp_path / "data")], capsys)
-    assert err.startswith(f"error: {wav} not found (headset 2 of ES2003a, speaker C)")
-    assert not (tmp_path / "data" / "train").exists()  # nothing half-written
+    assert err == f"error: ami train: 9 of 12 segments have no ihm recording under {root}: is the audio download complete?"
+    assert not (tmp_path / "data").exists()  # nothing half-written
 
 
 def test_slurp_jsonl_line_that_is_not_json(corpora, tmp_path, capsys):
@@ -175,12 +188,11 @@ def test_slurp_entry_without_intent_or_audio(corpora, tmp_path, capsys):
     root = copy_corpus(corpora, "slurp", tmp_path)
     path = root / "dataset" / "slurp" / "test.jsonl"
     entries = [json.loads(line) for line in path.read_text().splitlines()]
-    for key in ("intent", "scenario"):
-        entries[1].pop(key)
+    entries[1].pop("scenario")
     path.write_text("".join(json.dumps(e) + "\n" for e in entries))
     err = run_main(slurp.main, ["--root", str(root), "--out-dir", str(tmp_path / "data")], capsys)
-    assert err == f"error: {path}:2: no intent"
-    missing = root / "slurp_real" / entries[0]["recordings"][0]["file"]
+    assert err == f"error: {path}:2: no scenario"
+    missing = root / "audio" / "slurp_real" / entries[0]["recordings"][0]["file"]
     missing.unlink()
     path.write_text("".join(json.dumps(e) + "\n" for e in entries[:1]))
     err = run_main(slurp.main, ["--root", str(root), "--out-dir", str(tmp_path / "data")], capsys)
@@ -190,9 +202,9 @@ def test_slurp_entry_without_intent_or_audio(corpora, tmp_path, capsys):
 def test_xsum_malformed_files(tmp_path, capsys):
     docs = write_xsum_original(tmp_path / "orig")
     summary = tmp_path / "orig" / "bbc-summary-data" / f"{docs['train'][3]['id']}.summary"
-    summary.write_text(summary.read_text().replace("[SN]FIRST-SENTENCE[SN]", "[SN]FIRST[SN]"))
+    summary.write_text("A line before any section\n" + summary.read_text())
     err = run_main(xsum.main, ["--root", str(tmp_path / "orig"), "--out-dir", str(tmp_path / "d")], capsys)
-    assert err == f"error: {summary}: no (or an empty) [SN]FIRST-SENTENCE[SN] section"
+    assert err == f"error: {summary}:1: text before the first [SN]...[SN] section marker"
     write_xsum_jsonl(tmp_path / "jsonl")
     path = tmp_path / "jsonl" / "validation.jsonl"
     path.write_text(path.read_text() + '{"id": "1", "document": "a b c"}\n')

@@ -1,21 +1,33 @@
-"""AMI, individual headset microphones (ihm) -> Kaldi data dirs train / dev / eval.
+"""AMI meetings -> Kaldi data dirs train / dev / eval, as Kaldi's and ESPnet's AMI recipes make them.
 
-    python -m espnet_mtla.data.ami --root $AMI --out-dir data
+    python -m espnet_mtla.data.ami --root $AMI --out-dir data [--mic ihm|sdm|mdm8]
 
-``<root>/amicorpus/<meeting>/audio/<meeting>.Headset-<channel>.wav`` is the audio;
-``<root>/annotations/`` is the unpacked ``ami_public_manual_1.6.2.zip``:
-``corpusResources/meetings.xml`` maps each meeting's speaker letter (``nxt_agent``) to its
-headset ``channel`` and ``global_name``; ``segments/<meeting>.<agent>.segments.xml`` lists
-the transcriber's segments, each pointing at a range of ``words/<meeting>.<agent>.words.xml``
-(``<nite:child href="ES2002a.A.words.xml#id(ES2002a.A.words0)..id(ES2002a.A.words9)"/>``).
+Layouts: everything is found by name under ``<root>``, as Kaldi finds the audio
+(``find $AMI_DIR -iname '*.Headset-*.wav'``), so each of these works:
+- Kaldi's/ESPnet's ``ami_download.sh``: ``<root>/<meeting>/audio/<meeting>.Headset-<n>.wav``;
+- the AMI website's download: ``<root>/amicorpus/<meeting>/audio/...``;
+- lhotse's: ``<root>/wav_db/<meeting>/audio/...``;
+and the annotation release ``ami_public_manual_1.6.x.zip`` unpacked anywhere below the root
+(``annotations/`` in Kaldi's layout): ``corpusResources/meetings.xml`` maps each meeting's
+speaker letter (``nxt_agent``) to its headset ``channel`` and ``global_name``;
+``segments/<meeting>.<agent>.segments.xml`` lists the transcriber's segments, each pointing at a
+range of ``words/<meeting>.<agent>.words.xml`` (``<w starttime= endtime= [punc="true"]>``).
+Microphones: ``ihm`` (headsets, the default), ``sdm`` (``<meeting>.Array1-01.wav``), ``mdm8``
+(a beamformed ``<meeting>_MDM8.wav``, as Kaldi's ``ami_beamform.sh`` and lhotse's ``mdm8-bf`` write).
 
-A segment's text is its ``<w>`` words (punctuation, vocal sounds, gaps and disfluency markers
-dropped), normalised as in the Kaldi/lhotse AMI recipes: upper case, every character other
-than A-Z, 0-9 and the apostrophe becomes a space, ``MM HMM``/``UH HUH`` keep their hyphen.
-Its times are those of its first and last timed word (the transcriber's times when no word
-has times). Segments without words are skipped. Partition: the official full-corpus-ASR
-lists (dev 18 meetings, eval 16, train: every other annotated meeting). Ids follow Kaldi's:
-speaker ``AMI_<meeting>_H0<channel>_<global name>``, utterance ``<speaker>_<start cs>_<end cs>``.
+Text and segments as Kaldi's ``ami_split_segments.pl`` (ESPnet's is the same file) makes them
+from the annotations: a segment's words with their punctuation, upper case, cut at every
+``.`` and ``?`` (each piece running from the previous full stop's time to its own), a piece of
+more than 30 tokens cut again at the comma nearest its middle; then ``T_V_`` -> ``T. V.``,
+hyphens -> spaces, ``MM HMM`` -> ``MM-HMM``, ``UH HUH`` -> ``UH-HUH``; vocal sounds, gaps and
+disfluency markers carry no text. Times are truncated to centiseconds. Ids as Kaldi's:
+utterance ``AMI_<meeting>_H0<channel>_<global name>_<start cs>_<end cs>`` (``_SDM_``/``_MDM_``
+for the distant microphones), recording ``AMI_<meeting>_H0<channel>`` (``AMI_<meeting>_SDM``),
+speaker ``AMI_<meeting>_H0<channel>_<global name>`` (distant: the session, ``AMI_<meeting>``).
+In dev and eval a headset segment that starts before the same speaker's previous one ends
+starts at that end (Kaldi's ihm scoring preparation). Partition: the official full-corpus-ASR lists (dev 18
+meetings, eval 16, train every other annotated meeting). Segments whose recording is absent
+from the layout are skipped and counted; a set that loses most of its segments so is refused.
 """
 
 import argparse
@@ -26,8 +38,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 from xml.parsers import expat
 
-from espnet_mtla.data.corpus import CorpusError
-from espnet_mtla.data.kaldi_dir import Utterance, write_data_dir
+from espnet_mtla.data.corpus import CorpusError, find_one, find_under
+from espnet_mtla.data.kaldi_dir import DataSet, Utterance, write_sets
 from espnet_mtla.storage.errors import one_line_errors
 
 DEV = ("ES2011a ES2011b ES2011c ES2011d IB4001 IB4002 IB4003 IB4004 IB4010 IB4011 "
@@ -35,7 +47,10 @@ DEV = ("ES2011a ES2011b ES2011c ES2011d IB4001 IB4002 IB4003 IB4004 IB4010 IB401
 EVAL = ("EN2002a EN2002b EN2002c EN2002d ES2004a ES2004b ES2004c ES2004d "
         "IS1009a IS1009b IS1009c IS1009d TS3003a TS3003b TS3003c TS3003d").split()
 SPLITS = ("train", "dev", "eval")
+MICS = {"ihm": "*.Headset-*.wav", "sdm": "*.Array1-01.wav", "mdm8": "*_MDM8.wav"}
+MAX_WORDS = 30  # ami_split_segments.pl's longest piece before it cuts at a comma
 _HREF = re.compile(r"^(?P<file>[^#]+)#id\((?P<first>[^)]+)\)(?:\.\.id\((?P<last>[^)]+)\))?$")
+_PUNCTUATION = re.compile(r"^[.,?!:]$")
 
 
 def split_of(meeting: str) -> str:
@@ -83,12 +98,6 @@ def attribute(path: Path, element: XmlElement, name: str) -> str:
     return element.attrs[name]
 
 
-def normalise(words: List[str]) -> str:
-    text = re.sub(r"[^A-Z0-9']+", " ", " ".join(words).upper())
-    text = re.sub(r"\bMM HMM\b", "MM-HMM", re.sub(r"\bUH HUH\b", "UH-HUH", text))
-    return " ".join(text.split())
-
-
 def read_speakers(path: Path) -> Dict[Tuple[str, str], Tuple[str, str]]:
     """(meeting, agent) -> (headset channel, global name) from corpusResources/meetings.xml."""
     speakers = {}
@@ -101,37 +110,122 @@ def read_speakers(path: Path) -> Dict[Tuple[str, str], Tuple[str, str]]:
     return speakers
 
 
+def normalise(text: str) -> str:
+    """ami_split_segments.pl's normalisation of one (upper-cased) piece of a segment."""
+    text = re.sub(r"[.,?!:][0-9]+", "", text)  # the comma labels of split_segment
+    text = re.sub(r"[A-Z']+,[A-Z']+", " ", text)  # stray punctuation inside a token ("UM,I"): both words go
+    text = " ".join(text.replace("-", " ").replace("_", ". ").split())
+    return text.replace("MM HMM", "MM-HMM").replace("UH HUH", "UH-HUH")
+
+
+def centiseconds(seconds: float) -> int:
+    return int(seconds * 100)  # truncated, as Perl's sprintf("%07d", t * 100)
+
+
+def _perl_split(pattern: str, text: str) -> List[str]:
+    """re.split without the trailing empty fields, as Perl's split drops them."""
+    parts = re.split(pattern, text)
+    while parts and parts[-1] == "":
+        parts.pop()
+    return parts
+
+
+def _cut_at_comma(text: str, commas: Dict[str, str], start: float, end: float) -> Dict[Tuple[int, int], str]:
+    """A piece longer than MAX_WORDS cut at the comma nearest its middle, recursively."""
+    middle, best, best_time = (start + end) / 2, "", start
+    for label in sorted(commas, key=lambda k: (commas[k], k)):  # the script visits them in string order
+        time = float(commas[label])
+        if time == start:
+            continue
+        if time == end:
+            break
+        if abs(middle - time) < abs(middle - best_time):
+            best, best_time = label, time
+    if not best.startswith(","):
+        return {(centiseconds(start), centiseconds(end)): text}
+    pieces: Dict[Tuple[int, int], str] = {}
+    for index, part in enumerate(_perl_split(re.escape(best) + r"\s+", text)):
+        part_start, part_end = (start, best_time) if index == 0 else (best_time, end)
+        cut = ({(centiseconds(part_start), centiseconds(part_end)): part} if len(part.split()) <= MAX_WORDS
+               else _cut_at_comma(part, commas, part_start, part_end))
+        for key, value in cut.items():
+            pieces.setdefault(key, value)
+    return pieces
+
+
+def split_segment(tokens: List[str], punctuation_times: List[str], start: float, end: float
+                  ) -> Optional[Dict[Tuple[int, int], str]]:
+    """(start cs, end cs) -> normalised text of the pieces of one segment, as ami_split_segments.pl
+    cuts it; None where the punctuation and its times disagree (the script drops the segment).
+
+    ``tokens``: the segment's words and punctuation marks in order; ``punctuation_times``: the
+    start time, as written in the words file, of each punctuation mark."""
+    marks = [i for i, token in enumerate(tokens) if _PUNCTUATION.match(token)]
+    if len(marks) != len(punctuation_times):
+        return None
+    tokens = list(tokens)
+    stops = [start] + [float(punctuation_times[k]) for k, i in enumerate(marks) if tokens[i] in ".?"] + [end]
+    commas: Dict[str, str] = {}
+    for k, i in enumerate(marks):
+        if tokens[i] not in ".?":
+            tokens[i] = f"{tokens[i]}{len(commas)}"
+            commas[tokens[i]] = punctuation_times[k]
+    text = " ".join(tokens).translate(_ASCII_UPPER)
+    pieces: Dict[Tuple[int, int], str] = {}
+    for index, piece in enumerate(_perl_split(r"[.?]", text)):
+        piece_start = stops[index] if index < len(stops) else 0.0
+        piece_end = stops[index + 1] if index + 1 < len(stops) else 0.0
+        if len(piece.split()) <= MAX_WORDS:
+            pieces[(centiseconds(piece_start), centiseconds(piece_end))] = piece
+        else:
+            for key, value in _cut_at_comma(piece, commas, piece_start, piece_end).items():
+                pieces.setdefault(key, value)
+    return {key: normalise(value) for key, value in pieces.items()}
+
+
+_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")  # Perl's uc on bytes
+
+
 @dataclass
-class Word:
-    text: Optional[str]  # None: not a spoken word (punctuation, vocal sound, gap, ...)
-    start: Optional[float]
-    end: Optional[float]
+class Element:
+    """One element of a words file: a word, a punctuation mark, or a timed non-word."""
+
+    word: Optional[str]  # the text of a spoken word; None otherwise
+    punctuation: Optional[str]  # the mark of a punc="true" word; None otherwise
+    start: Optional[str]  # times as written in the file (the script orders commas by them)
+    end: Optional[str]
 
 
-def read_words(path: Path) -> Tuple[Dict[str, int], List[Word]]:
-    """(nite:id -> index, words in file order) of a words file."""
-    index, words = {}, []
+def read_words(path: Path) -> Tuple[Dict[str, int], List[Element]]:
+    """(nite:id -> index, elements in file order) of a words file."""
+    index, elements = {}, []
     for element in read_xml(path).children:
-        index[attribute(path, element, "nite:id")] = len(words)
-        spoken = element.tag == "w" and element.attrs.get("punc") != "true"
-        times = [element.attrs.get(name) for name in ("starttime", "endtime")]
-        try:
-            start, end = (float(t) if t else None for t in times)
-        except ValueError:
-            raise CorpusError(f"{path}:{element.line}: starttime/endtime are not numbers") from None
-        words.append(Word(element.text.strip() if spoken else None, start, end))
-    return index, words
+        index[attribute(path, element, "nite:id")] = len(elements)
+        start, end = (element.attrs.get(name) or None for name in ("starttime", "endtime"))
+        for value in (start, end):
+            if value is not None:
+                try:
+                    float(value)
+                except ValueError:
+                    raise CorpusError(f"{path}:{element.line}: starttime/endtime are not numbers") from None
+        is_word = element.tag == "w" and element.text.strip()
+        punctuation = element.attrs.get("punc") == "true"
+        elements.append(Element(element.text.strip() if is_word and not punctuation else None,
+                                element.text.strip() if is_word and punctuation else None, start, end))
+    return index, elements
 
 
-def read_segments(root: Path, meeting: str, agent: str, channel: str, speaker: str) -> List[Utterance]:
-    annotations = root / "annotations"
+def read_segments(annotations: Path, meeting: str, agent: str, skipped: Dict[str, int]
+                  ) -> List[Tuple[int, int, str, str]]:
+    """(start cs, end cs, text, where) of every piece of one speaker's segments."""
     path = annotations / "segments" / f"{meeting}.{agent}.segments.xml"
-    cache: Dict[str, Tuple[Dict[str, int], List[Word]]] = {}
-    utterances = []
+    cache: Dict[str, Tuple[Dict[str, int], List[Element]]] = {}
+    pieces = []
     for segment in read_xml(path).children:
         if segment.tag != "segment":
             continue
-        start, end = (float(attribute(path, segment, f"transcriber_{side}")) for side in ("start", "end"))
+        for side in ("start", "end"):
+            attribute(path, segment, f"transcriber_{side}")
         child = next((c for c in segment.children if c.tag == "nite:child"), None)
         if child is None:
             raise CorpusError(f"{path}:{segment.line}: <segment> without a <nite:child href=...> word range")
@@ -141,60 +235,130 @@ def read_segments(root: Path, meeting: str, agent: str, channel: str, speaker: s
         words_file = annotations / "words" / match["file"]
         if match["file"] not in cache:
             cache[match["file"]] = read_words(words_file)
-        index, words = cache[match["file"]]
+        index, elements = cache[match["file"]]
         ids = [match["first"], match["last"] or match["first"]]
         for word_id in ids:
             if word_id not in index:
                 raise CorpusError(f"{path}:{child.line}: {word_id} is not in {words_file}")
-        chosen = [w for w in words[index[ids[0]]: index[ids[1]] + 1] if w.text]
-        text = normalise([w.text for w in chosen])
-        if not text:
+        chosen = elements[index[ids[0]]: index[ids[1]] + 1]
+        tokens = [e.word or e.punctuation for e in chosen if e.word or e.punctuation]
+        if not tokens:
             continue
-        timed = [w for w in chosen if w.start is not None and w.end is not None]
-        if timed:
-            start, end = timed[0].start, max(w.end for w in timed)
-        if end <= start:
+        # A segment's times are its timed elements' (NXT derives them from the children).
+        starts = [float(e.start) for e in chosen if e.start is not None]
+        ends = [float(e.end) for e in chosen if e.end is not None]
+        if not starts or not ends:
+            skipped["segments without timed words"] = skipped.get("segments without timed words", 0) + 1
             continue
-        utterances.append(Utterance(f"{speaker}_{round(start * 100):07d}_{round(end * 100):07d}", speaker,
-                                    {"text": text}, recording=f"AMI_{meeting}_H0{channel}", start=start, end=end,
-                                    source=f"{path}:{segment.line}"))
-    return utterances
+        split = split_segment(tokens, [e.start or "" for e in chosen if e.punctuation], min(starts), max(ends))
+        if split is None:
+            skipped["segments whose punctuation has no times"] = skipped.get("segments whose punctuation has no times", 0) + 1
+            continue
+        where = f"{path}:{segment.line}"
+        pieces += [(s, e, text, where) for (s, e), text in split.items() if text and s < e]
+    return pieces
 
 
-def prepare(root: Path, out: Path, splits=SPLITS) -> None:
+def find_audio(root: Path, mic: str) -> Dict[str, Path]:
+    """recording id -> wav of every ``mic`` recording under ``root``."""
+    recordings: Dict[str, Path] = {}
+    for path in find_under(root, [MICS[mic]])[MICS[mic]]:
+        name = path.name[:-len(".wav")]
+        if mic == "ihm":
+            meeting, channel = name.split(".")[0], name.rsplit("-", 1)[-1]
+            if not channel.isdigit():
+                continue
+            recording = f"AMI_{meeting}_H0{channel}"
+        else:
+            recording = f"AMI_{name.split('.')[0].split('_')[0]}_{'SDM' if mic == 'sdm' else 'MDM'}"
+        if recording in recordings and recordings[recording].resolve() != path.resolve():
+            raise CorpusError(f"{root}: two copies of {path.name} ({recordings[recording]}, {path}): "
+                              f"point AMI at a folder that holds one")
+        recordings[recording] = path
+    return recordings
+
+
+def prepare(root: Path, out: Path, splits=SPLITS, mic: str = "ihm") -> None:
     root = Path(root)
-    speakers = read_speakers(root / "annotations" / "corpusResources" / "meetings.xml")
-    data = {split: ([], {}) for split in splits}
-    segment_files = sorted((root / "annotations" / "segments").glob("*.segments.xml"))
+    meetings_xml = find_one(root, "meetings.xml", "the AMI annotations (ami_public_manual_1.6.x.zip unpacked)",
+                            prefer=["annotations/corpusResources/meetings.xml", "corpusResources/meetings.xml"])
+    annotations = meetings_xml.parent.parent
+    speakers = read_speakers(meetings_xml)
+    audio = find_audio(root, mic)
+    if not audio:
+        raise CorpusError(f"{root}: no {MICS[mic]} anywhere under it (looked for <meeting>/audio/ as "
+                          f"ami_download.sh, amicorpus/ and wav_db/ write it): is it the AMI {mic} audio?")
+    segment_files = sorted((annotations / "segments").glob("*.segments.xml"))
     if not segment_files:
-        raise CorpusError(f"{root / 'annotations' / 'segments'}: no <meeting>.<agent>.segments.xml files")
+        raise CorpusError(f"{annotations / 'segments'}: no <meeting>.<agent>.segments.xml files")
+    sets = {split: DataSet(split, [], {}, read_from=f"{annotations / 'segments'} ({split} meetings)") for split in splits}
     for path in segment_files:
         meeting, agent = path.name.split(".")[:2]
-        split = split_of(meeting)
-        if split not in data:
+        data_set = sets.get(split_of(meeting))
+        if data_set is None:
             continue
         if (meeting, agent) not in speakers:
-            raise CorpusError(f"{path}: speaker {agent} of {meeting} is not in corpusResources/meetings.xml")
+            raise CorpusError(f"{path}: speaker {agent} of {meeting} is not in {meetings_xml}")
         channel, name = speakers[(meeting, agent)]
-        wav = root / "amicorpus" / meeting / "audio" / f"{meeting}.Headset-{channel}.wav"
-        if not wav.exists():
-            raise CorpusError(f"{wav} not found (headset {channel} of {meeting}, speaker {agent}): "
-                              f"download the ihm audio of every annotated meeting")
-        utterances, recordings = data[split]
-        utterances += read_segments(root, meeting, agent, channel, f"AMI_{meeting}_H0{channel}_{name}")
-        recordings[f"AMI_{meeting}_H0{channel}"] = str(wav.resolve())
-    for split, (utterances, recordings) in data.items():
-        write_data_dir(Path(out) / split, utterances, recordings)
-        print(f"ami ihm {split}: {len(utterances)} segments, {len(recordings)} headset recordings", file=sys.stderr)
+        pieces = read_segments(annotations, meeting, agent, data_set.skipped)
+        if mic == "ihm":
+            recording = f"AMI_{meeting}_H0{channel}"
+            speaker = prefix = f"{recording}_{name}"
+        else:
+            recording = f"AMI_{meeting}_{'SDM' if mic == 'sdm' else 'MDM'}"
+            speaker, prefix = f"AMI_{meeting}", f"{recording}_{name}"
+        if recording not in audio:
+            why = f"segments without their {mic} recording"
+            data_set.skipped[why] = data_set.skipped.get(why, 0) + len(pieces)
+            continue
+        data_set.recordings[recording] = str(audio[recording].resolve())
+        for start, end, text, where in pieces:
+            data_set.utterances.append(Utterance(f"{prefix}_{start:07d}_{end:07d}", speaker, {"text": text},
+                                                 recording=recording, start=start / 100, end=end / 100, source=where))
+    for data_set in sets.values():
+        data_set.utterances = dedupe_and_fix(data_set, fix_overlaps=mic == "ihm")
+        lost = sum(n for why, n in data_set.skipped.items() if "recording" in why)
+        if lost > len(data_set.utterances):
+            raise CorpusError(f"ami {data_set.name}: {lost:,} of {lost + len(data_set.utterances):,} segments have no "
+                              f"{mic} recording under {root}: is the audio download complete?")
+    write_sets(f"ami {mic}", out, list(sets.values()))
+
+
+def dedupe_and_fix(data_set: DataSet, fix_overlaps: bool) -> List[Utterance]:
+    """Kaldi's ``sort | uniq`` (a repeated id keeps its first text in sorted order) and, in dev
+    and eval with headsets, its fix of a speaker's overlapping segments (start moved to the
+    previous end; the id keeps the original times, as in Kaldi)."""
+    by_id: Dict[str, Utterance] = {}
+    for utt in sorted(data_set.utterances, key=lambda u: (u.utt_id + " " + u.texts["text"]).encode()):
+        if utt.utt_id in by_id:
+            if by_id[utt.utt_id].texts != utt.texts:
+                data_set.skipped["repeated segment ids"] = data_set.skipped.get("repeated segment ids", 0) + 1
+            continue
+        by_id[utt.utt_id] = utt
+    kept = list(by_id.values())
+    if fix_overlaps and data_set.name in ("dev", "eval"):
+        previous_speaker, previous_end = None, 0.0
+        for utt in kept:
+            end = utt.end
+            if utt.speaker == previous_speaker and previous_end > utt.start:
+                utt.start = previous_end
+            previous_speaker, previous_end = utt.speaker, end
+        overlapping = [u for u in kept if u.start >= u.end]
+        if overlapping:
+            data_set.skipped["segments inside the previous one"] = len(overlapping)
+            kept = [u for u in kept if u.start < u.end]
+    return kept
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", required=True, type=Path, help="AMI in db.sh: holds amicorpus/ and annotations/")
+    parser.add_argument("--root", required=True, type=Path,
+                        help="AMI in db.sh: holds the <meeting>/audio/ folders (anywhere below) and the annotations")
     parser.add_argument("--out-dir", required=True, type=Path)
     parser.add_argument("--splits", default=" ".join(SPLITS))
+    parser.add_argument("--mic", default="ihm", choices=sorted(MICS))
     args = parser.parse_args(argv)
-    return one_line_errors(lambda: prepare(args.root, args.out_dir, args.splits.split()), (CorpusError,))
+    return one_line_errors(lambda: prepare(args.root, args.out_dir, args.splits.split(), args.mic), (CorpusError,))
 
 
 if __name__ == "__main__":

@@ -111,6 +111,8 @@ def validate(data_dir, check_audio: bool = False, fs: Optional[int] = None, need
             problems.add(f"missing {name} (utils: python -m espnet_mtla.data.datadir fix creates spk2utt)", str(data_dir / name))
 
     utt2spk = read_table(data_dir / "utt2spk", problems) if (data_dir / "utt2spk").exists() else OrderedDict()
+    if (data_dir / "utt2spk").exists() and not utt2spk:
+        problems.add("no utterances (an empty set: is the corpus complete?)", str(data_dir / "utt2spk"))
     utts = set(utt2spk)
     tables: Dict[str, "OrderedDict[str, str]"] = {}
     for name in text_files(data_dir) + [n for n in PER_UTT_FILES[1:] if (data_dir / n).exists()]:

@@ -7,10 +7,15 @@ corpora), ``segments``, ``utt2spk``, ``spk2utt`` and one file per text field (``
 ``text.en``, ``transcript``, ...), every table sorted by id in byte order. The files go to
 ``<dir>.partial`` first and the finished dir is renamed into place, so an interrupted data
 preparation never leaves a data dir that looks complete.
+
+``write_sets`` writes all the sets of one corpus: it refuses, in one line and before anything
+is written, a set with no entries, then prints one summary line per set (utterances or
+documents, hours of audio, speakers, and what was skipped and why).
 """
 
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -31,6 +36,31 @@ class Utterance:
     start: float = 0.0
     end: float = 0.0
     source: str = field(default="", compare=False)  # "file:line" it came from, for messages
+    duration: Optional[float] = field(default=None, compare=False)  # seconds of a whole-file utterance
+
+    def seconds(self) -> float:
+        return self.end - self.start if self.recording is not None else (self.duration or 0.0)
+
+
+@dataclass
+class DataSet:
+    """One prepared set of a corpus: what ``write_sets`` writes to ``<out>/<name>``."""
+
+    name: str
+    utterances: List[Utterance]
+    recordings: Optional[Dict[str, str]] = None  # recording id -> audio path (segmented corpora)
+    read_from: str = ""  # where its entries come from, for the refusal of an empty set
+    skipped: Dict[str, int] = field(default_factory=dict)  # why -> how many entries were left out
+
+    def summary(self, corpus: str, out: Path, unit: str = "utterances") -> str:
+        parts = [f"{len(self.utterances):,} {unit}"]
+        if unit != "documents":
+            hours = sum(u.seconds() for u in self.utterances) / 3600
+            parts += [f"{hours:.2f} h", f"{len({u.speaker for u in self.utterances}):,} speakers"]
+        if self.recordings is not None:
+            parts.append(f"{len(self.recordings):,} recordings")
+        skipped = "; ".join(f"{count:,} {why}" for why, count in self.skipped.items() if count)
+        return f"{corpus} {self.name}: {', '.join(parts)} -> {Path(out) / self.name}" + (f" (skipped: {skipped})" if skipped else "")
 
 
 def _lines(pairs) -> str:
@@ -66,3 +96,16 @@ def write_data_dir(data_dir: Path, utterances: List[Utterance], recordings: Opti
         (partial / name).write_text(text, encoding="utf-8")
     shutil.rmtree(data_dir, ignore_errors=True)
     os.replace(partial, data_dir)
+
+
+def write_sets(corpus: str, out: Path, sets: List[DataSet], unit: str = "utterances") -> None:
+    """Write every set to ``<out>/<name>`` (each atomically) with one summary line per set on
+    stderr; a set with no entries stops everything, in one line, before anything is written."""
+    for data_set in sets:
+        if not data_set.utterances:
+            skipped = "; ".join(f"{n:,} {why}" for why, n in data_set.skipped.items() if n)
+            raise CorpusError(f"{corpus} {data_set.name}: no {unit} in {data_set.read_from or 'the corpus'}"
+                              + (f" (skipped: {skipped})" if skipped else "") + ": is the corpus complete?")
+    for data_set in sets:
+        write_data_dir(Path(out) / data_set.name, data_set.utterances, data_set.recordings)
+        print(data_set.summary(corpus, out, unit), file=sys.stderr)

@@ -5,28 +5,37 @@
 Reads the official layout ``<root>/en-<tgt>/data/<split>/{wav/<talk>.wav, txt/<split>.yaml,
 txt/<split>.en, txt/<split>.<tgt>}``: the yaml holds one segment per line
 (``- {duration: 3.5, offset: 16.73, rW: 17, uW: 0, speaker_id: spk.1, wav: ted_1.wav}``)
-and line i of the yaml, of ``.en`` and of ``.<tgt>`` are the same segment. Writes, per split,
-``data/<split>/``: wav.scp (one entry per talk), segments, utt2spk (speaker = talk),
-``text.<tgt>`` (the translation, cased and punctuated as released: BLEU is computed on it),
-``text`` (the same), and ``text.en`` (the transcript lower-cased without punctuation, the
-usual ESPnet "lc.rm" source side). Utterance ids: ``<talk>_<start ms>_<end ms>``.
+and line i of the yaml, of ``.en`` and of ``.<tgt>`` are the same segment (v1 and v2 alike;
+v2 adds keys). Writes, per split, ``data/<split>/``: wav.scp (one entry per talk), segments,
+utt2spk (speaker = talk), ``text.<tgt>`` (the translation, cased and punctuated as released:
+BLEU is computed on it), ``text`` (the same), and ``text.en`` (the transcript lower-cased
+without punctuation, the usual ESPnet "lc.rm" source side; ESPnet also Moses-tokenises both
+sides, which we leave to the BPE model).
+
+Ids and times as ESPnet's recipe (``egs/must_c/st1/local/data_prep.sh``) makes them: talk
+``ted_<speaker number, 5 digits>`` (from ``speaker_id: spk.N``), utterance
+``ted_<NNNNN>_<start ms, 7 digits>_<end ms, 7 digits>``; a segment shorter than 0.2 s is widened
+to 0.2 s around its centre. Segments whose id repeats (same talk, offset and end) are dropped,
+every copy, and counted, as ESPnet drops them; segments with an empty side are skipped and counted.
 """
 
 import argparse
 import re
 import sys
 from pathlib import Path
+from collections import Counter
 from typing import Dict, List
 
 import yaml
 
 from espnet_mtla.data.corpus import CorpusError, read_lines
-from espnet_mtla.data.kaldi_dir import Utterance, write_data_dir
+from espnet_mtla.data.kaldi_dir import DataSet, Utterance, write_sets
 from espnet_mtla.storage.errors import one_line_errors
 
 SPLITS = ("train", "dev", "tst-COMMON", "tst-HE")
 OPTIONAL = ("tst-HE",)  # not in every release: skipped, with a notice, when absent
 REQUIRED = ("offset", "duration", "wav")
+MIN_SECONDS = 0.2  # ESPnet widens shorter segments to this length rather than drop them
 
 
 def normalise_source(text: str) -> str:
@@ -59,8 +68,22 @@ def read_segments(path: Path) -> List[Dict]:
     return segments
 
 
-def read_split(root: Path, tgt_lang: str, split: str):
-    """(utterances, recordings) of one split."""
+def talk_number(segment: Dict, where: str) -> int:
+    """The talk's number: ``speaker_id: spk.N`` (what ESPnet reads), else the wav's ``ted_N``."""
+    for value in (str(segment.get("speaker_id", "")).replace("spk.", ""), Path(str(segment["wav"])).stem.replace("ted_", "")):
+        if value.isdigit():
+            return int(value)
+    raise CorpusError(f"{where}: neither speaker_id 'spk.N' nor wav 'ted_N.wav' names the talk's number")
+
+
+def segment_times(offset: float, duration: float):
+    """(start, end) in seconds, widened to MIN_SECONDS as ESPnet does (its times rounded to 7 decimals)."""
+    offset, duration = round(offset, 7), round(duration, 7)
+    widen = round((MIN_SECONDS - duration) / 2, 7) if duration < MIN_SECONDS else 0.0
+    return offset - widen, offset + duration + widen
+
+
+def read_split(root: Path, tgt_lang: str, split: str) -> DataSet:
     base = root / f"en-{tgt_lang}" / "data" / split
     txt = base / "txt"
     segments = read_segments(txt / f"{split}.yaml")
@@ -69,36 +92,42 @@ def read_split(root: Path, tgt_lang: str, split: str):
         if len(lines) != len(segments):
             raise CorpusError(f"{txt / f'{split}.{lang}'}: {len(lines)} lines, but {txt / f'{split}.yaml'} has "
                               f"{len(segments)} segments; they must be aligned line by line")
-    recordings, utterances = {}, []
+    data_set = DataSet(split, [], {}, read_from=str(txt / f"{split}.yaml"))
+    utterances = []
     for index, seg in enumerate(segments):
-        talk = Path(str(seg["wav"])).stem
+        where = f"{txt / f'{split}.yaml'}:{seg['line']}"
+        talk = f"ted_{talk_number(seg, where):05d}"
         wav = base / "wav" / str(seg["wav"])
-        if talk not in recordings:
+        if talk not in data_set.recordings:
             if not wav.exists():
-                raise CorpusError(f"{txt / f'{split}.yaml'}:{seg['line']}: {wav} not found")
-            recordings[talk] = str(wav.resolve())
-        start, end = seg["offset"], seg["offset"] + seg["duration"]
+                raise CorpusError(f"{where}: {wav} not found")
+            data_set.recordings[talk] = str(wav.resolve())
+        start, end = segment_times(seg["offset"], seg["duration"])
         source, target = normalise_source(sides["en"][index]), " ".join(sides[tgt_lang][index].split())
         if not source or not target:  # nothing to learn from (or score) in an empty side
+            data_set.skipped["segments with an empty side"] = data_set.skipped.get("segments with an empty side", 0) + 1
             continue
+        start_ms, end_ms = int(1000 * start + 0.5), int(1000 * end + 0.5)
         utterances.append(Utterance(
-            f"{talk}_{round(start * 1000):08d}_{round(end * 1000):08d}", talk,
-            {"text": target, f"text.{tgt_lang}": target, "text.en": source},
-            recording=talk, start=start, end=end, source=f"{txt / f'{split}.yaml'}:{seg['line']}"))
-    return utterances, recordings
+            f"{talk}_{start_ms:07d}_{end_ms:07d}", talk, {"text": target, f"text.{tgt_lang}": target, "text.en": source},
+            recording=talk, start=start_ms / 1000, end=end_ms / 1000, source=where))
+    counts = Counter(u.utt_id for u in utterances)
+    data_set.utterances = [u for u in utterances if counts[u.utt_id] == 1]
+    repeated = len(utterances) - len(data_set.utterances)
+    if repeated:
+        data_set.skipped["segments whose id repeats (every copy, as ESPnet)"] = repeated
+    return data_set
 
 
 def prepare(root: Path, out: Path, tgt_lang: str = "de", splits=SPLITS) -> None:
     """Every split is read (and checked) before any data dir is written."""
-    prepared = {}
+    sets = []
     for split in splits:
         if split in OPTIONAL and not (Path(root) / f"en-{tgt_lang}" / "data" / split).exists():
             print(f"mustc en-{tgt_lang}: no {split} in this release: skipped", file=sys.stderr)
             continue
-        prepared[split] = read_split(Path(root), tgt_lang, split)
-    for split, (utterances, recordings) in prepared.items():
-        write_data_dir(Path(out) / split, utterances, recordings)
-        print(f"mustc en-{tgt_lang} {split}: {len(utterances)} segments -> {Path(out) / split}", file=sys.stderr)
+        sets.append(read_split(Path(root), tgt_lang, split))
+    write_sets(f"mustc en-{tgt_lang}", out, sets, unit="segments")
 
 
 def main(argv=None) -> int:

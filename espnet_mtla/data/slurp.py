@@ -2,79 +2,147 @@
 
     python -m espnet_mtla.data.slurp --root $SLURP --out-dir data [--use_synthetic true]
 
-Reads ``<root>/dataset/slurp/{train,train_synthetic,devel,test}.jsonl``, one JSON object per
-line with ``slurp_id``, ``sentence``, ``intent`` (``<scenario>_<action>``; else built from
-``scenario`` and ``action``) and ``recordings`` (``[{"file": "audio-...flac", ...}, ...]``);
-audio is ``<root>/slurp_real/<file>`` (``slurp_synth/`` for train_synthetic). Every recording
-is one utterance. ``text`` is ``"<scenario>_<action> <transcript>"`` as in ESPnet's SLURP
-recipe and ``transcript`` the transcript alone (lower case, punctuation other than the
-apostrophe removed). ``--use_synthetic true`` adds train_synthetic to train.
-``<out-dir>/intents.txt`` lists the training set's intents (whole tokens for the BPE model).
-SLURP has no speaker labels: each utterance is its own speaker.
+Layouts (files are found by name under ``<root>``, so either works, and so does a root one
+level up):
+- the release: ``dataset/slurp/{train,train_synthetic,devel,test}.jsonl`` and
+  ``dataset/slurp/metadata.json`` from the SLURP repository, audio unpacked by its
+  ``scripts/download_audio.sh`` into ``audio/slurp_real/`` and ``audio/slurp_synth/``;
+- the audio tarballs unpacked at the root instead: ``slurp_real/``, ``slurp_synth/``.
+
+Each jsonl line holds ``slurp_id``, ``sentence``, ``scenario``, ``action`` and ``recordings``
+(``[{"file": "audio-...flac", ...}, ...]``). As in SLURP's own evaluation (``evaluate.py``) and
+ESPnet's recipe, the label is ``<scenario>_<action>``: the ``intent`` field is not always that
+(about 1.5% of devel and test entries carry e.g. ``music``) and is not read.
+
+What ESPnet's recipe makes (``egs2/slurp/asr1/local/prepare_slurp_data.py``):
+- one utterance per recording, close-talk (``-headset``) and far-field alike; a recording
+  already taken by an earlier split (train, devel, test in that order) is skipped and counted;
+- speaker ``slurp_<usrid>`` (``metadata.json``: ``<slurp_id> -> recordings -> <file> -> usrid``),
+  utterance ``slurp_<usrid>_<file without "audio-" and ".flac">``; train_synthetic recordings
+  (``--use_synthetic true``, added to train) have the speaker ``slurp_synthetic``;
+- ``text``: ``"<scenario>_<action> <sentence>"`` with ``@`` -> `` at ``, ``#`` -> `` hashtag ``,
+  commas and full stops removed, case kept (synthetic sentences lower-cased), ``<unk>`` ->
+  ``unknown``; ``transcript``: the sentence part alone, for the WER.
+``<out-dir>/intents.txt`` lists the training set's labels (whole tokens for the BPE model).
 """
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
-from typing import List
+from typing import Dict, List, Optional, Set
 
-from espnet_mtla.data.corpus import CorpusError, read_json_lines
-from espnet_mtla.data.kaldi_dir import Utterance, write_data_dir
+import soundfile
+
+from espnet_mtla.data.corpus import CorpusError, find_one, read_json_lines
+from espnet_mtla.data.kaldi_dir import DataSet, Utterance, write_sets
 from espnet_mtla.storage.errors import one_line_errors
 from espnet_mtla.storage.fileio import write_text_atomic
 
 SPLITS = {"train": ["train"], "devel": ["devel"], "test": ["test"]}
+AUDIO = {"train": "slurp_real", "devel": "slurp_real", "test": "slurp_real", "train_synthetic": "slurp_synth"}
+UNKNOWN_SPEAKER = "unknown"  # a recording that metadata.json does not list
 
 
-def normalise(sentence: str) -> str:
-    return " ".join(re.sub(r"[^\w\s']|_", " ", sentence.lower()).split())
+def normalise(sentence: str, lower: bool = False) -> str:
+    """ESPnet's SLURP normalisation (real recordings keep their case; synthetic ones are lower-cased)."""
+    text = sentence.replace("@", " at ").replace("#", " hashtag ").replace(",", "").replace(".", "")
+    text = " ".join(text.split())
+    return text.lower() if lower else text
 
 
-def read_jsonl(path: Path, audio_dir: Path) -> List[Utterance]:
-    utterances = []
+def label(entry: dict) -> Optional[str]:
+    scenario, action = entry.get("scenario"), entry.get("action")
+    return f"{scenario}_{action}" if scenario and action else None
+
+
+def read_speakers(path: Path) -> Dict[str, str]:
+    """recording file name -> usrid, from metadata.json (empty, with a notice, when it is absent)."""
+    if not path.exists():
+        print(f"slurp: {path} not found: every speaker is {UNKNOWN_SPEAKER!r}", file=sys.stderr)
+        return {}
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise CorpusError(f"{path}:{err.lineno}: not JSON ({err.msg})") from None
+    speakers = {}
+    for slurp_id, entry in metadata.items():
+        recordings = entry.get("recordings") if isinstance(entry, dict) else None
+        if not isinstance(recordings, dict):
+            raise CorpusError(f"{path}: entry {slurp_id} has no 'recordings' mapping (file -> {{usrid, ...}})")
+        for file, recording in recordings.items():
+            if isinstance(recording, dict) and recording.get("usrid"):
+                speakers[file] = str(recording["usrid"])
+    return speakers
+
+
+def read_jsonl(path: Path, audio_dir: Path, speakers: Dict[str, str], taken: Set[str], data_set: DataSet,
+               synthetic: bool = False) -> None:
+    """Adds the utterances of one jsonl file to ``data_set``; ``taken``: recordings already used."""
     for where, entry in read_json_lines(path):
-        intent = entry.get("intent") or (f"{entry['scenario']}_{entry['action']}"
-                                         if "scenario" in entry and "action" in entry else None)
-        missing = [k for k, v in (("sentence", entry.get("sentence")), ("intent", intent),
-                                  ("recordings", entry.get("recordings"))) if not v]
+        intent = label(entry)
+        missing = [k for k, v in (("sentence", entry.get("sentence")), ("scenario", entry.get("scenario")),
+                                  ("action", entry.get("action")), ("recordings", entry.get("recordings"))) if not v]
         if missing:
             raise CorpusError(f"{where}: no {', '.join(missing)}")
-        transcript = normalise(entry["sentence"])
+        transcript = normalise(entry["sentence"], lower=synthetic)
+        text = f"{intent} {transcript}".replace("<unk>", "unknown")
         for recording in entry["recordings"]:
             if not isinstance(recording, dict) or "file" not in recording:
                 raise CorpusError(f"{where}: a recording without 'file'")
-            audio = audio_dir / recording["file"]
-            if not audio.exists():
-                raise CorpusError(f"{where}: {audio} not found")
-            utt_id = f"{Path(recording['file']).stem}"
-            utterances.append(Utterance(utt_id, utt_id, {"text": f"{intent} {transcript}", "transcript": transcript},
-                                        audio=str(audio.resolve()), source=where))
-    return utterances
+            file = recording["file"]
+            record_id = Path(file).name
+            record_id = record_id[len("audio-"):] if record_id.startswith("audio-") else record_id
+            record_id = record_id[:-len(".flac")] if record_id.endswith(".flac") else Path(record_id).stem
+            if record_id in taken:
+                data_set.skipped["recordings already in an earlier split"] = \
+                    data_set.skipped.get("recordings already in an earlier split", 0) + 1
+                continue
+            taken.add(record_id)
+            audio = audio_dir / file
+            try:
+                duration = soundfile.info(str(audio)).duration
+            except RuntimeError:
+                raise CorpusError(f"{where}: {audio} " + ("is not readable audio" if audio.exists() else "not found")) from None
+            speaker = "slurp_" + ("synthetic" if synthetic else speakers.get(file, UNKNOWN_SPEAKER))
+            if not synthetic and file not in speakers:
+                data_set.skipped["recordings not in metadata.json: speaker unknown (kept)"] = \
+                    data_set.skipped.get("recordings not in metadata.json: speaker unknown (kept)", 0) + 1
+            utt_id = f"{speaker}_{record_id}"
+            data_set.utterances.append(Utterance(utt_id, speaker, {"text": text, "transcript": transcript.replace("<unk>", "unknown")},
+                                                 audio=str(audio.resolve()), source=where, duration=duration))
 
 
 def prepare(root: Path, out: Path, use_synthetic: bool = False) -> None:
     """Every split is read (and checked) before any data dir is written."""
     root = Path(root)
-    prepared = {}
+    text_dir = find_one(root, "devel.jsonl", "the SLURP release", prefer=["dataset/slurp/devel.jsonl"]).parent
+    audio_dirs: Dict[str, Path] = {}
+    for name in sorted(set(AUDIO[s] for s in ["train", "devel", "test"] + (["train_synthetic"] if use_synthetic else []))):
+        audio_dirs[name] = find_one(root, name, f"SLURP's audio ({name}.tar.gz unpacked)", directory=True,
+                                    prefer=[f"audio/{name}", name])
+    speakers = read_speakers(text_dir / "metadata.json")
+    taken: Set[str] = set()
+    sets = []
     for split, sources in SPLITS.items():
         if split == "train" and use_synthetic:
             sources = sources + ["train_synthetic"]
-        prepared[split] = []
+        data_set = DataSet(split, [], read_from=", ".join(str(text_dir / f"{s}.jsonl") for s in sources))
         for source in sources:
-            audio_dir = root / ("slurp_synth" if source == "train_synthetic" else "slurp_real")
-            prepared[split] += read_jsonl(root / "dataset" / "slurp" / f"{source}.jsonl", audio_dir)
-    for split, utterances in prepared.items():
-        write_data_dir(Path(out) / split, utterances)
-        print(f"slurp {split}: {len(utterances)} recordings", file=sys.stderr)
+            read_jsonl(text_dir / f"{source}.jsonl", audio_dirs[AUDIO[source]], speakers, taken, data_set,
+                       synthetic=source == "train_synthetic")
+        sets.append(data_set)
+    write_sets("slurp", out, sets)
     # Kept whole by the BPE model (pipeline: --user_defined_symbols_file).
-    intents = sorted({u.texts["text"].split()[0] for u in prepared["train"]})
+    intents = sorted({u.texts["text"].split()[0] for u in sets[0].utterances})
     write_text_atomic(Path(out) / "intents.txt", "".join(f"{i}\n" for i in intents))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", required=True, type=Path, help="SLURP in db.sh: holds dataset/slurp/ and slurp_real/")
+    parser.add_argument("--root", required=True, type=Path,
+                        help="SLURP in db.sh: holds dataset/slurp/*.jsonl and audio/slurp_real/ (or slurp_real/)")
     parser.add_argument("--out-dir", required=True, type=Path)
     parser.add_argument("--use_synthetic", default="false", choices=("true", "false"))
     args = parser.parse_args(argv)

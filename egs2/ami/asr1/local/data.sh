@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# AMI ihm -> data/{train,dev,eval}/ (espnet_mtla.data.ami); AMI in db.sh.
+# AMI (ihm by default) -> data/{train,dev,eval}/ (espnet_mtla.data.ami); AMI in db.sh.
 set -euo pipefail
-help_message="Usage: local/data.sh"
+mic=ihm
+help_message="Usage: local/data.sh [--mic ihm|sdm|mdm8]"
 . ./utils/parse_options.sh
 . ./path.sh
 . ./db.sh
-python -m espnet_mtla.data.corpus AMI "$AMI" "the AMI root (holding amicorpus/ and annotations/)" \
-  amicorpus annotations/corpusResources/meetings.xml annotations/segments annotations/words
-python -m espnet_mtla.data.ami --root "$AMI" --out-dir data
+# <meeting>/audio/*.wav (ami_download.sh, amicorpus/, wav_db/) and the annotations are found anywhere below $AMI.
+python -m espnet_mtla.data.corpus AMI "$AMI" "the AMI root (holding the <meeting>/audio/ folders and the annotations)"
+python -m espnet_mtla.data.ami --root "$AMI" --out-dir data --mic "$mic"

@@ -6,6 +6,6 @@ help_message="Usage: local/data.sh [--use_synthetic true|false]"
 . ./utils/parse_options.sh
 . ./path.sh
 . ./db.sh
-python -m espnet_mtla.data.corpus SLURP "$SLURP" "the SLURP root (holding dataset/slurp/ and slurp_real/)" \
-  dataset/slurp/train.jsonl dataset/slurp/devel.jsonl dataset/slurp/test.jsonl slurp_real
+# The jsonl files and audio/slurp_real/ (or slurp_real/) are found anywhere below $SLURP.
+python -m espnet_mtla.data.corpus SLURP "$SLURP" "the SLURP root (holding dataset/slurp/*.jsonl and audio/slurp_real/)"
 python -m espnet_mtla.data.slurp --root "$SLURP" --out-dir data --use_synthetic "$use_synthetic"
