@@ -98,3 +98,12 @@ def test_subset_and_split(tmp_path):
         assert not datadir.validate(p)
     with pytest.raises(ValueError, match="cannot split 5 utterances"):
         datadir.split(d, 6)
+
+
+def test_an_empty_set_is_a_problem(tmp_path):
+    """Stage 1 checks every set with validate: a corpus that yielded nothing stops it."""
+    for name in ("utt2spk", "spk2utt", "text"):
+        (tmp_path / name).write_text("")
+    problems = datadir.validate(tmp_path, needs_audio=False)
+    assert problems.report(tmp_path).splitlines()[1] == \
+        f"  1 x no utterances (an empty set: is the corpus complete?): {tmp_path / 'utt2spk'}"

@@ -220,7 +220,8 @@ def test_other_espnet_encoders_in_front(tmp_path, encoder, encoder_conf):
 
 @pytest.mark.parametrize("template", ["asr_paper", "asr_ssl_paper", "st_paper", "slu_paper", "sum_paper"])
 def test_paper_size_templates_build(tmp_path, template):
-    """The recipes' paper-size configs build through ESPnet's parser (the sizes of the paper's experiments)."""
+    """The recipes' paper-size configs build through ESPnet's parser (the sizes of the paper's
+    experiments) and take one training step (forward, backward) on a batch of two utterances."""
     import yaml
 
     from espnet_mtla.bin.make_tiny_ssl_checkpoint import build_tiny_ssl_checkpoint
@@ -240,3 +241,9 @@ def test_paper_size_templates_build(tmp_path, template):
     decoder = model.decoder
     assert len(decoder.layers) == 9 and decoder.model_dim == 512 and decoder.attention_type == "mtla"
     assert model.encoder.output_size() == 512
+    data = batch(task, len(tokens))
+    if task == "st":  # the transcript of the ST model's CTC (asr_weight)
+        data.update({k: v for k, v in batch("mt", len(TOKENS)).items() if k.startswith("src_")})
+    loss, _, _ = model(**data)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in decoder.parameters() if p.grad is not None)

@@ -16,11 +16,13 @@ take most of each run's time (cProfile, in a second run). ``--scale`` shrinks ev
 
 import argparse
 import cProfile
+import errno
 import io
 import json
 import os
 import pstats
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,11 +55,25 @@ def tiny_audio(path: Path, fmt: str) -> Path:
     return path
 
 
-def link(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except FileExistsError:
-        pass
+class Linker:
+    """Hard links to one tiny file under many names; a fresh copy of it whenever the file
+    system's limit on links per file (65,000 on ext4) is reached."""
+
+    def __init__(self, original: Path):
+        self.original, self.source, self.copies = original, original, 0
+
+    def __call__(self, target: Path) -> None:
+        try:
+            os.link(self.source, target)
+        except FileExistsError:
+            pass
+        except OSError as err:
+            if err.errno != errno.EMLINK:
+                raise
+            self.copies += 1
+            self.source = self.original.with_name(f"{self.copies}.{self.original.name}")
+            shutil.copyfile(self.original, self.source)
+            os.link(self.source, target)
 
 
 # -- the layouts, at release size ------------------------------------------------------------------------
@@ -65,7 +81,7 @@ MUSTC = {"train": (229_703, 2_093), "dev": (1_423, 11), "tst-COMMON": (2_641, 27
 
 
 def build_mustc(root: Path, scale: float, rng: random.Random) -> None:
-    wav = tiny_audio(root / "tiny.wav", "WAV")
+    link = Linker(tiny_audio(root / "tiny.wav", "WAV"))
     talk = 0
     for split, (segments, talks) in MUSTC.items():
         segments, talks = count(segments, scale), count(talks, scale)
@@ -75,7 +91,7 @@ def build_mustc(root: Path, scale: float, rng: random.Random) -> None:
         yaml_lines, en, de = [], [], []
         for t in range(talks):
             talk += 1
-            link(wav, base / "wav" / f"ted_{talk}.wav")
+            link(base / "wav" / f"ted_{talk}.wav")
             offset = 10.0
             for _ in range(segments // talks + (1 if t < segments % talks else 0)):
                 duration = round(rng.uniform(1.0, 12.0), 6)
@@ -94,7 +110,7 @@ NITE = 'xmlns:nite="http://nite.sourceforge.net/"'
 def build_ami(root: Path, scale: float, rng: random.Random) -> None:
     from espnet_mtla.data.ami import DEV, EVAL
 
-    wav = tiny_audio(root / "tiny.wav", "WAV")
+    link = Linker(tiny_audio(root / "tiny.wav", "WAV"))
     annotations = root / "annotations"
     for sub in ("words", "segments", "corpusResources"):
         (annotations / sub).mkdir(parents=True, exist_ok=True)
@@ -108,7 +124,7 @@ def build_ami(root: Path, scale: float, rng: random.Random) -> None:
         (root / meeting / "audio").mkdir(parents=True, exist_ok=True)  # ami_download.sh's layout
         for channel, agent in enumerate(agents):
             meetings_xml.append(f'    <speaker nxt_agent="{agent}" channel="{channel}" global_name="MEE{m:03d}{channel}"/>')
-            link(wav, root / meeting / "audio" / f"{meeting}.Headset-{channel}.wav")
+            link(root / meeting / "audio" / f"{meeting}.Headset-{channel}.wav")
             words, segments, n, clock = [], [], 0, 0.0
             for s in range(per_agent):
                 first = n
@@ -138,7 +154,7 @@ SLURP = {"train": (11_514, 50_628), "devel": (2_033, 8_690), "test": (2_974, 13_
 def build_slurp(root: Path, scale: float, rng: random.Random) -> None:
     text_dir = root / "dataset" / "slurp"
     text_dir.mkdir(parents=True, exist_ok=True)
-    flac = tiny_audio(root / "tiny.flac", "FLAC")
+    link = Linker(tiny_audio(root / "tiny.flac", "FLAC"))
     metadata, number = {}, 0
     for split, (entries, recordings) in SLURP.items():
         entries, recordings = count(entries, scale), count(recordings, scale)
@@ -152,7 +168,7 @@ def build_slurp(root: Path, scale: float, rng: random.Random) -> None:
             for _ in range(takes):
                 number += 1
                 files.append(f"audio-{1490000000 + number}{'-headset' if number % 2 else ''}.flac")
-                link(flac, audio / files[-1])
+                link(audio / files[-1])
             metadata[str(slurp_id)] = {"recordings": {f: {"usrid": f"FO-{number % 177:03d}", "status": "correct"} for f in files}}
             lines.append(json.dumps({"slurp_id": slurp_id, "sentence": sentence(rng, 3, 12), "intent": "alarm_set",
                                      "scenario": "alarm", "action": "set",
