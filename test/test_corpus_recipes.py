@@ -176,10 +176,12 @@ def test_slurp_slu1(tmp_path):
 def test_xsum_sum1(tmp_path):
     docs = write_xsum_original(tmp_path / "XSUM")
     recipe = tiny_recipe(tmp_path, "xsum", "sum1", "sum_mini.yaml")
-    run(recipe, {"XSUM": str(tmp_path / "XSUM")}, "--train_config", "tiny/train_{attention}.yaml",
+    result = run(recipe, {"XSUM": str(tmp_path / "XSUM")}, "--train_config", "tiny/train_{attention}.yaml",
         "--nbpe", "80", "--src_nbpe", "80", "--train_args", "--max_epoch 1 --batch_size 4",
         "--inference_args", "--beam_size 2 --maxlenratio 0.5", "--nj", "2", "--inference_nj", "2")
     assert table(recipe / "data" / "test" / "text") == {d["id"]: d["summary"] for d in docs["test"]}
+    assert "xsum test: 4 documents -> data/test" in result.stdout + result.stderr  # stage 1's line per set
+    assert "Share this with" not in (recipe / "data" / "train" / "text.doc").read_text()
     decode, scores, row, ids = scores_and_row(recipe, "mt_train_mtla", "test")
     assert set(scores) == {"rouge1", "rouge2", "rougeL"} and f"rouge1 {scores['rouge1']}" in row
     assert ids == sorted(d["id"] for d in docs["test"])

@@ -76,24 +76,31 @@ def write_data_dir(data_dir: Path, utterances: List[Utterance], recordings: Opti
         if not utt.utt_id.startswith(utt.speaker):  # Kaldi: sorting by utterance must also sort by speaker
             raise ValueError(f"utterance id {utt.utt_id} does not start with its speaker id {utt.speaker}")
         seen[utt.utt_id] = utt.source or "an earlier entry"
-    files = {"utt2spk": _lines((u.utt_id, u.speaker) for u in utterances)}
+    ordered = sorted(utterances, key=lambda u: u.utt_id.encode())
     spk2utt: Dict[str, List[str]] = {}
-    for utt in sorted(utterances, key=lambda u: u.utt_id.encode()):
+    for utt in ordered:
         spk2utt.setdefault(utt.speaker, []).append(utt.utt_id)
-    files["spk2utt"] = _lines((spk, " ".join(ids)) for spk, ids in spk2utt.items())
-    for name in sorted({name for u in utterances for name in u.texts}):
-        files[name] = _lines((u.utt_id, " ".join(u.texts[name].split())) for u in utterances)
+    small = {"utt2spk": None, "spk2utt": _lines((spk, " ".join(ids)) for spk, ids in spk2utt.items())}
     if recordings is not None:
-        files["wav.scp"] = _lines(recordings.items())
-        files["segments"] = _lines((u.utt_id, f"{u.recording} {u.start:.3f} {u.end:.3f}") for u in utterances)
+        small["wav.scp"] = _lines(recordings.items())
+        small["segments"] = None
     elif any(u.audio for u in utterances):
-        files["wav.scp"] = _lines((u.utt_id, u.audio) for u in utterances)
+        small["wav.scp"] = None
+    line_of = {"utt2spk": lambda u: u.speaker, "segments": lambda u: f"{u.recording} {u.start:.3f} {u.end:.3f}",
+               "wav.scp": lambda u: u.audio}
 
     partial = data_dir.with_name(f"{data_dir.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    for name, text in files.items():
-        (partial / name).write_text(text, encoding="utf-8")
+    # Line by line from the sorted utterances: a corpus' documents are not copied into whole-file strings.
+    for name in sorted({name for u in utterances for name in u.texts}) + list(small):
+        with open(partial / name, "w", encoding="utf-8") as f:
+            if small.get(name) is not None:
+                f.write(small[name])
+                continue
+            value = line_of.get(name) or (lambda u, name=name: " ".join(u.texts[name].split()))
+            for utt in ordered:
+                f.write(f"{utt.utt_id} {value(utt)}\n")
     shutil.rmtree(data_dir, ignore_errors=True)
     os.replace(partial, data_dir)
 

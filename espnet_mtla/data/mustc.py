@@ -115,11 +115,12 @@ def read_split(root: Path, tgt_lang: str, split: str) -> DataSet:
                               f"{len(segments)} segments; they must be aligned line by line")
     data_set = DataSet(split, [], {}, read_from=str(txt / f"{split}.yaml"))
     utterances = []
+    yaml_path = txt / f"{split}.yaml"
     for index, seg in enumerate(segments):
-        where = f"{txt / f'{split}.yaml'}:{seg['line']}"
+        where = f"{yaml_path}:{seg['line']}"
         talk = f"ted_{talk_number(seg, where):05d}"
-        wav = base / "wav" / str(seg["wav"])
         if talk not in data_set.recordings:
+            wav = base / "wav" / str(seg["wav"])
             if not wav.exists():
                 raise CorpusError(f"{where}: {wav} not found")
             data_set.recordings[talk] = str(wav.resolve())

@@ -40,10 +40,15 @@ class Data(Stage):
 
     def run(self, x: Experiment, run: StageRun) -> None:
         a = x.args
-        run.jobs.launch(["bash", "local/data.sh"] + shlex.split(a.local_data_opts),
-                        Path(a.expdir) / "log" / "data_prep.log")
+        log_file = Path(a.expdir) / "log" / "data_prep.log"
+        run.jobs.launch(["bash", "local/data.sh"] + shlex.split(a.local_data_opts), log_file)
         for name in [a.train_set, a.valid_set] + x.test_sets:
             check_data_dir(Path("data") / name, x.task.speech)
+        # The corpus preparers' line per set (kaldi_dir.write_sets: "<corpus> <set>: N utterances,
+        # H h, S speakers -> data/<set> (skipped: ...)"), repeated where a person follows the run.
+        for line in log_file.read_text(encoding="utf-8", errors="replace").splitlines() if log_file.exists() else []:
+            if " -> data/" in line and ": " in line:
+                log.info("%s", line.strip())
 
 
 class SpeedPerturb(Stage):
