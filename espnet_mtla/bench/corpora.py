@@ -216,9 +216,10 @@ def run_preparer(corpus: str, root: Path, out: Path, extra) -> dict:
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"error: {corpus} preparation failed: {result.stderr.strip().splitlines()[-2:][0]}")
     lines = result.stderr.strip().splitlines()
+    if result.returncode != 0:
+        said = [line for line in lines if not line.startswith("peak_rss_kib")] or ["(nothing on stderr)"]
+        raise SystemExit(f"error: {corpus} preparation failed: {said[-1]}")
     peak = int(next(line.split()[1] for line in lines if line.startswith("peak_rss_kib")))
     return {"seconds": round(seconds, 1), "peak_mib": round(peak / 1024), "summary": [l for l in lines if not l.startswith("peak_rss")]}
 

@@ -215,8 +215,7 @@ def read_words(path: Path) -> Tuple[Dict[str, int], List[Element]]:
     return index, elements
 
 
-def read_segments(annotations: Path, meeting: str, agent: str, skipped: Dict[str, int]
-                  ) -> List[Tuple[int, int, str, str]]:
+def read_segments(annotations: Path, meeting: str, agent: str, data_set: DataSet) -> List[Tuple[int, int, str, str]]:
     """(start cs, end cs, text, where) of every piece of one speaker's segments."""
     path = annotations / "segments" / f"{meeting}.{agent}.segments.xml"
     cache: Dict[str, Tuple[Dict[str, int], List[Element]]] = {}
@@ -224,7 +223,7 @@ def read_segments(annotations: Path, meeting: str, agent: str, skipped: Dict[str
     for segment in read_xml(path).children:
         if segment.tag != "segment":
             continue
-        for side in ("start", "end"):
+        for side in ("start", "end"):  # not used (the words' times are), but a segment without them is malformed
             attribute(path, segment, f"transcriber_{side}")
         child = next((c for c in segment.children if c.tag == "nite:child"), None)
         if child is None:
@@ -248,11 +247,11 @@ def read_segments(annotations: Path, meeting: str, agent: str, skipped: Dict[str
         starts = [float(e.start) for e in chosen if e.start is not None]
         ends = [float(e.end) for e in chosen if e.end is not None]
         if not starts or not ends:
-            skipped["segments without timed words"] = skipped.get("segments without timed words", 0) + 1
+            data_set.skip("segments without timed words")
             continue
         split = split_segment(tokens, [e.start or "" for e in chosen if e.punctuation], min(starts), max(ends))
         if split is None:
-            skipped["segments whose punctuation has no times"] = skipped.get("segments whose punctuation has no times", 0) + 1
+            data_set.skip("segments whose punctuation has no times")
             continue
         where = f"{path}:{segment.line}"
         pieces += [(s, e, text, where) for (s, e), text in split.items() if text and s < e]
@@ -292,6 +291,7 @@ def prepare(root: Path, out: Path, splits=SPLITS, mic: str = "ihm") -> None:
     if not segment_files:
         raise CorpusError(f"{annotations / 'segments'}: no <meeting>.<agent>.segments.xml files")
     sets = {split: DataSet(split, [], {}, read_from=f"{annotations / 'segments'} ({split} meetings)") for split in splits}
+    no_audio = f"segments without their {mic} recording"
     for path in segment_files:
         meeting, agent = path.name.split(".")[:2]
         data_set = sets.get(split_of(meeting))
@@ -300,7 +300,7 @@ def prepare(root: Path, out: Path, splits=SPLITS, mic: str = "ihm") -> None:
         if (meeting, agent) not in speakers:
             raise CorpusError(f"{path}: speaker {agent} of {meeting} is not in {meetings_xml}")
         channel, name = speakers[(meeting, agent)]
-        pieces = read_segments(annotations, meeting, agent, data_set.skipped)
+        pieces = read_segments(annotations, meeting, agent, data_set)
         if mic == "ihm":
             recording = f"AMI_{meeting}_H0{channel}"
             speaker = prefix = f"{recording}_{name}"
@@ -308,8 +308,7 @@ def prepare(root: Path, out: Path, splits=SPLITS, mic: str = "ihm") -> None:
             recording = f"AMI_{meeting}_{'SDM' if mic == 'sdm' else 'MDM'}"
             speaker, prefix = f"AMI_{meeting}", f"{recording}_{name}"
         if recording not in audio:
-            why = f"segments without their {mic} recording"
-            data_set.skipped[why] = data_set.skipped.get(why, 0) + len(pieces)
+            data_set.skip(no_audio, len(pieces))
             continue
         data_set.recordings[recording] = str(audio[recording].resolve())
         for start, end, text, where in pieces:
@@ -317,7 +316,7 @@ def prepare(root: Path, out: Path, splits=SPLITS, mic: str = "ihm") -> None:
                                                  recording=recording, start=start / 100, end=end / 100, source=where))
     for data_set in sets.values():
         data_set.utterances = dedupe_and_fix(data_set, fix_overlaps=mic == "ihm")
-        lost = sum(n for why, n in data_set.skipped.items() if "recording" in why)
+        lost = data_set.skipped.get(no_audio, 0)
         if lost > len(data_set.utterances):
             raise CorpusError(f"ami {data_set.name}: {lost:,} of {lost + len(data_set.utterances):,} segments have no "
                               f"{mic} recording under {root}: is the audio download complete?")
@@ -332,7 +331,7 @@ def dedupe_and_fix(data_set: DataSet, fix_overlaps: bool) -> List[Utterance]:
     for utt in sorted(data_set.utterances, key=lambda u: (u.utt_id + " " + u.texts["text"]).encode()):
         if utt.utt_id in by_id:
             if by_id[utt.utt_id].texts != utt.texts:
-                data_set.skipped["repeated segment ids"] = data_set.skipped.get("repeated segment ids", 0) + 1
+                data_set.skip("repeated segment ids")
             continue
         by_id[utt.utt_id] = utt
     kept = list(by_id.values())
@@ -345,7 +344,7 @@ def dedupe_and_fix(data_set: DataSet, fix_overlaps: bool) -> List[Utterance]:
             previous_speaker, previous_end = utt.speaker, end
         overlapping = [u for u in kept if u.start >= u.end]
         if overlapping:
-            data_set.skipped["segments inside the previous one"] = len(overlapping)
+            data_set.skip("segments inside the previous one", len(overlapping))
             kept = [u for u in kept if u.start < u.end]
     return kept
 

@@ -52,6 +52,14 @@ class DataSet:
     read_from: str = ""  # where its entries come from, for the refusal of an empty set
     skipped: Dict[str, int] = field(default_factory=dict)  # why -> how many entries were left out
 
+    def skip(self, why: str, count: int = 1) -> None:
+        self.skipped[why] = self.skipped.get(why, 0) + count
+
+    def skipped_note(self) -> str:
+        """`` (skipped: N why; ...)``, or "" when nothing was left out."""
+        skipped = "; ".join(f"{count:,} {why}" for why, count in self.skipped.items() if count)
+        return f" (skipped: {skipped})" if skipped else ""
+
     def summary(self, corpus: str, out: Path, unit: str = "utterances") -> str:
         parts = [f"{len(self.utterances):,} {unit}"]
         if unit != "documents":
@@ -59,8 +67,7 @@ class DataSet:
             parts += [f"{hours:.2f} h", f"{len({u.speaker for u in self.utterances}):,} speakers"]
         if self.recordings is not None:
             parts.append(f"{len(self.recordings):,} recordings")
-        skipped = "; ".join(f"{count:,} {why}" for why, count in self.skipped.items() if count)
-        return f"{corpus} {self.name}: {', '.join(parts)} -> {Path(out) / self.name}" + (f" (skipped: {skipped})" if skipped else "")
+        return f"{corpus} {self.name}: {', '.join(parts)} -> {Path(out) / self.name}{self.skipped_note()}"
 
 
 def _lines(pairs) -> str:
@@ -80,27 +87,27 @@ def write_data_dir(data_dir: Path, utterances: List[Utterance], recordings: Opti
     spk2utt: Dict[str, List[str]] = {}
     for utt in ordered:
         spk2utt.setdefault(utt.speaker, []).append(utt.utt_id)
-    small = {"utt2spk": None, "spk2utt": _lines((spk, " ".join(ids)) for spk, ids in spk2utt.items())}
+    # file name -> its value for one utterance; tables keyed by something else are written whole.
+    per_utterance = {name: (lambda u, name=name: " ".join(u.texts[name].split()))
+                     for name in sorted({name for u in utterances for name in u.texts})}
+    per_utterance["utt2spk"] = lambda u: u.speaker
+    whole = {"spk2utt": _lines((spk, " ".join(ids)) for spk, ids in spk2utt.items())}
     if recordings is not None:
-        small["wav.scp"] = _lines(recordings.items())
-        small["segments"] = None
+        per_utterance["segments"] = lambda u: f"{u.recording} {u.start:.3f} {u.end:.3f}"
+        whole["wav.scp"] = _lines(recordings.items())
     elif any(u.audio for u in utterances):
-        small["wav.scp"] = None
-    line_of = {"utt2spk": lambda u: u.speaker, "segments": lambda u: f"{u.recording} {u.start:.3f} {u.end:.3f}",
-               "wav.scp": lambda u: u.audio}
+        per_utterance["wav.scp"] = lambda u: u.audio
 
     partial = data_dir.with_name(f"{data_dir.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     # Line by line from the sorted utterances: a corpus' documents are not copied into whole-file strings.
-    for name in sorted({name for u in utterances for name in u.texts}) + list(small):
+    for name, value in per_utterance.items():
         with open(partial / name, "w", encoding="utf-8") as f:
-            if small.get(name) is not None:
-                f.write(small[name])
-                continue
-            value = line_of.get(name) or (lambda u, name=name: " ".join(u.texts[name].split()))
             for utt in ordered:
                 f.write(f"{utt.utt_id} {value(utt)}\n")
+    for name, text in whole.items():
+        (partial / name).write_text(text, encoding="utf-8")
     shutil.rmtree(data_dir, ignore_errors=True)
     os.replace(partial, data_dir)
 
@@ -110,9 +117,8 @@ def write_sets(corpus: str, out: Path, sets: List[DataSet], unit: str = "utteran
     stderr; a set with no entries stops everything, in one line, before anything is written."""
     for data_set in sets:
         if not data_set.utterances:
-            skipped = "; ".join(f"{n:,} {why}" for why, n in data_set.skipped.items() if n)
             raise CorpusError(f"{corpus} {data_set.name}: no {unit} in {data_set.read_from or 'the corpus'}"
-                              + (f" (skipped: {skipped})" if skipped else "") + ": is the corpus complete?")
+                              f"{data_set.skipped_note()}: is the corpus complete?")
     for data_set in sets:
         write_data_dir(Path(out) / data_set.name, data_set.utterances, data_set.recordings)
         print(data_set.summary(corpus, out, unit), file=sys.stderr)

@@ -127,7 +127,7 @@ def read_split(root: Path, tgt_lang: str, split: str) -> DataSet:
         start, end = segment_times(seg["offset"], seg["duration"])
         source, target = normalise_source(sides["en"][index]), " ".join(sides[tgt_lang][index].split())
         if not source or not target:  # nothing to learn from (or score) in an empty side
-            data_set.skipped["segments with an empty side"] = data_set.skipped.get("segments with an empty side", 0) + 1
+            data_set.skip("segments with an empty side")
             continue
         start_ms, end_ms = int(1000 * start + 0.5), int(1000 * end + 0.5)
         utterances.append(Utterance(
@@ -135,9 +135,7 @@ def read_split(root: Path, tgt_lang: str, split: str) -> DataSet:
             recording=talk, start=start_ms / 1000, end=end_ms / 1000, source=where))
     counts = Counter(u.utt_id for u in utterances)
     data_set.utterances = [u for u in utterances if counts[u.utt_id] == 1]
-    repeated = len(utterances) - len(data_set.utterances)
-    if repeated:
-        data_set.skipped["segments whose id repeats (every copy, as ESPnet)"] = repeated
+    data_set.skip("segments whose id repeats (every copy, as ESPnet)", len(utterances) - len(data_set.utterances))
     return data_set
 
 

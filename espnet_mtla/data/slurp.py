@@ -28,10 +28,9 @@ What ESPnet's recipe makes (``egs2/slurp/asr1/local/prepare_slurp_data.py``):
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Set
+from typing import Dict, Set
 
 import soundfile
 
@@ -52,9 +51,9 @@ def normalise(sentence: str, lower: bool = False) -> str:
     return text.lower() if lower else text
 
 
-def label(entry: dict) -> Optional[str]:
-    scenario, action = entry.get("scenario"), entry.get("action")
-    return f"{scenario}_{action}" if scenario and action else None
+def label(entry: dict) -> str:
+    """``<scenario>_<action>``, as SLURP's evaluate.py and ESPnet build it (not the ``intent`` field)."""
+    return f"{entry['scenario']}_{entry['action']}"
 
 
 def read_speakers(path: Path) -> Dict[str, str]:
@@ -81,13 +80,11 @@ def read_jsonl(path: Path, audio_dir: Path, speakers: Dict[str, str], taken: Set
                synthetic: bool = False) -> None:
     """Adds the utterances of one jsonl file to ``data_set``; ``taken``: recordings already used."""
     for where, entry in read_json_lines(path):
-        intent = label(entry)
-        missing = [k for k, v in (("sentence", entry.get("sentence")), ("scenario", entry.get("scenario")),
-                                  ("action", entry.get("action")), ("recordings", entry.get("recordings"))) if not v]
+        missing = [key for key in ("sentence", "scenario", "action", "recordings") if not entry.get(key)]
         if missing:
             raise CorpusError(f"{where}: no {', '.join(missing)}")
-        transcript = normalise(entry["sentence"], lower=synthetic)
-        text = f"{intent} {transcript}".replace("<unk>", "unknown")
+        transcript = normalise(entry["sentence"], lower=synthetic).replace("<unk>", "unknown")
+        text = f"{label(entry)} {transcript}"
         for recording in entry["recordings"]:
             if not isinstance(recording, dict) or "file" not in recording:
                 raise CorpusError(f"{where}: a recording without 'file'")
@@ -96,8 +93,7 @@ def read_jsonl(path: Path, audio_dir: Path, speakers: Dict[str, str], taken: Set
             record_id = record_id[len("audio-"):] if record_id.startswith("audio-") else record_id
             record_id = record_id[:-len(".flac")] if record_id.endswith(".flac") else Path(record_id).stem
             if record_id in taken:
-                data_set.skipped["recordings already in an earlier split"] = \
-                    data_set.skipped.get("recordings already in an earlier split", 0) + 1
+                data_set.skip("recordings already in an earlier split")
                 continue
             taken.add(record_id)
             audio = audio_dir / file
@@ -107,10 +103,9 @@ def read_jsonl(path: Path, audio_dir: Path, speakers: Dict[str, str], taken: Set
                 raise CorpusError(f"{where}: {audio} " + ("is not readable audio" if audio.exists() else "not found")) from None
             speaker = "slurp_" + ("synthetic" if synthetic else speakers.get(file, UNKNOWN_SPEAKER))
             if not synthetic and file not in speakers:
-                data_set.skipped["recordings not in metadata.json: speaker unknown (kept)"] = \
-                    data_set.skipped.get("recordings not in metadata.json: speaker unknown (kept)", 0) + 1
+                data_set.skip("recordings not in metadata.json: speaker unknown (kept)")
             utt_id = f"{speaker}_{record_id}"
-            data_set.utterances.append(Utterance(utt_id, speaker, {"text": text, "transcript": transcript.replace("<unk>", "unknown")},
+            data_set.utterances.append(Utterance(utt_id, speaker, {"text": text, "transcript": transcript},
                                                  audio=str(audio.resolve()), source=where, duration=duration))
 
 

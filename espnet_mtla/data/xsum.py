@@ -105,8 +105,8 @@ def read_split(articles: Path, split_file: Path, layout: str, split: str, data_s
     if ids and missing > len(ids) / 2:
         raise CorpusError(f"{split_file}: {missing:,} of the {len(ids):,} {SPLITS[split]} ids have no {articles}/<id>{suffix}: "
                           f"is the download complete?")
-    data_set.skipped[f"ids of the split with no {suffix} file"] = missing
-    data_set.skipped["articles with an empty summary or body"] = empty
+    data_set.skip(f"ids of the split with no {suffix} file", missing)
+    data_set.skip("articles with an empty summary or body", empty)
     return items
 
 
