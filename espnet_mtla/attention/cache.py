@@ -19,6 +19,9 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+GROWTH_SLOTS = 16  # the least a full cache grows by: a reallocation every few tokens at most
+SparePool = Dict[Tuple, torch.Tensor]  # (shape, dtype, device) -> a buffer no cache is using
+
 
 class AttentionCache:
     """Growable slot buffers shared by all attention types.
@@ -27,7 +30,8 @@ class AttentionCache:
         batch_size: rows (utterances x beams).
         shapes: buffer name -> (lead dims..., feature dim), e.g. ``{"k": (4, 64)}``.
         tokens_per_slot: 1, or MTLA's ``down_rate``.
-        capacity: initial capacity in tokens; doubled when exceeded (never per step).
+        capacity: initial capacity in tokens; grown by a quarter (at least ``GROWTH_SLOTS``
+            slots) when exceeded, so that a cache holds little more than its tokens.
     """
 
     def __init__(
@@ -89,8 +93,8 @@ class AttentionCache:
         return int(self.num_slots(self.lengths).sum().item()) * self.bytes_per_slot()
 
     def allocated_nbytes(self) -> int:
-        """Bytes held by the pre-allocated buffers (>= nbytes())."""
-        return sum(buf.numel() * buf.element_size() for buf in self.buffers.values())
+        """Bytes held by the buffers (>= nbytes()) and this cache's own reorder spares."""
+        return sum(buf.numel() * buf.element_size() for buf in [*self.buffers.values(), *self._spare.values()])
 
     # -- writing -------------------------------------------------------------------------
     def reserve(self, extra_slots: int) -> None:
@@ -98,7 +102,7 @@ class AttentionCache:
         needed = self.num_slots(self.max_length) + extra_slots
         if needed <= self.capacity_slots:
             return
-        new_cap = max(needed, 2 * self.capacity_slots)
+        new_cap = max(needed, self.capacity_slots + max(self.capacity_slots // 4, GROWTH_SLOTS))
         for name, buf in self.buffers.items():
             grown = buf.new_zeros(*buf.shape[:-2], new_cap, buf.shape[-1])
             grown[..., : buf.shape[-2], :] = buf
@@ -137,22 +141,32 @@ class AttentionCache:
         return self.buffers[name][..., :slots, :]
 
     # -- beam search ---------------------------------------------------------------------
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep rows ``index`` (B',), e.g. the surviving beams; B' may differ from B."""
+    def reorder(self, index: torch.Tensor, pool: Optional[SparePool] = None) -> None:
+        """Keep rows ``index`` (B',), e.g. the surviving beams; B' may differ from B.
+
+        The rows are copied into a spare buffer, which then takes the old one's place: this
+        cache's own spare (fixed addresses, which CUDA graphs need), or one from ``pool``,
+        shared by the caches of all layers, into which the old buffer goes back (one spare for
+        the model instead of one per layer and buffer).
+        """
         index = index.to(self.lengths.device)
         self.lengths = self.lengths.index_select(0, index)
         used = self.num_slots(self.max_length)  # slots past every row's length are not copied
+        spares = self._spare if pool is None else pool
         for name, buf in self.buffers.items():
             if buf.requires_grad:
                 self.buffers[name] = buf.index_select(0, index)
                 continue
-            spare = self._spare.get(name)
-            if spare is None or spare.shape != (index.shape[0], *buf.shape[1:]):
+            shape = (index.shape[0], *buf.shape[1:])
+            key = name if pool is None else (shape, buf.dtype, buf.device)
+            spare = spares.pop(key, None)
+            if spare is None or spare.shape != shape:
                 # zeros: the slots past ``used`` are never copied, and masked readers must not
                 # meet NaN there (0 x NaN in a weighted sum is NaN)
-                spare = buf.new_zeros(index.shape[0], *buf.shape[1:])
+                spare = buf.new_zeros(shape)
             torch.index_select(buf[..., :used, :], 0, index, out=spare[..., :used, :])
-            self.buffers[name], self._spare[name] = spare, buf
+            self.buffers[name] = spare
+            spares[name if pool is None else (tuple(buf.shape), buf.dtype, buf.device)] = buf
 
     def select(self, index: torch.Tensor) -> "AttentionCache":
         """A new cache holding copies of rows ``index``; this one is left unchanged."""
@@ -182,6 +196,11 @@ class LayerCaches:
         self.layers = layers
         self.version = 0
         self.peak_nbytes = 0
+        self.peak_allocated_nbytes = 0
+        # One reorder spare per buffer shape for all layers (False: one per buffer, at fixed
+        # addresses, for CUDA graphs: decode_step.GraphedDecodeStep sets it).
+        self.shared_spares = True
+        self._pool: SparePool = {}
 
     @property
     def batch_size(self) -> int:
@@ -191,10 +210,20 @@ class LayerCaches:
         """Bytes the cached tokens occupy, summed over layers and rows."""
         return sum(cache.nbytes() for cache in self.layers)
 
+    def allocated_nbytes(self) -> int:
+        """Bytes the caches hold: buffers and reorder spares, of every layer."""
+        return sum(cache.allocated_nbytes() for cache in self.layers) + sum(
+            buf.numel() * buf.element_size() for buf in self._pool.values())
+
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep rows ``rows`` (B',) of every layer, e.g. the surviving beams."""
+        pool = self._pool if self.shared_spares else None
         for cache in self.layers:
-            cache.reorder(rows)
+            cache.reorder(rows, pool)
+        if pool:  # spares of shapes no buffer has any more (fewer rows, grown caches) go
+            shapes = {(tuple(buf.shape), buf.dtype, buf.device) for cache in self.layers for buf in cache.buffers.values()}
+            for key in [k for k in pool if k not in shapes]:
+                del pool[key]
 
     def keep_utterances(self, utterances: torch.Tensor) -> None:
         """A search dropped the utterances not in ``utterances`` (N',); their rows are reordered
@@ -205,7 +234,8 @@ class LayerCaches:
         """A new, independent object of the same class holding copies of ``rows``."""
         selected = copy.copy(self)
         selected.layers = [cache.select(rows) for cache in self.layers]
-        selected.peak_nbytes = 0
+        selected.peak_nbytes = selected.peak_allocated_nbytes = 0
+        selected._pool = {}
         return selected
 
     def note_peak(self) -> None:
@@ -215,3 +245,4 @@ class LayerCaches:
             cache.batch_size * cache.num_slots(cache.max_length) * cache.bytes_per_slot() for cache in self.layers
         )
         self.peak_nbytes = max(self.peak_nbytes, nbytes)
+        self.peak_allocated_nbytes = max(self.peak_allocated_nbytes, self.allocated_nbytes())

@@ -50,6 +50,9 @@ class EncoderDecoderCaches(LayerCaches):
     def nbytes(self) -> int:
         return super().nbytes() + self.source_nbytes()
 
+    def allocated_nbytes(self) -> int:
+        return super().allocated_nbytes() + self.source_nbytes()
+
     def note_peak(self) -> None:
         """The peak of (self-attention caches + source memory), without a device sync."""
         before, self.peak_nbytes = self.peak_nbytes, 0

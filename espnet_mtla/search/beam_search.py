@@ -36,6 +36,8 @@ from espnet_mtla.search.fusion import fused_language_model
 
 log = logging.getLogger(__name__)
 
+INITIAL_TOKENS = 32  # output tokens the caches have room for at first; they grow with the output
+
 
 class EndedHypothesis(NamedTuple):
     """yseq: (L,) <sos> ... <eos>; score: 0-d tensor (as ESPnet's ``Hypothesis``)."""
@@ -47,11 +49,13 @@ class EndedHypothesis(NamedTuple):
 class SearchResult(NamedTuple):
     """What a search returns: each utterance's best ended hypotheses (best first), and the
     largest size in bytes the decoder's KV caches reached (all layers and rows), and the fused
-    language model's (0 without one, or for an LM without a KV cache)."""
+    language model's (0 without one, or for an LM without a KV cache); and the most bytes the
+    decoder's caches held meanwhile (buffers with their room to grow, and reorder spares)."""
 
     hypotheses: List[List[EndedHypothesis]]
     cache_bytes_peak: int
     lm_cache_bytes_peak: int = 0
+    cache_bytes_allocated_peak: int = 0
 
 
 def length_limits(enc_lens: torch.Tensor, maxlenratio: float, minlenratio: float):
@@ -94,7 +98,7 @@ class MultiUtteranceBeamSearch:
     def __init__(self, decoder, sos: int, eos: int, beam_size: int, decoder_weight: float = 1.0,
                  ctc_weight: float = 0.0, pre_beam_size: Optional[int] = None, penalty: float = 0.0,
                  normalize_length: bool = False, nbest: Optional[int] = None, blank: int = 0,
-                 cuda_graphs: bool = False, lm=None, lm_weight: float = 0.0):
+                 cuda_graphs: bool = False, lm=None, lm_weight: float = 0.0, ctc_window_margin: int = 0):
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         self.decoder = decoder
@@ -107,6 +111,7 @@ class MultiUtteranceBeamSearch:
         self.nbest = nbest or beam_size
         self.cuda_graphs = cuda_graphs
         self.lm, self.lm_weight = lm, lm_weight
+        self.ctc_window_margin = ctc_window_margin
 
     @torch.no_grad()
     def __call__(self, enc: torch.Tensor, enc_lens: torch.Tensor, maxlenratio: float = 0.0,
@@ -124,8 +129,8 @@ class MultiUtteranceBeamSearch:
             if max_length.shape != enc_lens.shape or int(max_length.min()) < 1:
                 raise ValueError(f"max_length must be ({enc_lens.shape[0]},) integers >= 1, one per utterance")
             maxlenratio = -1.0  # a fixed maximum: no end detection
-        nbest, cache_bytes_peak, lm_bytes_peak = self._search(enc, enc_lens, maxlenratio, minlenratio, ctc_logp,
-                                                              max_length)
+        nbest, cache_bytes_peak, lm_bytes_peak, allocated_peak = self._search(enc, enc_lens, maxlenratio,
+                                                                              minlenratio, ctc_logp, max_length)
         for n, hyps in enumerate(nbest):
             if not hyps and minlenratio >= 0.1:  # as ESPnet: retry with a smaller minlenratio
                 log.warning("utterance %d: no ended hypothesis; decoding again with minlenratio %.1f", n,
@@ -136,7 +141,8 @@ class MultiUtteranceBeamSearch:
                 nbest[n] = again.hypotheses[0]
                 cache_bytes_peak = max(cache_bytes_peak, again.cache_bytes_peak)
                 lm_bytes_peak = max(lm_bytes_peak, again.lm_cache_bytes_peak)
-        return SearchResult(nbest, cache_bytes_peak, lm_bytes_peak)
+                allocated_peak = max(allocated_peak, again.cache_bytes_allocated_peak)
+        return SearchResult(nbest, cache_bytes_peak, lm_bytes_peak, allocated_peak)
 
     def _search(self, enc, enc_lens, maxlenratio, minlenratio, ctc_logp, max_length=None) -> SearchResult:
         decoder, device, beam = self.decoder, enc.device, self.beam_size
@@ -145,16 +151,19 @@ class MultiUtteranceBeamSearch:
         maxlen, minlen = length_limits(enc_lens, maxlenratio, minlenratio)
         if max_length is not None:
             maxlen = max_length.to(device=device, dtype=maxlen.dtype)
-        state = initial_state(num_utts, self.sos, maxlen, minlen, self.nbest, enc.dtype)
-        caches = decoder.new_caches(num_utts, decoder.cache_capacity(enc.shape[1], state.tokens.shape[1]), enc)
+        state = initial_state(num_utts, self.sos, maxlen, minlen, self.nbest)
+        # Caches start with room for a few tokens and grow with the output; a replayed step needs
+        # fixed addresses, so CUDA graphs get the whole output's room at once.
+        tokens = state.tokens.shape[1] if self.cuda_graphs else min(state.tokens.shape[1], INITIAL_TOKENS)
+        caches = decoder.new_caches(num_utts, decoder.cache_capacity(enc.shape[1], tokens), enc)
         decoder.fill_prefix(caches, enc, enc_lens)
         lm = None
         if self.lm is not None and self.lm_weight != 0:
-            lm = fused_language_model(self.lm, num_utts, state.tokens.shape[1], enc, self.cuda_graphs)
+            lm = fused_language_model(self.lm, num_utts, tokens, enc, self.cuda_graphs)
         ctc = ctc_state = None
         utt = torch.arange(num_utts, device=device)  # (R,) the (original) utterance of each row
         if self.ctc_weight > 0:
-            ctc = BatchedCTCPrefixScorer(ctc_logp.to(enc.dtype), enc_lens, self.blank, self.eos)
+            ctc = BatchedCTCPrefixScorer(ctc_logp, enc_lens, self.blank, self.eos, self.ctc_window_margin)
             ctc_state = ctc.initial_state(utt)
         decoder_step = GraphedDecodeStep(decoder) if self.cuda_graphs else DecodeStep(decoder)
         active = list(range(num_utts))  # original index of each utterance still searching
@@ -177,8 +186,8 @@ class MultiUtteranceBeamSearch:
             state, rows, labels, done = select_candidates(weighted, state, step, beam, self.eos,
                                                           self.normalize_length, maxlenratio == 0.0)
             if ctc is not None:
-                ctc_state = ctc.select(candidates, rows, labels)
                 utt = utt[rows]
+                ctc_state = ctc.select(candidates, rows, labels, utt)
             finished = done.tolist()  # the one host read of a step
             if any(finished):
                 gone = [k for k, f in enumerate(finished) if f]
@@ -196,6 +205,7 @@ class MultiUtteranceBeamSearch:
                 if ctc is not None:
                     ctc_state = type(ctc_state)(*(t[..., kept_rows] for t in ctc_state))
                     utt = utt[kept_rows]
+                    ctc.keep_utterances(active)
             decoder_step.reorder(caches, rows)
             if lm is not None:
                 lm.reorder(rows)
@@ -206,7 +216,8 @@ class MultiUtteranceBeamSearch:
         results: List[List[EndedHypothesis]] = [[] for _ in range(num_utts)]
         for k, hyps in zip(order, self._hypotheses(finished)):
             results[k] = hyps
-        return SearchResult(results, caches.peak_nbytes, lm.cache_bytes_peak if lm is not None else 0)
+        return SearchResult(results, caches.peak_nbytes, lm.cache_bytes_peak if lm is not None else 0,
+                            caches.peak_allocated_nbytes)
 
     def _pre_beam(self, weighted: torch.Tensor) -> torch.Tensor:
         """(R, S) token ids CTC scores for each row: ESPnet's pre-beam on the weighted sum."""

@@ -59,8 +59,9 @@ class BeamState(NamedTuple):
 
 
 def initial_state(num_utts: int, sos: int, maxlen: torch.Tensor, minlen: torch.Tensor, nbest: int,
-                  dtype: torch.dtype) -> BeamState:
-    """One hypothesis (<sos>, score 0) per utterance; nothing ended yet."""
+                  dtype: torch.dtype = torch.float32) -> BeamState:
+    """One hypothesis (<sos>, score 0) per utterance; nothing ended yet. Scores are float32
+    whatever the model's dtype: bfloat16 would round a running score of -36.44 to -36.5."""
     device = maxlen.device
     length = int(maxlen.max()) + 2  # <sos>, maxlen tokens, <eos> appended at the last step
     tokens = torch.full((num_utts, length), sos, dtype=torch.long, device=device)

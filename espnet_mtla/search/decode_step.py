@@ -58,8 +58,9 @@ class DecodeStep:
         self.decoder = decoder
 
     def __call__(self, caches, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (R, 1), the newest token of each hypothesis -> next-token log-probs (R, V)."""
-        return self.decoder.run_tokens(caches, tokens)[:, -1].log_softmax(dim=-1)
+        """tokens (R, 1), the newest token of each hypothesis -> next-token log-probs (R, V),
+        float32 whatever the model's dtype (as fairseq: the search state is float32)."""
+        return self.decoder.run_tokens(caches, tokens)[:, -1].float().log_softmax(dim=-1)
 
     def reorder(self, caches, rows: torch.Tensor) -> None:
         """Keep cache rows ``rows`` (R',): the surviving hypotheses' parents."""
@@ -73,7 +74,7 @@ class _Bucket:
         device = like.device
         self.tokens = torch.zeros(rows, 1, dtype=torch.long, device=device)
         self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
-        self.logp = torch.empty(rows, vocab, dtype=like.dtype, device=device)
+        self.logp = torch.empty(rows, vocab, dtype=torch.float32, device=device)
         self.new_lengths = torch.zeros(rows, dtype=torch.long, device=device)
 
 
@@ -99,6 +100,7 @@ class GraphedDecodeStep(DecodeStep):
 
     # -- rows ------------------------------------------------------------------------------
     def reorder(self, caches, rows: torch.Tensor) -> None:
+        caches.shared_spares = False  # a spare per buffer: two addresses per buffer, two graphs per shape
         padding = row_bucket(rows.shape[0]) - rows.shape[0]
         caches.reorder(torch.cat([rows, rows[:1].expand(padding)]) if padding else rows)
 
@@ -140,7 +142,7 @@ class GraphedDecodeStep(DecodeStep):
         for cache in caches.layers:
             cache.lengths, cache.view_slots = bucket.lengths, view_slots
         logits = self.decoder.run_tokens(caches, bucket.tokens)[:, -1]
-        bucket.logp.copy_(logits.log_softmax(dim=-1))
+        bucket.logp.copy_(logits.float().log_softmax(dim=-1))
         bucket.new_lengths.copy_(caches.layers[0].lengths)
 
     # -- CUDA graphs -----------------------------------------------------------------------

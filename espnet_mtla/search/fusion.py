@@ -47,18 +47,21 @@ class ScorerLanguageModel:
     def __init__(self, lm, num_utts: int):
         self.lm = lm
         self.states: List = [lm.init_state(None) for _ in range(num_utts)]
+        self.peak_nbytes = 0
 
     def __call__(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
         logp, self.states = self.lm.batch_score(tokens[:, : step + 1], self.states, None)
-        return logp
+        # read now: the states only grow with the prefix, until finished utterances' rows go
+        self.peak_nbytes = max(self.peak_nbytes, storage_bytes(self.states))
+        return logp.float()
 
     def reorder(self, rows: torch.Tensor) -> None:
         self.states = [self.states[r] for r in rows.tolist()]
 
     @property
     def cache_bytes_peak(self) -> int:
-        """Bytes of the states held after the last step (the most: they only grow with the prefix)."""
-        return storage_bytes(self.states)
+        """The most bytes the states held after a step."""
+        return self.peak_nbytes
 
 
 def storage_bytes(tree) -> int:
