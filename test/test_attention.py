@@ -235,15 +235,21 @@ def test_cache_nbytes_is_theoretical(name, attention_type, conf):
     assert cache.allocated_nbytes() >= cache.nbytes()
 
 
-def test_cache_grows_geometrically():
+def test_cache_grows_by_a_quarter_and_at_least_sixteen_slots():
+    """A full cache grows by a quarter of its capacity (at least 16 slots): it never holds much
+    more than its tokens, and reallocates every 16 slots at most."""
     attn = make("mtla", dict(LATENT, down_rate=2))
     cache = attn.new_cache(2, capacity=2)
     capacities = set()
     for _ in range(60):
         attn(torch.randn(2, 1, D), cache=cache)
         capacities.add(cache.capacity_slots)
-    assert sorted(capacities) == [1, 2, 4, 8, 16, 32]  # 30 slots hold 60 tokens
+    assert sorted(capacities) == [1, 17, 33]  # 30 slots hold 60 tokens
     assert cache.nbytes() == 2 * 30 * (16 + 4) * 4
+    cache = attn.new_cache(2, capacity=200)  # 100 slots
+    for _ in range(201):
+        attn(torch.randn(2, 1, D), cache=cache)
+    assert cache.capacity_slots == 125
 
 
 def test_beam_reorder_copies_only_the_used_slots_and_leaves_zeros_past_them():

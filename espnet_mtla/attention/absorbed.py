@@ -28,6 +28,7 @@ source parameter's storage, version counter (bumped by every in-place update: op
 ``load_state_dict``), dtype and device, so ``.to()``, loading and training are all picked up.
 """
 
+import contextlib
 from typing import Optional, Tuple
 
 import torch
@@ -133,7 +134,8 @@ class AbsorbedWeights:
 
 
 def absorbed_weights(layer, merged: Optional[bool] = None) -> AbsorbedWeights:
-    """``layer``'s current inference weights, rebuilt if its parameters changed.
+    """``layer``'s current inference weights, rebuilt if its parameters changed (checked at every
+    call, but within ``weights_fixed``).
 
     ``merged`` None: the layer's ``absorb_merged`` option if set, else True on GPUs, False on CPUs.
     """
@@ -142,10 +144,33 @@ def absorbed_weights(layer, merged: Optional[bool] = None) -> AbsorbedWeights:
     if merged is None:
         merged = layer.kv_down.weight.is_cuda
     cached = layer.__dict__.get("_absorbed")
+    if cached is not None and cached.merged == merged and layer.__dict__.get("_weights_fixed"):
+        return cached
     if cached is None or cached.merged != merged or cached.key != parameters_key(layer.parameters()):
         cached = AbsorbedWeights(layer, merged)
         layer.__dict__["_absorbed"] = cached
     return cached
+
+
+@contextlib.contextmanager
+def weights_fixed(*modules):
+    """Within it, the MLA/MTLA layers of ``modules`` (anything with ``modules()``; None skipped) check
+    their inference weights against their parameters once, not at every step: a search changes
+    no weight, and walking every parameter of every layer per step costs as much as a small
+    layer's step."""
+    layers = [m for module in modules if callable(getattr(module, "modules", None)) for m in module.modules()
+              if hasattr(m, "absorb_merged")]
+    before = [m.__dict__.get("_weights_fixed", False) for m in layers]
+    for layer in layers:
+        cached = layer.__dict__.get("_absorbed")
+        if cached is not None and cached.key != parameters_key(layer.parameters()):
+            del layer.__dict__["_absorbed"]  # stale: rebuilt at the first step
+        layer.__dict__["_weights_fixed"] = True
+    try:
+        yield
+    finally:
+        for layer, fixed in zip(layers, before):
+            layer.__dict__["_weights_fixed"] = fixed
 
 
 def attend_token_absorbed(layer, x, positions, lengths, start, cache):

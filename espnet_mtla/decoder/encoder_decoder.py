@@ -82,11 +82,19 @@ class PositionalEncoding(nn.Module):
         super().__init__()
         self.dim = dim
         self.dropout = nn.Dropout(dropout)
+        self._frequencies = {}  # device -> (D/2,) float32, computed once, not per decoding step
+
+    def frequencies(self, device) -> torch.Tensor:
+        """(D/2,) float32 whatever the model's dtype (bfloat16 would shift the angles by radians)."""
+        table = self._frequencies.get(device)
+        if table is None:
+            table = torch.exp(torch.arange(0, self.dim, 2, dtype=torch.float32, device=device)
+                              * -(math.log(10000.0) / self.dim))
+            self._frequencies[device] = table
+        return table
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        div_term = torch.exp(torch.arange(0, self.dim, 2, dtype=torch.float32, device=x.device)
-                             * -(math.log(10000.0) / self.dim))
-        angle = positions.to(torch.float32).unsqueeze(-1) * div_term  # (B, L, D/2)
+        angle = positions.to(torch.float32).unsqueeze(-1) * self.frequencies(x.device)  # (B, L, D/2)
         pe = torch.stack([angle.sin(), angle.cos()], dim=-1).flatten(-2).to(x.dtype)  # sin, cos interleaved
         return self.dropout(x * math.sqrt(self.dim) + pe)
 
@@ -122,8 +130,9 @@ class EncoderDecoderLayer(nn.Module):
         if concat_after:
             self.concat_linear1 = nn.Linear(2 * dim, dim)
             self.concat_linear2 = nn.Linear(2 * dim, dim)
-        if hasattr(self_attn, "q_proj"):  # checkpoints hold ESPnet's names
+        if hasattr(self_attn, "k_proj"):  # the MHA family: checkpoints hold ESPnet's names
             self._register_state_dict_hook(_to_espnet_names)
+        if hasattr(self_attn, "q_proj"):  # MLA/MTLA checkpoints saved before 2026-12 hold some of them too
             self._register_load_state_dict_pre_hook(_from_espnet_names)
 
     def _residual(self, x, norm, attend, concat_linear):
@@ -271,6 +280,14 @@ class EncoderDecoderStack(nn.Module):
         """Self-attention cache slots a search needs: the tokens only (the source is apart)."""
         return tokens
 
+    def cached_attention(self):
+        """The self-attention module of each cache layer (what a replayed decode step prepares)."""
+        return [layer.self_attn for layer in self.decoders]
+
+    @property
+    def output_projection(self) -> Optional[nn.Linear]:
+        return self.output_layer
+
     def new_caches(self, batch_size: int, capacity: int, like: torch.Tensor) -> EncoderDecoderCaches:
         return EncoderDecoderCaches([layer.self_attn.new_cache(batch_size, capacity, dtype=like.dtype,
                                                                device=like.device) for layer in self.decoders])
@@ -282,6 +299,8 @@ class EncoderDecoderStack(nn.Module):
     def run_tokens(self, caches: EncoderDecoderCaches, ys: torch.Tensor,
                    mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Tokens (R, L) after what ``caches`` hold -> logits (R, L, V); writes them into the caches."""
+        if len(caches.sources) != len(self.decoders):
+            raise ValueError("run_tokens needs the source memory of every layer: call fill_prefix first")
         first = caches.layers[0]
         positions = first.lengths.unsqueeze(1) + torch.arange(ys.shape[1], device=ys.device)  # (R, L)
         h = self.embed[1](self.embed[0](ys), positions)

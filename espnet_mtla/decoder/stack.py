@@ -119,6 +119,14 @@ class DecoderOnlyStack(nn.Module):
         """Cache slots for an encoder output of ``frames`` frames and ``tokens`` tokens."""
         return tokens if self.projector is None else -(-frames // self.projector.stack) + tokens
 
+    def cached_attention(self):
+        """The attention module of each cache layer (what a replayed decode step prepares)."""
+        return [layer.attn for layer in self.layers]
+
+    @property
+    def output_projection(self) -> nn.Linear:
+        return self.output
+
     def new_caches(self, batch_size: int, capacity: int, like: torch.Tensor) -> DecoderCaches:
         return DecoderCaches(
             [layer.attn.new_cache(batch_size, capacity, dtype=like.dtype, device=like.device) for layer in self.layers]

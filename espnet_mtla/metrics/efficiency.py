@@ -16,7 +16,7 @@ import torch
 
 from espnet_mtla.metrics.memory import PeakMemory
 from espnet_mtla.storage.fileio import write_text_atomic
-from espnet_mtla.recipe.progress import DECODED
+from espnet_mtla.metrics.progress_line import DECODED
 
 
 def _best(results):

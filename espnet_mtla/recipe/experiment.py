@@ -2,10 +2,12 @@
 directories, and the command lines of our ESPnet CLIs. Stages read it; none writes to it."""
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from espnet_mtla.recipe.errors import StageError
 from espnet_mtla.recipe.features import Features
 from espnet_mtla.tasks.specs import get_task
 
@@ -124,6 +126,12 @@ class Experiment:
     def lm_model(self) -> Path:
         return self.lm_exp / self.args.lm_inference_model
 
+    def check_lm_model(self) -> None:
+        """One line when the LM that stages 8 and 14 need is not there."""
+        model = self.lm_model()
+        if not model.exists():
+            raise StageError(f"{model} not found: train the LM first (stages 12-13), or set --lm_inference_model")
+
     def lm_train_texts(self) -> List[Path]:
         """The LM's training text files (Kaldi text): --lm_train_text, else the training transcripts."""
         text = self.text_names()["text"]
@@ -152,3 +160,13 @@ class Experiment:
 
     def decode_dirs(self) -> List[Path]:
         return [self.decode_dir(name) for name in self.test_sets]
+
+
+def describe_model(model: Path) -> str:
+    """What a model file is, for RESULTS.md: ESPnet's names are links, e.g. valid.acc.ave.pth ->
+    valid.acc.ave_3best.pth (the average of the 3 best epochs), valid.acc.best.pth -> 7epoch.pth."""
+    names = [model.name]
+    while model.is_symlink() and len(names) < 8:
+        model = model.parent / os.readlink(model)
+        names.append(model.name)
+    return " -> ".join(name[: -len(".pth")] if name.endswith(".pth") else name for name in names)

@@ -7,7 +7,7 @@
 
 A background thread follows the growing logs from where they ended when the stage started
 (logs are appended to across runs), so what a run prints is about that run. Decoding jobs
-write ``decoded N/M utterances`` lines (``DECODED``) to their logs; ESPnet's trainer writes
+write ``decoded N/M utterances`` lines (``metrics.progress_line``) to their logs; ESPnet's trainer writes
 ``Nepoch results: [train] ... [valid] ...``. On a terminal decoding progress is one tqdm
 line updated in place; otherwise a plain line at most every ``PLAIN_EVERY_S`` seconds.
 """
@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from espnet_mtla.metrics.progress_line import DECODED_RE
+
 log = logging.getLogger("pipeline")
 
-DECODED = "decoded {done}/{total} utterances"
-DECODED_RE = re.compile(r"decoded (\d+)/(\d+) utterances")
 EPOCH_RE = re.compile(r"(\d+)epoch results: (.*)")
 RESUMED_RE = re.compile(r"The training was resumed using")
 POLL_S = 1.0

@@ -29,6 +29,7 @@ from typing import List, NamedTuple, Optional
 
 import torch
 
+from espnet_mtla.attention.absorbed import weights_fixed
 from espnet_mtla.search.candidates import BeamState, initial_state, select_candidates
 from espnet_mtla.search.ctc_prefix import BatchedCTCPrefixScorer
 from espnet_mtla.search.decode_step import DecodeStep, GraphedDecodeStep
@@ -129,8 +130,9 @@ class MultiUtteranceBeamSearch:
             if max_length.shape != enc_lens.shape or int(max_length.min()) < 1:
                 raise ValueError(f"max_length must be ({enc_lens.shape[0]},) integers >= 1, one per utterance")
             maxlenratio = -1.0  # a fixed maximum: no end detection
-        nbest, cache_bytes_peak, lm_bytes_peak, allocated_peak = self._search(enc, enc_lens, maxlenratio,
-                                                                              minlenratio, ctc_logp, max_length)
+        with weights_fixed(self.decoder, self.lm):  # checked once, not per step
+            nbest, cache_bytes_peak, lm_bytes_peak, allocated_peak = self._search(enc, enc_lens, maxlenratio,
+                                                                                  minlenratio, ctc_logp, max_length)
         for n, hyps in enumerate(nbest):
             if not hyps and minlenratio >= 0.1:  # as ESPnet: retry with a smaller minlenratio
                 log.warning("utterance %d: no ended hypothesis; decoding again with minlenratio %.1f", n,

@@ -51,7 +51,9 @@ def row_bucket(rows: int) -> int:
 class DecodeStep:
     """A decoder's search step, eager: ``step(caches, tokens)`` and ``step.reorder(caches, rows)``.
 
-    ``decoder`` has ``run_tokens(caches, ys (R, 1)) -> logits (R, 1, V)`` (the decoder-only stack).
+    ``decoder`` has ``run_tokens(caches, ys (R, 1)) -> logits (R, 1, V)``; replayed, also
+    ``cached_attention()`` (the attention module of each cache layer) and ``output_projection``
+    (the linear layer that gives the logits): both stacks (decoder-only, encoder-decoder) have them.
     """
 
     def __init__(self, decoder):
@@ -88,7 +90,7 @@ class GraphedDecodeStep(DecodeStep):
 
     def __init__(self, decoder, capture: Optional[bool] = None, max_graphs: int = 32):
         super().__init__(decoder)
-        weight = decoder.output.weight
+        weight = decoder.output_projection.weight
         self.capture = weight.is_cuda if capture is None else capture
         self.vocab = weight.shape[0]
         self.max_graphs = max_graphs
@@ -114,7 +116,7 @@ class GraphedDecodeStep(DecodeStep):
         bucket = self.buckets.get(bucket_rows)
         if bucket is None:
             self._drop_larger(bucket_rows)
-            bucket = self.buckets[bucket_rows] = _Bucket(bucket_rows, self.vocab, self.decoder.output.weight)
+            bucket = self.buckets[bucket_rows] = _Bucket(bucket_rows, self.vocab, self.decoder.output_projection.weight)
         first = caches.layers[0]
         view_slots = min(first.capacity_slots, -(-first.num_slots(first.max_length + 1) // SLOT_BUCKET) * SLOT_BUCKET)
         bucket.tokens[:rows].copy_(tokens)
@@ -169,8 +171,8 @@ class GraphedDecodeStep(DecodeStep):
     def _record(self, caches, bucket: _Bucket, view_slots: int) -> "torch.cuda.CUDAGraph":
         """Capture the step for these shapes and addresses (after one warm-up step per shape);
         the caches end as they began."""
-        for layer, cache in zip(self.decoder.layers, caches.layers):
-            layer.attn.prepare_decode(cache.capacity_slots * cache.tokens_per_slot)
+        for attn, cache in zip(self.decoder.cached_attention(), caches.layers):
+            attn.prepare_decode(cache.capacity_slots * cache.tokens_per_slot)
         python_state = [(cache.lengths, cache.max_length, dict(cache.buffers)) for cache in caches.layers]
         written = [self._written_slots(cache, bucket.lengths) for cache in caches.layers]
 

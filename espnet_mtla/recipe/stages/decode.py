@@ -4,7 +4,6 @@ kept) with one efficiency report per set, then scoring with the recipe's metrics
 
 import json
 import logging
-import os
 import shlex
 import shutil
 import sys
@@ -13,7 +12,7 @@ from typing import List
 
 from espnet_mtla.data import datadir
 from espnet_mtla.recipe.errors import StageError
-from espnet_mtla.recipe.experiment import Experiment
+from espnet_mtla.recipe.experiment import Experiment, describe_model
 from espnet_mtla.recipe.jobs import merge_job_files, split_keys
 from espnet_mtla.recipe.progress import DecodingProgress
 from espnet_mtla.recipe.stage import Cover, Stage, StageRun, tables
@@ -37,9 +36,7 @@ class Decode(Stage):
     def ready(self, x: Experiment) -> None:
         check_model(x)
         if x.use_lm:
-            from espnet_mtla.recipe.stages.lm import check_lm_model
-
-            check_lm_model(x)
+            x.check_lm_model()
 
     def covers(self, x: Experiment) -> Cover:
         a = x.args
@@ -89,16 +86,6 @@ class Decode(Stage):
                        for j in range(jobs)]
             summary = {"model": describe_model(model), **merge_efficiency(reports)}
             write_text_atomic(out / "efficiency.json", json.dumps(summary, indent=2) + "\n")
-
-
-def describe_model(model: Path) -> str:
-    """What a model file is, for RESULTS.md: ESPnet's names are links, e.g. valid.acc.ave.pth ->
-    valid.acc.ave_3best.pth (the average of the 3 best epochs), valid.acc.best.pth -> 7epoch.pth."""
-    names = [model.name]
-    while model.is_symlink() and len(names) < 8:
-        model = model.parent / os.readlink(model)
-        names.append(model.name)
-    return " -> ".join(name[: -len(".pth")] if name.endswith(".pth") else name for name in names)
 
 
 def merge_efficiency(reports: List[dict]) -> dict:

@@ -20,7 +20,7 @@ from typing import List
 
 from espnet_mtla.data import datadir
 from espnet_mtla.recipe.errors import StageError
-from espnet_mtla.recipe.experiment import Experiment, read_config
+from espnet_mtla.recipe.experiment import Experiment, describe_model, read_config
 from espnet_mtla.recipe.progress import TrainingProgress
 from espnet_mtla.recipe.stage import Cover, Stage, StageRun
 from espnet_mtla.recipe.stages.train import max_epoch, refuse_to_mix
@@ -125,12 +125,6 @@ class LmTrain(Stage):
             run.jobs.launch(cmd, x.lm_exp / "train.log")
 
 
-def check_lm_model(x: Experiment) -> None:
-    model = x.lm_model()
-    if not model.exists():
-        raise StageError(f"{model} not found: train the LM first (stages 12-13), or set --lm_inference_model")
-
-
 class LmPerplexity(Stage):
     number, name = 14, "lm_perplexity"
     records_under = "lm_exp"
@@ -138,7 +132,7 @@ class LmPerplexity(Stage):
     needs_lm = True
 
     def ready(self, x: Experiment) -> None:
-        check_lm_model(x)
+        x.check_lm_model()
 
     def covers(self, x: Experiment) -> Cover:
         return Cover({"lm_inference_model": x.args.lm_inference_model},
@@ -146,8 +140,6 @@ class LmPerplexity(Stage):
                      [x.lm_exp / "perplexity.json"])
 
     def run(self, x: Experiment, run: StageRun) -> None:
-        from espnet_mtla.recipe.stages.decode import describe_model
-
         out = x.lm_exp / f"perplexity_{x.lm_model().stem}"
         cmd = [sys.executable, "-m", "espnet_mtla.bin.lm_perplexity", "--ngpu", x.args.ngpu,
                "--data_path_and_name_and_type", f"{x.lm_stats_dir / 'dev.txt'},text,text",
