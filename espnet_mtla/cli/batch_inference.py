@@ -29,11 +29,11 @@ Not supported here (refused in one line): n-gram and word LMs, CTC-only decoding
 
 import inspect
 import logging
-from typing import Dict, List
+from typing import Dict, Iterator, List, Tuple
 
 import torch
 
-from espnet_mtla.storage.errors import BatchDecodingError
+from espnet_mtla.storage.errors import BadAudioError, BatchDecodingError
 from espnet_mtla.search import MultiUtteranceBeamSearch
 from espnet_mtla.search.batching import budget_batches, speech_frames
 from espnet_mtla.tasks.specs import TaskSpec
@@ -70,7 +70,7 @@ def build_inference_object(module, spec: TaskSpec, args):
     return cls(**{k: v for k, v in kwargs.items() if k in accepted})
 
 
-def build_search(inference, model, nbest: int, cuda_graphs: bool = False):
+def build_search(inference, model, nbest: int, cuda_graphs: bool = False, ctc_window_margin: int = 0):
     """Our search with the scorers, weights and pre-beam of the inference object's ESPnet search,
     and the CTC module it scores with (None without CTC)."""
     espnet_search = inference.beam_search
@@ -89,7 +89,8 @@ def build_search(inference, model, nbest: int, cuda_graphs: bool = False):
         ctc_weight=ctc_weight, pre_beam_size=espnet_search.pre_beam_size if espnet_search.do_pre_beam else None,
         penalty=weights.get("length_bonus", 0.0) if "length_bonus" in scorers else 0.0,
         normalize_length=espnet_search.normalize_length, nbest=nbest, cuda_graphs=cuda_graphs,
-        lm=scorers.get("lm"), lm_weight=weights.get("lm", 0.0) if "lm" in scorers else 0.0)
+        lm=scorers.get("lm"), lm_weight=weights.get("lm", 0.0) if "lm" in scorers else 0.0,
+        ctc_window_margin=ctc_window_margin)
     return search, (scorers["ctc"].ctc if ctc_weight > 0 else None)
 
 
@@ -123,15 +124,37 @@ def sampling_rate(train_args) -> int:
     return int(fs)
 
 
-def plan_batches(dataset, keys: List[str], key_in: str, args, train_args) -> List[List[str]]:
+def read_utterance(dataset, key: str, skipped: Dict[str, str] = None):
+    """``dataset[key]``, or ``BadAudioError`` naming the file and the utterance when a loader
+    fails on it; with ``skipped`` (a dict), the failure is recorded there (key -> reason) and
+    None returned instead."""
+    try:
+        return dataset[key]
+    except Exception as err:  # soundfile, kaldiio, numpy: what a loader raises on a bad file varies
+        files = [f"{getattr(loader, 'data', {}).get(key, dataset.debug_info[name][0])}"
+                 for name, loader in dataset.loader_dict.items()]
+        reason = f"{', '.join(files)}: utterance {key}: cannot read it ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        if skipped is None:
+            raise BadAudioError(f"{reason}; fix or drop it, or decode the rest with --skip_bad_audio true") from None
+        skipped[key] = reason
+        logging.warning("skipped: %s", reason)
+        return None
+
+
+def plan_batches(dataset, keys: List[str], key_in: str, args, train_args, skipped=None) -> List[List[str]]:
     """Keys in batches: within ``--batch_frames`` (length-sorted) or ``--batch_size`` at a time."""
     if not args.batch_frames:
         return [keys[i: i + args.batch_size] for i in range(0, len(keys), args.batch_size)]
     fs = sampling_rate(train_args)
-    lengths = []
+    lengths, readable = [], []
     for key in keys:  # a first pass over the inputs, for their lengths only
-        size = len(dataset[key][1][key_in])
+        item = read_utterance(dataset, key, skipped)
+        if item is None:
+            continue
+        size = len(item[1][key_in])
         lengths.append(speech_frames(size, fs) if key_in == "speech" else size)
+        readable.append(key)
+    keys = readable
     cap = args.batch_size if args.batch_size > 1 else None
     batches, alone = budget_batches(lengths, args.batch_frames, cap)
     if alone:
@@ -148,8 +171,38 @@ def input_keys(args) -> List[str]:
         return [line.split(maxsplit=1)[0] for line in f if line.strip()]
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation failure: CUDA's, Python's, or PyTorch's CPU allocator's."""
+    return (isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError))
+            or (isinstance(err, RuntimeError) and "can't allocate memory" in str(err)))
+
+
+def split_on_out_of_memory(run, keys: List[str]) -> Iterator[Tuple[List[str], object]]:
+    """``(keys, run(keys))``; a batch that runs out of memory is split in halves, each retried
+    the same way, down to one utterance (ESPnet's inference does likewise since 2026-09). The
+    search gives each utterance what it gives it in any batch, so the outputs do not change."""
+    try:
+        result = run(keys)
+    except Exception as err:
+        if not is_out_of_memory(err):
+            raise
+        if len(keys) == 1:
+            raise BatchDecodingError(f"utterance {keys[0]}: out of memory even alone ({str(err).splitlines()[0]}): "
+                                     "decode it on a larger device, or with a smaller --beam_size") from None
+        del err  # its traceback holds the failed batch's tensors
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = len(keys) // 2
+        logging.warning("out of memory on a batch of %d utterances (%s ... %s): decoding it as %d + %d",
+                        len(keys), keys[0], keys[-1], half, len(keys) - half)
+        yield from split_on_out_of_memory(run, keys[:half])
+        yield from split_on_out_of_memory(run, keys[half:])
+        return
+    yield keys, result
+
+
 def decode(module, spec: TaskSpec, args, recorder, batch_encoder: bool = False, attn_backend: str = None,
-           cuda_graphs: bool = False) -> None:
+           cuda_graphs: bool = False, skip_bad_audio: bool = False) -> None:
     from espnet2.fileio.datadir_writer import DatadirWriter
     from espnet2.torch_utils.device_funcs import to_device
     from espnet2.torch_utils.set_all_random_seed import set_all_random_seed
@@ -157,6 +210,7 @@ def decode(module, spec: TaskSpec, args, recorder, batch_encoder: bool = False, 
 
     from espnet_mtla.decoder.encoder_decoder import EncoderDecoderStack
     from espnet_mtla.decoder.scorer import CachedScorer
+    from espnet_mtla.storage.fileio import write_text_atomic
 
     check_supported(args)
     set_all_random_seed(args.seed)
@@ -173,42 +227,58 @@ def decode(module, spec: TaskSpec, args, recorder, batch_encoder: bool = False, 
         use_attention_backend(inference, spec, attn_backend)
     train_args = getattr(inference, f"{name}_train_args")
     task_class = getattr(module, spec.espnet_task)
-    dataset = ESPnetDataset(args.data_path_and_name_and_type, float_dtype=args.dtype,
+    # numpy has no bfloat16: inputs are read in float32 and cast with the model
+    dataset = ESPnetDataset(args.data_path_and_name_and_type,
+                            float_dtype="float32" if args.dtype == "bfloat16" else args.dtype,
                             preprocess=task_class.build_preprocess_fn(train_args, False))
     task_class.check_task_requirements(dataset, args.allow_variable_data_keys, train=False, inference=True)
     collate = task_class.build_collate_fn(train_args, False)
-    search, ctc = build_search(inference, model, args.nbest, cuda_graphs)
+    search, ctc = build_search(inference, model, args.nbest, cuda_graphs, args.ctc_window_margin)
     recorder.device = torch.device(inference.device)
     key_in = spec.input_name
     keys = input_keys(args)
-    batches = plan_batches(dataset, keys, key_in, args, train_args)
+    skipped: Dict[str, str] = {} if skip_bad_audio else None
+    batches = plan_batches(dataset, keys, key_in, args, train_args, skipped)
 
     @torch.no_grad()
     def search_batch(xs, x_lens):
         enc, enc_lens = encode(model, xs, x_lens, batch_encoder)
-        ctc_logp = ctc.log_softmax(enc) if ctc is not None else None
+        # CTC posteriors in float32 whatever the model's dtype: bfloat16 keeps 3 digits of a log-prob
+        ctc_logp = ctc.ctc_lo(enc).float().log_softmax(-1) if ctc is not None else None
         return search(enc, enc_lens, args.maxlenratio, args.minlenratio, ctc_logp=ctc_logp)
 
-    results: Dict[str, list] = {}
-    for batch_keys in batches:
-        uids, batch = collate([dataset[key] for key in batch_keys])
+    def run(batch_keys):
+        items = [read_utterance(dataset, key, skipped) for key in batch_keys]
+        uids, batch = collate([item for item in items if item is not None])
         batch = to_device({k: v for k, v in batch.items() if k in (key_in, f"{key_in}_lengths")}, inference.device)
         if key_in == "speech":
             batch[key_in] = batch[key_in].to(getattr(torch, inference.dtype))
-        result, elapsed, peak_bytes = recorder.timed(lambda: search_batch(batch[key_in], batch[f"{key_in}_lengths"]))
-        tokens: List[int] = []
-        for key, hyps in zip(uids, result.hypotheses):
-            results[key] = [(hypothesis_tokens(h, inference.converter, inference.tokenizer), h.score)
-                            for h in hyps[: args.nbest]]
-            tokens.append(len(results[key][0][0][2]) if results[key] else 0)  # tokens of the best hypothesis
-        recorder.record_batch(uids, elapsed, tokens, peak_bytes, result.cache_bytes_peak, result.lm_cache_bytes_peak)
-        logging.info("decoded %d utterances in %.3f s", len(uids), elapsed)
+        return uids, recorder.timed(lambda: search_batch(batch[key_in], batch[f"{key_in}_lengths"]))
+
+    results: Dict[str, list] = {}
+    for batch_keys in batches:
+        if skipped is not None and all(key in skipped for key in batch_keys):
+            continue
+        for _, (uids, (result, elapsed, peak_bytes)) in split_on_out_of_memory(run, batch_keys):
+            tokens: List[int] = []
+            for key, hyps in zip(uids, result.hypotheses):
+                results[key] = [(hypothesis_tokens(h, inference.converter, inference.tokenizer), h.score)
+                                for h in hyps[: args.nbest]]
+                tokens.append(len(results[key][0][0][2]) if results[key] else 0)  # tokens of the best hypothesis
+            recorder.record_batch(uids, elapsed, tokens, peak_bytes, result.cache_bytes_peak,
+                                  result.lm_cache_bytes_peak, result.cache_bytes_allocated_peak)
+            logging.info("decoded %d utterances in %.3f s", len(uids), elapsed)
     with DatadirWriter(args.output_dir) as writer:  # in input order
         for key in keys:
-            for n, ((text, token, token_int), score) in enumerate(results[key], 1):
+            for n, ((text, token, token_int), score) in enumerate(results.get(key, []), 1):
                 out = writer[f"{n}best_recog"]
                 out["token"][key] = " ".join(token)
                 out["token_int"][key] = " ".join(map(str, token_int))
                 out["score"][key] = str(score)
                 if text is not None:
                     out["text"][key] = text
+    if skipped:
+        write_text_atomic(f"{args.output_dir}/skipped_utterances",
+                          "".join(f"{key} {reason}\n" for key, reason in skipped.items()))
+        logging.warning("%d of %d utterances skipped for unreadable input (--skip_bad_audio true): listed in %s",
+                        len(skipped), len(keys), f"{args.output_dir}/skipped_utterances")

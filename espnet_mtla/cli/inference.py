@@ -50,7 +50,7 @@ def run_inference(task: Union[str, TaskSpec], cmd: Optional[List[str]] = None) -
     task = spec.name
     import espnet_mtla.tasks.registration  # noqa: F401  (registers)
     from espnet_mtla.cli import batch_inference
-    from espnet_mtla.storage.errors import BatchDecodingError, ConfigError
+    from espnet_mtla.storage.errors import BadAudioError, BatchDecodingError, ConfigError
     from espnet_mtla.metrics.efficiency import EfficiencyRecorder, decoding_setup
     from espnet_mtla.models.common import CheckpointMismatchError
     from espnet_mtla.storage.safe_load import UnsafeModelFileError, load_state_dict_file, safe_loading
@@ -60,10 +60,13 @@ def run_inference(task: Union[str, TaskSpec], cmd: Optional[List[str]] = None) -
     cmd, attn_backend = pop_option(cmd, "--attn_backend", None, ATTN_BACKENDS)
     cmd, cuda_graphs = pop_option(cmd, "--cuda_graphs", "false", ("true", "false"))
     cmd, trust = pop_option(cmd, TRUST_OPTION, "false", ("true", "false"))
+    cmd, skip_bad_audio = pop_option(cmd, "--skip_bad_audio", "false", ("true", "false"))
     trust = trust == "true"
     module = importlib.import_module(spec.espnet_module("inference"))
     args = inference_parser(module).parse_args(cmd)
     batched = check_batching(args, cmd)
+    if skip_bad_audio == "true" and not batched:
+        fail("--skip_bad_audio true needs batched decoding (--batch_frames N or --batch_size N > 1)")
     if cuda_graphs == "true" and not (batched and args.ngpu >= 1):
         fail("--cuda_graphs true replays batched decoding steps on a GPU: it needs --ngpu 1 and "
               "--batch_frames N or --batch_size N > 1")
@@ -89,14 +92,16 @@ def run_inference(task: Union[str, TaskSpec], cmd: Optional[List[str]] = None) -
                                     format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
                 args.output_dir = str(partial)
                 batch_inference.decode(module, spec, args, recorder, batch_encoder == "true", attn_backend,
-                                       cuda_graphs == "true")
+                                       cuda_graphs == "true", skip_bad_audio == "true")
             else:
                 with recording_efficiency(module, spec, recorder, attn_backend):
                     # ESPnet's main() minus its parser, which does not know our options
-                    options = {k: v for k, v in vars(args).items() if k not in ("config", "batch_frames")}
+                    options = {k: v for k, v in vars(args).items()
+                               if k not in ("config", "batch_frames", "ctc_window_margin")}
                     options["output_dir"] = str(partial)
                     module.inference(**options)
-    except (ConfigError, CheckpointMismatchError, BatchDecodingError, UnsafeModelFileError) as err:
+    except (ConfigError, CheckpointMismatchError, BatchDecodingError, UnsafeModelFileError, BadAudioError) as err:
+        shutil.rmtree(partial, ignore_errors=True)  # nothing half-written is left
         fail(err)
     except AttributeError as err:  # ESPnet reads options off the config's Namespace without checking
         if "'Namespace' object has no attribute" not in str(err):

@@ -153,12 +153,22 @@ def check_language_model(args, config: dict) -> None:
                          "LM with the model's token list")
 
 
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
 def inference_parser(module):
-    """ESPnet's inference parser plus our options that decode configs may set."""
+    """ESPnet's inference parser plus our options that decode configs may set, and ``--dtype
+    bfloat16`` (the precision Hopper GPUs decode in; the search state stays float32)."""
     parser = module.get_parser()
     parser.add_argument("--batch_frames", type=int, default=None,
                         help="decode many utterances per beam search, in length-sorted batches of at most this "
                              "many padded input frames (10 ms of speech, or source tokens)")
+    parser.add_argument("--ctc_window_margin", type=int, default=0,
+                        help="joint CTC decoding: score only the frames within this many encoder frames of each "
+                             "hypothesis' CTC alignment (0: all frames); above the longest pause between tokens")
+    for action in parser._actions:
+        if action.dest == "dtype":
+            action.choices = DTYPES
     return parser
 
 
@@ -175,6 +185,14 @@ def check_batching(args, cmd: List[str]) -> bool:
     if args.batch_frames is not None and args.batch_frames < 1:
         raise SystemExit(f"error: --batch_frames must be >= 1 (frames per batch), got {args.batch_frames}; "
                          "use --batch_size 1 to decode one utterance at a time")
+    if args.ctc_window_margin < 0:
+        raise SystemExit(f"error: --ctc_window_margin must be >= 0 frames (0: no window), got {args.ctc_window_margin}")
+    batched = args.batch_size > 1 or args.batch_frames is not None
     if "--batch_size" in cmd and args.batch_size == 1:
-        return False
-    return args.batch_size > 1 or args.batch_frames is not None
+        batched = False
+    for option, used in (("--dtype bfloat16", args.dtype == "bfloat16"),
+                         (f"--ctc_window_margin {args.ctc_window_margin}", args.ctc_window_margin > 0)):
+        if used and not batched:
+            raise SystemExit(f"error: {option} needs batched decoding (--batch_frames N or --batch_size N > 1; "
+                             "ESPnet's per-utterance search has neither)")
+    return batched

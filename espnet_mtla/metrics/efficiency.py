@@ -1,4 +1,5 @@
-"""Decoding efficiency report: per-utterance and total time, peak memory, KV-cache bytes, tokens/s.
+"""Decoding efficiency report: per-utterance and total time, peak memory, KV-cache bytes (used at
+the peak, and held: with the caches' room to grow and reorder spares), tokens/s.
 
 ``EfficiencyRecorder`` wraps an ESPnet inference object's ``__call__`` (Speech2Text, ...) and
 the data iterator (for utterance ids); ``write`` saves ``efficiency.json``, with how the run
@@ -72,6 +73,7 @@ def summarize(utterances: Dict[str, dict], device: Optional[str], peak_kind: Opt
     total_time = sum(u["decode_time_s"] for u in utts)
     tokens = sum(u["output_tokens"] for u in utts)
     caches = [u["cache_bytes_peak"] for u in utts if u["cache_bytes_peak"] is not None]
+    allocated = [u["cache_bytes_allocated_peak"] for u in utts if u.get("cache_bytes_allocated_peak") is not None]
     lm_caches = [u.get("lm_cache_bytes_peak") or 0 for u in utts]
     return {
         "device": device,
@@ -84,6 +86,7 @@ def summarize(utterances: Dict[str, dict], device: Optional[str], peak_kind: Opt
         "peak_memory_bytes": max((u["peak_memory_bytes"] for u in utts), default=0),
         "peak_memory_kind": peak_kind,
         "cache_bytes_peak": max(caches) if caches else None,
+        "cache_bytes_allocated_peak": max(allocated) if allocated else None,
         "lm_cache_bytes_peak": max(lm_caches, default=0),
         "decoding": decoding,
         "utterances": utterances,
@@ -126,15 +129,17 @@ class EfficiencyRecorder:
             "peak_memory_bytes": peak_bytes,
             "cache_bytes": caches.nbytes() if caches is not None else None,
             "cache_bytes_peak": caches.peak_nbytes if caches is not None else None,
+            "cache_bytes_allocated_peak": getattr(caches, "peak_allocated_nbytes", None),
             "batch_size": 1,
         }
         self._progress()
         return results
 
     def record_batch(self, keys, elapsed: float, tokens, peak_bytes: int, cache_bytes_peak,
-                     lm_cache_bytes_peak: int = 0) -> None:
+                     lm_cache_bytes_peak: int = 0, cache_bytes_allocated_peak=None) -> None:
         """A batch decoded together: its time is shared equally by its utterances. Cache bytes:
-        the decoder's search state, and apart the fused LM's (0 without one)."""
+        the decoder's search state at its largest, what its caches held meanwhile (with their
+        room to grow and reorder spares), and apart the fused LM's (0 without one)."""
         for key, count in zip(keys, tokens):
             self.utterances[key] = {
                 "decode_time_s": round(elapsed / len(keys), 6),
@@ -142,6 +147,7 @@ class EfficiencyRecorder:
                 "peak_memory_bytes": peak_bytes,
                 "cache_bytes": None,
                 "cache_bytes_peak": cache_bytes_peak,
+                "cache_bytes_allocated_peak": cache_bytes_allocated_peak,
                 "lm_cache_bytes_peak": lm_cache_bytes_peak,
                 "batch_size": len(keys),
             }

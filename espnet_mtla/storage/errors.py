@@ -12,6 +12,10 @@ class BatchDecodingError(ValueError):
     """Batched decoding (``--batch_frames``/``--batch_size N``) cannot decode with these options."""
 
 
+class BadAudioError(ValueError):
+    """An input file of an utterance cannot be read; the message names the file and the utterance."""
+
+
 def check_known_keys(section: str, given: Iterable[str], valid: Iterable[str]) -> None:
     """Raise ConfigError naming the first key of ``given`` that is not in ``valid``."""
     valid = sorted(valid)
