@@ -191,3 +191,30 @@ def test_beam_search_hypotheses_equal_on_both_paths(attention_type, conf, merged
     for fast, slow in zip(results[True], results[False]):
         assert [y for y, _ in fast] == [y for y, _ in slow]
         assert all(abs(a - b) <= 1e-4 for (_, a), (_, b) in zip(fast, slow))
+
+
+def test_a_search_checks_the_weights_once_not_at_every_step(monkeypatch):
+    """Walking every parameter of every layer per step (to see whether the prepared weights are
+    stale) costs as much as a small layer's step: a search, which changes no weight, checks once.
+    Outside a search, a changed weight is still picked up at the next call."""
+    from espnet_mtla.attention import absorbed
+    from test_search import inputs, our_search, search_decoder
+
+    decoder = search_decoder("mtla")
+    calls = []
+    key = absorbed.parameters_key
+    monkeypatch.setattr(absorbed, "parameters_key", lambda params: calls.append(1) or key(params))
+    _, enc, lens = inputs([9, 12])
+    with torch.no_grad():
+        first = our_search(decoder, 0.0)(enc, lens, -8, -2).hypotheses
+        steps = len(calls)
+        calls.clear()
+        again = our_search(decoder, 0.0)(enc, lens, -8, -2).hypotheses
+    assert len(calls) == len(decoder.layers)  # once per layer (weights already built): not per step
+    assert steps <= 2 * len(decoder.layers)  # built (key) at the first step
+    assert [h[0].yseq.tolist() for h in first] == [h[0].yseq.tolist() for h in again]
+    attn = decoder.layers[0].attn
+    with torch.no_grad():
+        cached = absorbed.absorbed_weights(attn)
+        attn.out_proj.weight.mul_(2.0)
+        assert absorbed.absorbed_weights(attn) is not cached  # outside a search: checked per call

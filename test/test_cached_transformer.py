@@ -232,3 +232,44 @@ def test_encoder_decoder_templates_build_espnets_models(template, tmp_path):
     assert type(model.decoder).__name__ == "CachedTransformerDecoder"
     assert type(model).__module__.startswith("espnet2.")  # ESPnet's model class, not ours
     assert model.decoder.decoders[0].src_attn.kind == "latent"  # the templates' MTLA: latent source
+
+
+# -- small faults ------------------------------------------------------------------------------------
+def test_tokens_without_a_source_memory_are_refused():
+    decoder = ours("mtla", "latent")
+    caches = decoder.new_caches(2, 4, torch.zeros(1, 1, ENC_DIM))
+    with pytest.raises(ValueError, match="call fill_prefix first"):
+        decoder.run_tokens(caches, torch.ones(2, 1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("attention_type", ["mla", "mtla"])
+def test_latent_self_attention_saves_its_own_names_and_loads_the_old_ones(attention_type):
+    """MLA/MTLA keep their own names (q_proj, kv_down, ...): ESPnet's linear_q/linear_out were
+    MHA's. Checkpoints saved with them before (linear_q beside kv_down) still load."""
+    decoder = ours(attention_type, "latent")
+    state = decoder.state_dict()
+    names = {k.split(".self_attn.")[1].split(".")[0] for k in state if ".self_attn." in k}
+    assert {"q_proj", "out_proj", "kv_down"} <= names and not names & {"linear_q", "linear_out"}
+    old = {k.replace("self_attn.q_proj.", "self_attn.linear_q.").replace("self_attn.out_proj.", "self_attn.linear_out."): v
+           for k, v in state.items()}
+    fresh = ours(attention_type, "latent")
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.zero_()
+    fresh.load_state_dict(old)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), state.values()))
+    mha = ours("mha").state_dict()
+    assert any(".self_attn.linear_q." in k for k in mha)  # MHA keeps ESPnet's names
+
+
+def test_position_frequencies_are_computed_once_and_stay_float32():
+    decoder = ours("mha").to(torch.bfloat16)
+    encoding = decoder.embed[1]
+    x = torch.zeros(1, 3, ENC_DIM, dtype=torch.bfloat16)
+    first = encoding(x, torch.tensor([[0, 500, 1000]]))
+    table = encoding.frequencies(x.device)
+    assert table.dtype == torch.float32 and encoding(x, torch.tensor([[0, 500, 1000]])).equal(first)
+    assert encoding.frequencies(x.device) is table
+    angle = 1000 * torch.exp(torch.tensor(-(2 / ENC_DIM) * torch.log(torch.tensor(10000.0))))
+    assert float(first[0, 2, 2]) == pytest.approx(float(angle.sin()), abs=1e-2)
+    assert not [k for k in decoder.state_dict() if "frequenc" in k]  # checkpoints keep ESPnet's keys

@@ -189,3 +189,25 @@ def test_cli_lm_input_errors_are_one_line(tmp_path, capsys, change, message):
     err = [code] if isinstance(code, str) else capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_scorer_lms_cache_peak_is_its_largest_state_not_its_last():
+    """ESPnet's TransformerLM keeps every layer's outputs per hypothesis: they grow with the
+    prefix until utterances finish and leave. The peak is the largest seen after any step."""
+    from espnet_mtla.search.fusion import storage_bytes
+
+    lm, sizes = espnet_transformer_lm(), []
+    score = lm.batch_score
+
+    def measured(ys, states, xs):
+        logp, new = score(ys, states, xs)
+        sizes.append(storage_bytes(new))
+        return logp, new
+
+    lm.batch_score = measured
+    decoder = search_decoder("mtla")
+    _, enc, lens = inputs([9, 14, 6])
+    search = MultiUtteranceBeamSearch(decoder, EOS, EOS, BEAM, lm=lm, lm_weight=LM_WEIGHT)
+    with torch.no_grad():
+        result = search(enc, lens, max_length=torch.tensor([2, 7, 4]))
+    assert result.lm_cache_bytes_peak == max(sizes) > sizes[-1]
