@@ -263,3 +263,113 @@ def test_attn_backend_takes_a_known_backend(tmp_path):
     with pytest.raises(SystemExit, match="^error: --attn_backend takes one of auto, eager, sdpa, triton$"):
         run_inference("mt", ["--attn_backend", "flash", "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+# -- precision, the CTC window, out of memory, unreadable audio ------------------------------------
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_decodes_with_joint_ctc(tmp_path, dtype):
+    """--dtype float16 with CTC used to overflow (LOGZERO in float16); bfloat16 was no choice.
+    The search state is float32; the model runs in the dtype (CPU kernels emulate it here)."""
+    make_model(tmp_path, "asr", "mtla")
+    data = make_data(tmp_path, "asr")
+    full = decode(tmp_path, "asr", data, "fp32", "--batch_frames", "400", ctc_weight="0.3")
+    half = decode(tmp_path, "asr", data, dtype, "--batch_frames", "400", "--dtype", dtype, ctc_weight="0.3")
+    hyps, ref = read(half / "1best_recog" / "token_int"), read(full / "1best_recog" / "token_int")
+    assert sorted(hyps) == sorted(ref)
+    assert sum(hyps[k] == ref[k] for k in ref) >= len(ref) // 2  # random weights: near-ties flip
+
+
+def test_bfloat16_needs_batched_decoding(tmp_path, capsys):
+    make_model(tmp_path, "asr", "mtla")
+    data = make_data(tmp_path, "asr")
+    with pytest.raises(SystemExit, match="^error: --dtype bfloat16 needs batched decoding"):
+        decode(tmp_path, "asr", data, "out", "--batch_size", "1", "--dtype", "bfloat16")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_ctc_window_wider_than_the_utterances_changes_nothing(tmp_path):
+    make_model(tmp_path, "asr", "mtla")
+    data = make_data(tmp_path, "asr")
+    full = decode(tmp_path, "asr", data, "full", "--batch_frames", "400", ctc_weight="0.3")
+    windowed = decode(tmp_path, "asr", data, "windowed", "--batch_frames", "400", "--ctc_window_margin", "60",
+                      ctc_weight="0.3")
+    assert_same_results(full, windowed)
+    with pytest.raises(SystemExit, match="^error: --ctc_window_margin must be >= 0 frames"):
+        decode(tmp_path, "asr", data, "bad", "--batch_frames", "400", "--ctc_window_margin", "-1")
+
+
+def test_a_batch_that_runs_out_of_memory_is_split_until_it_fits(tmp_path, monkeypatch, caplog):
+    """Injected: any search of more than one utterance runs out of memory. Each batch is halved
+    down to single utterances, with one line per split, and the outputs are the unsplit run's."""
+    from espnet_mtla.search import beam_search
+
+    make_model(tmp_path, "asr", "mtla")
+    data = make_data(tmp_path, "asr")
+    whole = decode(tmp_path, "asr", data, "whole", "--batch_size", "4", ctc_weight="0.3")
+    search = beam_search.MultiUtteranceBeamSearch.__call__
+
+    def small_memory(self, enc, *args, **kwargs):
+        if enc.shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return search(self, enc, *args, **kwargs)
+
+    monkeypatch.setattr(beam_search.MultiUtteranceBeamSearch, "__call__", small_memory)
+    split = decode(tmp_path, "asr", data, "split", "--batch_size", "4", ctc_weight="0.3")
+    assert_same_results(whole, split)
+    lines = [r.getMessage() for r in caplog.records if "out of memory" in r.getMessage()]
+    assert lines[0] == "out of memory on a batch of 4 utterances (u0 ... u3): decoding it as 2 + 2"
+    assert len(lines) == 5  # 4 -> 2 + 2, each -> 1 + 1; 3 -> 1 + 2, 2 -> 1 + 1
+    report = json.loads((split / "1best_recog" / "efficiency.json").read_text())
+    assert {u["batch_size"] for u in report["utterances"].values()} == {1}
+
+
+def test_an_utterance_out_of_memory_alone_is_one_line(tmp_path, monkeypatch, capsys):
+    from espnet_mtla.search import beam_search
+
+    make_model(tmp_path, "asr", "mtla")
+    data = make_data(tmp_path, "asr")
+
+    def no_memory(self, *args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(beam_search.MultiUtteranceBeamSearch, "__call__", no_memory)
+    with pytest.raises(SystemExit):
+        decode(tmp_path, "asr", data, "out", "--batch_size", "2")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: utterance u0: out of memory even alone")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def corrupt(tmp_path):
+    """u3's audio is not audio."""
+    (tmp_path / "u3.flac").write_bytes(b"fLaC but not really" * 10)
+    return tmp_path / "u3.flac"
+
+
+@pytest.mark.parametrize("options", [("--batch_frames", "400"), ("--batch_size", "3")])
+def test_unreadable_audio_is_one_line_naming_the_file_and_utterance(tmp_path, capsys, options):
+    make_model(tmp_path, "asr", "mtla")
+    data = make_data(tmp_path, "asr")
+    path = corrupt(tmp_path)
+    with pytest.raises(SystemExit):
+        decode(tmp_path, "asr", data, "out", *options)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {path}: utterance u3: cannot read it (")
+    assert err[0].endswith("fix or drop it, or decode the rest with --skip_bad_audio true")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+@pytest.mark.parametrize("options", [("--batch_frames", "400"), ("--batch_size", "3")])
+def test_skip_bad_audio_decodes_the_rest_and_lists_what_it_skipped(tmp_path, capsys, options):
+    make_model(tmp_path, "asr", "mtla")
+    data = make_data(tmp_path, "asr")
+    reference = decode(tmp_path, "asr", data, "reference", *options)
+    path = corrupt(tmp_path)
+    out = decode(tmp_path, "asr", data, "out", *options, "--skip_bad_audio", "true")
+    expected = {k: v for k, v in read(reference / "1best_recog" / "token_int").items() if k != "u3"}
+    assert read(out / "1best_recog" / "token_int") == expected
+    skipped = (out / "skipped_utterances").read_text().splitlines()
+    assert len(skipped) == 1 and skipped[0].startswith(f"u3 {path}: utterance u3: cannot read it (")
+    with pytest.raises(SystemExit):
+        decode(tmp_path, "asr", data, "single", "--batch_size", "1", "--skip_bad_audio", "true")
+    assert capsys.readouterr().err.startswith("error: --skip_bad_audio true needs batched decoding")

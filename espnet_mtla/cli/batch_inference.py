@@ -124,6 +124,11 @@ def sampling_rate(train_args) -> int:
     return int(fs)
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    return (str(err).splitlines() or [type(err).__name__])[0]
+
+
 def read_utterance(dataset, key: str, skipped: Dict[str, str] = None):
     """``dataset[key]``, or ``BadAudioError`` naming the file and the utterance when a loader
     fails on it; with ``skipped`` (a dict), the failure is recorded there (key -> reason) and
@@ -131,9 +136,10 @@ def read_utterance(dataset, key: str, skipped: Dict[str, str] = None):
     try:
         return dataset[key]
     except Exception as err:  # soundfile, kaldiio, numpy: what a loader raises on a bad file varies
-        files = [f"{getattr(loader, 'data', {}).get(key, dataset.debug_info[name][0])}"
+        # the file itself where the loader knows it (sound: ESPnet's adapter around SoundScpReader)
+        files = [f"{getattr(getattr(loader, 'loader', loader), 'data', {}).get(key, dataset.debug_info[name][0])}"
                  for name, loader in dataset.loader_dict.items()]
-        reason = f"{', '.join(files)}: utterance {key}: cannot read it ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        reason = f"{', '.join(files)}: utterance {key}: cannot read it ({type(err).__name__}: {first_line(err)})"
         if skipped is None:
             raise BadAudioError(f"{reason}; fix or drop it, or decode the rest with --skip_bad_audio true") from None
         skipped[key] = reason
@@ -187,7 +193,7 @@ def split_on_out_of_memory(run, keys: List[str]) -> Iterator[Tuple[List[str], ob
         if not is_out_of_memory(err):
             raise
         if len(keys) == 1:
-            raise BatchDecodingError(f"utterance {keys[0]}: out of memory even alone ({str(err).splitlines()[0]}): "
+            raise BatchDecodingError(f"utterance {keys[0]}: out of memory even alone ({first_line(err)}): "
                                      "decode it on a larger device, or with a smaller --beam_size") from None
         del err  # its traceback holds the failed batch's tensors
         if torch.cuda.is_available():

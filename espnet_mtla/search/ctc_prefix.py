@@ -186,7 +186,8 @@ class BatchedCTCPrefixScorer:
         frames = self.active_frames
         offset = torch.arange(frames, device=rows.device)[:, None] - (chosen.first[None] - 1)  # (T, R')
         values = scored.gather(0, offset.clamp(0, width)[:, None].expand(-1, 2, -1))  # (T, 2, R')
-        end = chosen.first + width - 1  # (R',) the last scored frame
+        # (R',) the last scored frame (past the end when a prefix has more labels than frames: unused then)
+        end = (chosen.first + width - 1).clamp(max=self.blank_sums.shape[0] - 1)
         tail = (torch.logaddexp(scored[-1, 0], scored[-1, 1]).to(SCAN_DTYPE)[None]
                 + self.blank_sums[:frames, utt] - self.blank_sums[end, utt][None]).float()
         inside = (offset >= 0) & (offset <= width)
