@@ -82,7 +82,7 @@ def run_config(name, opts, queue):
             result = search(enc, lens, maxlenratio=-opts["steps"], ctc_logp=ctc_logp)
             assert all(len(h[0].yseq) == opts["steps"] + 2 for h in result.hypotheses), \
                 "every search runs exactly --steps steps"
-            return result.cache_bytes_peak
+            return result.cache_bytes_peak, getattr(result, "cache_bytes_allocated_peak", None)
 
         for ctc_weight in opts["ctc_weights"]:
             search = MultiUtteranceBeamSearch(NoEosDecoder(decoder, eos), eos, eos, opts["beam"],
@@ -100,7 +100,8 @@ def run_config(name, opts, queue):
                 rows.append({"ctc_weight": ctc_weight, "budget": budget, "batches": len(batches),
                              "utts_per_batch": opts["utts"] / len(batches), "encode_s": encode_s,
                              "search_s": search_s, "utts_per_s": opts["utts"] / (encode_s + search_s),
-                             "peak_mib": peak, "cache_bytes_peak": cache_bytes_peak[0]})
+                             "peak_mib": peak, "cache_bytes_peak": cache_bytes_peak[0][0],
+                             "cache_bytes_allocated_peak": cache_bytes_peak[0][1]})
         baselines = []
         if name in opts["baseline_variants"]:
             for ctc_weight in opts["ctc_weights"]:
@@ -125,8 +126,8 @@ def markdown(results, opts, machine_name) -> str:
         lines += ["", f"**CTC weight {ctc_weight}**", "",
                   "| attention | encoder s | " + " | ".join(f"search s, {counts[b]:.1f}/batch (x MHA)" for b in budgets)
                   + " | " + " | ".join(f"utts/s, {counts[b]:.1f}/batch (x MHA)" for b in budgets)
-                  + f" | peak MiB, {counts[budgets[-1]]:.1f}/batch (x MHA) |",
-                  "|---|---|" + "---|" * (2 * len(budgets) + 1)]
+                  + f" | peak MiB, {counts[budgets[-1]]:.1f}/batch (x MHA) | KV cache MiB used / held |",
+                  "|---|---|" + "---|" * (2 * len(budgets) + 2)]
         ref = _rows(base, ctc_weight)
         for res in results:
             rows = _rows(res, ctc_weight)
@@ -134,8 +135,10 @@ def markdown(results, opts, machine_name) -> str:
                       for b in budgets]
             speed = [f"{rows[b]['utts_per_s']:.2f} ({rows[b]['utts_per_s'] / ref[b]['utts_per_s']:.2f})" for b in budgets]
             last = budgets[-1]
+            held = rows[last].get("cache_bytes_allocated_peak")
+            cache = f"{rows[last]['cache_bytes_peak'] / 2**20:.0f} / {'-' if held is None else f'{held / 2**20:.0f}'}"
             lines.append(f"| {res['name']} | {rows[last]['encode_s']:.1f} | " + " | ".join(search + speed)
-                         + f" | {rows[last]['peak_mib']:.0f} ({rows[last]['peak_mib'] / ref[last]['peak_mib']:.2f}) |")
+                         + f" | {rows[last]['peak_mib']:.0f} ({rows[last]['peak_mib'] / ref[last]['peak_mib']:.2f}) | {cache} |")
     baselines = [(res["name"], b) for res in results for b in res.get("espnet_per_utterance", [])]
     if baselines:
         lines += ["", "**ESPnet's per-utterance search** (`BatchBeamSearch`, one utterance at a time: stage 8 before)",
