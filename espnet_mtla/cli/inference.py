@@ -45,6 +45,49 @@ def recording_efficiency(module, spec: TaskSpec, recorder, attn_backend: Optiona
         yield
 
 
+@contextlib.contextmanager
+def readable_inputs(data_path_and_name_and_type):
+    """ESPnet's per-utterance loop reads its inputs in a DataLoader worker, where an unreadable
+    file fails deep inside the loader: within this, it fails with ``BadAudioError`` naming the
+    file and the utterance (re-raised by the DataLoader in the main process, traceback attached:
+    ``one_line`` takes the message back out)."""
+    from espnet2.train.iterable_dataset import IterableESPnetDataset
+
+    from espnet_mtla.cli.batch_inference import first_line
+    from espnet_mtla.storage.errors import BadAudioError
+
+    iterate = IterableESPnetDataset.__iter__
+    path = data_path_and_name_and_type[0][0]
+    with open(path, encoding="utf-8") as f:
+        entries = [line.rstrip("\n").split(maxsplit=1) for line in f if line.strip()]
+
+    def checked(self):
+        items, done = iterate(self), 0
+        while True:
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            except Exception as err:  # what a loader raises on a bad file varies
+                key, value = (entries[done] + [path])[:2] if done < len(entries) else ("?", path)
+                raise BadAudioError(f"{value}: utterance {key}: cannot read it ({type(err).__name__}: "
+                                    f"{first_line(err)}); fix or drop it, or decode the rest with batched "
+                                    "decoding and --skip_bad_audio true") from None
+            done += 1
+            yield item
+
+    with patched(IterableESPnetDataset, "__iter__", checked):
+        yield
+
+
+def one_line(err: Exception) -> str:
+    """An error's own message, without the worker traceback a DataLoader wraps it in."""
+    text = str(err)
+    if "Original Traceback" in text:
+        text = text.rstrip().rsplit(f"{type(err).__name__}: ", 1)[-1]
+    return text
+
+
 def run_inference(task: Union[str, TaskSpec], cmd: Optional[List[str]] = None) -> None:
     spec = get_task(task) if isinstance(task, str) else task
     task = spec.name
@@ -94,7 +137,8 @@ def run_inference(task: Union[str, TaskSpec], cmd: Optional[List[str]] = None) -
                 batch_inference.decode(module, spec, args, recorder, batch_encoder == "true", attn_backend,
                                        cuda_graphs == "true", skip_bad_audio == "true")
             else:
-                with recording_efficiency(module, spec, recorder, attn_backend):
+                with recording_efficiency(module, spec, recorder, attn_backend), \
+                        readable_inputs(args.data_path_and_name_and_type):
                     # ESPnet's main() minus its parser, which does not know our options
                     options = {k: v for k, v in vars(args).items()
                                if k not in ("config", "batch_frames", "ctc_window_margin")}
@@ -102,7 +146,7 @@ def run_inference(task: Union[str, TaskSpec], cmd: Optional[List[str]] = None) -
                     module.inference(**options)
     except (ConfigError, CheckpointMismatchError, BatchDecodingError, UnsafeModelFileError, BadAudioError) as err:
         shutil.rmtree(partial, ignore_errors=True)  # nothing half-written is left
-        fail(err)
+        fail(one_line(err))
     except AttributeError as err:  # ESPnet reads options off the config's Namespace without checking
         if "'Namespace' object has no attribute" not in str(err):
             raise
