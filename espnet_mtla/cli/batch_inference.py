@@ -101,6 +101,33 @@ def hypothesis_tokens(hyp, converter, tokenizer):
     return (tokenizer.tokens2text(token) if tokenizer is not None else None), token, token_int
 
 
+class FeaturesInDtype(torch.nn.Module):
+    """A model's feature extraction run in float32, its output cast to the model's dtype."""
+
+    def __init__(self, inner: torch.nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.inner, self.dtype = inner.float(), dtype
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor):
+        features, lengths = self.inner(x.float(), lengths)
+        return features.to(self.dtype), lengths
+
+
+def features_in_float32(model, dtype: torch.dtype) -> bool:
+    """In half precision, a speech model's frontend and feature normalisation run in float32
+    (an STFT's power spectrum overflows float16's 65504, and the whole utterance turns NaN);
+    the encoder and everything after it run in ``dtype``. Returns whether the input should stay
+    float32 (a speech model in half precision)."""
+    if dtype in (torch.float32, torch.float64) or getattr(model, "frontend", None) is None:
+        return False
+    if isinstance(getattr(model, "normalize", None), torch.nn.Module):
+        model.frontend.float()
+        model.normalize = FeaturesInDtype(model.normalize, dtype)
+    elif not isinstance(model.frontend, FeaturesInDtype):
+        model.frontend = FeaturesInDtype(model.frontend, dtype)
+    return True
+
+
 def encode(model, xs: torch.Tensor, x_lens: torch.Tensor, batch_encoder: bool):
     """(N, T, D) encoder output and (N,) lengths: one padded pass, or one pass per utterance."""
     if batch_encoder:
@@ -240,6 +267,7 @@ def decode(module, spec: TaskSpec, args, recorder, batch_encoder: bool = False, 
     task_class.check_task_requirements(dataset, args.allow_variable_data_keys, train=False, inference=True)
     collate = task_class.build_collate_fn(train_args, False)
     search, ctc = build_search(inference, model, args.nbest, cuda_graphs, args.ctc_window_margin)
+    float_input = features_in_float32(model, getattr(torch, inference.dtype))
     recorder.device = torch.device(inference.device)
     key_in = spec.input_name
     keys = input_keys(args)
@@ -258,7 +286,7 @@ def decode(module, spec: TaskSpec, args, recorder, batch_encoder: bool = False, 
         uids, batch = collate([item for item in items if item is not None])
         batch = to_device({k: v for k, v in batch.items() if k in (key_in, f"{key_in}_lengths")}, inference.device)
         if key_in == "speech":
-            batch[key_in] = batch[key_in].to(getattr(torch, inference.dtype))
+            batch[key_in] = batch[key_in].to(torch.float32 if float_input else getattr(torch, inference.dtype))
         return uids, recorder.timed(lambda: search_batch(batch[key_in], batch[f"{key_in}_lengths"]))
 
     results: Dict[str, list] = {}
