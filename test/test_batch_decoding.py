@@ -223,7 +223,7 @@ def test_cuda_graphs_refuse_an_encoder_decoder_model_in_one_line(tmp_path):
     from espnet_mtla.cli.options import inference_parser
     from espnet_mtla.metrics.efficiency import EfficiencyRecorder
     from espnet_mtla.storage.errors import BatchDecodingError
-    from espnet_mtla.tasks.specs import get_task
+    from espnet_mtla.task_specs import get_task
 
     make_model(tmp_path, "mt", "mtla", "latent")
     data = make_data(tmp_path, "mt")

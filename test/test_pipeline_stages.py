@@ -104,7 +104,7 @@ def test_missing_packed_model_is_a_one_line_error(tmp_path):
     import pytest
 
     from espnet_mtla.cli.options import unpack_model_option
-    from espnet_mtla.tasks.specs import get_task
+    from espnet_mtla.task_specs import get_task
 
     with pytest.raises(SystemExit, match=f"^error: --packed_model: no such file: {tmp_path / 'x.zip'}$"):
         unpack_model_option(get_task("asr"), ["--packed_model", str(tmp_path / "x.zip"), "--output_dir", "out"])

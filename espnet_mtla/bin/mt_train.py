@@ -3,7 +3,7 @@
 from typing import List, Optional
 
 from espnet_mtla.cli.training import run_training
-from espnet_mtla.tasks.specs import get_task
+from espnet_mtla.task_specs import get_task
 
 
 def main(cmd: Optional[List[str]] = None) -> None:

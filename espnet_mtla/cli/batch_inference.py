@@ -36,7 +36,7 @@ import torch
 from espnet_mtla.storage.errors import BadAudioError, BatchDecodingError
 from espnet_mtla.search import MultiUtteranceBeamSearch
 from espnet_mtla.search.batching import budget_batches, speech_frames
-from espnet_mtla.tasks.specs import TaskSpec
+from espnet_mtla.task_specs import TaskSpec
 
 SCORERS = ("decoder", "ctc", "length_bonus", "lm")  # what the multi-utterance search scores
 

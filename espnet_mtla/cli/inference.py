@@ -15,7 +15,7 @@ from espnet_mtla.cli.options import (check_batching, check_inference_inputs, fai
                                      unpack_model_option)
 from espnet_mtla.storage.patches import patched
 from espnet_mtla.storage.safe_load import TRUST_OPTION
-from espnet_mtla.tasks.specs import TaskSpec, get_task
+from espnet_mtla.task_specs import TaskSpec, get_task
 
 
 @contextlib.contextmanager

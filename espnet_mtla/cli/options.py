@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from espnet_mtla.tasks.specs import TaskSpec
+from espnet_mtla.task_specs import TaskSpec
 
 
 def fail(err: Exception) -> None:

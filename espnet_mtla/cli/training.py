@@ -8,7 +8,7 @@ from typing import List, Optional, Union
 
 from espnet_mtla.cli.options import check_input_files, fail, pop_option
 from espnet_mtla.storage.safe_load import TRUST_OPTION
-from espnet_mtla.tasks.specs import LM_TASK, TaskSpec, get_task
+from espnet_mtla.task_specs import LM_TASK, TaskSpec, get_task
 
 
 def run_training(task: Union[str, TaskSpec], cmd: Optional[List[str]] = None) -> None:

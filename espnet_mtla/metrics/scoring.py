@@ -4,7 +4,7 @@ WER/CER come from sclite (Debian's sctk); where it is not installed, from jiwer 
 words and the same numbers in ``result.txt`` (no alignment report), after a one-line notice.
 
 ``METRICS`` is the registry the pipeline's ``--metrics`` picks from (a task's defaults are in
-``espnet_mtla.tasks.specs``). Every scorer has one signature: ``scorer(refs, hyps, out_dir)``,
+``espnet_mtla.task_specs``). Every scorer has one signature: ``scorer(refs, hyps, out_dir)``,
 references and hypotheses as {utt_id: text}; it writes its detailed output files to
 ``out_dir`` and returns a flat dict of numbers (percentages where usual). ``score`` runs
 several into ``<decode dir>/score_<metric>/``.

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 
 from espnet_mtla.recipe.errors import StageError
 from espnet_mtla.recipe.features import Features
-from espnet_mtla.tasks.specs import get_task
+from espnet_mtla.task_specs import get_task
 
 
 def read_config(path) -> dict:

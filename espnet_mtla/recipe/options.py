@@ -8,7 +8,7 @@ import espnet_mtla.recipe
 from espnet_mtla.attention.registry import attention_types
 from espnet_mtla.metrics.scoring import METRICS, check_metrics
 from espnet_mtla.recipe.jobs import job_backend
-from espnet_mtla.tasks.specs import TASKS
+from espnet_mtla.task_specs import TASKS
 
 DESCRIPTION = espnet_mtla.recipe.__doc__
 

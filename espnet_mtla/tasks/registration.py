@@ -3,11 +3,11 @@
     import espnet_mtla.tasks.registration   # then ESPnet's asr/st/slu/mt tasks know:
     decoder: decoder_only      # espnet_mtla.decoder.DecoderOnlyDecoder (every task)
     decoder: cached_transformer  # espnet_mtla.decoder.cached_transformer (every task, ESPnet's models)
-    model: decoder_only        # the task's model (espnet_mtla.tasks.specs: DecoderOnly{ASR,SLU,MT}Model)
+    model: decoder_only        # the task's model (espnet_mtla.task_specs: DecoderOnly{ASR,SLU,MT}Model)
     lm: decoder_only           # espnet_mtla.lm.DecoderOnlyLM, in ESPnet's lm task
     data type: zip_npy         # espnet_mtla.data.zip_features (fairseq-style zip storage)
 
-The tasks and their classes come from the task table (``espnet_mtla.tasks.specs``).
+The tasks and their classes come from the task table (``espnet_mtla.task_specs``).
 The st task has no ``model`` choice; its ``build_model`` builds ``DecoderOnlySTModel``
 whenever the decoder is ``decoder_only``. Each task's ``build_model`` also turns a
 misspelled ``*_conf`` key into a one-line ConfigError naming the section and the key.
@@ -43,7 +43,7 @@ def _import_espnet_quietly(name: str):
 
 from espnet_mtla.data.zip_features import register_data_type  # noqa: E402
 from espnet_mtla.storage.errors import ConfigError  # noqa: E402
-from espnet_mtla.tasks.specs import TASKS  # noqa: E402
+from espnet_mtla.task_specs import TASKS  # noqa: E402
 
 NAME = "decoder_only"
 ENCODER_DECODER = "cached_transformer"  # ESPnet's own models, our cached decoder
