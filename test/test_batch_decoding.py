@@ -397,3 +397,16 @@ def test_half_precision_speech_models_compute_features_in_float32(tmp_path):
         got = half.encode(speech, torch.tensor([12000]))[0]
     assert got.dtype == torch.float16 and torch.allclose(got.float(), want, atol=0.05, rtol=0.05)
     assert not features_in_float32(full, torch.float32)
+
+
+def test_skip_bad_audio_passes_over_a_batch_with_nothing_readable(tmp_path):
+    """--batch_size 2 without a budget: the batch [u2, u3] has no readable utterance at all."""
+    make_model(tmp_path, "asr", "mtla")
+    data = make_data(tmp_path, "asr")
+    reference = decode(tmp_path, "asr", data, "reference", "--batch_size", "2")
+    corrupt(tmp_path)
+    (tmp_path / "u2.flac").write_bytes(b"not audio either" * 10)
+    out = decode(tmp_path, "asr", data, "out", "--batch_size", "2", "--skip_bad_audio", "true")
+    expected = {k: v for k, v in read(reference / "1best_recog" / "token_int").items() if k not in ("u2", "u3")}
+    assert read(out / "1best_recog" / "token_int") == expected
+    assert [line.split()[0] for line in (out / "skipped_utterances").read_text().splitlines()] == ["u2", "u3"]

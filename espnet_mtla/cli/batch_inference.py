@@ -33,7 +33,7 @@ from typing import Dict, Iterator, List, Tuple
 
 import torch
 
-from espnet_mtla.storage.errors import BadAudioError, BatchDecodingError
+from espnet_mtla.storage.errors import BadAudioError, BatchDecodingError, first_line
 from espnet_mtla.search import MultiUtteranceBeamSearch
 from espnet_mtla.search.batching import budget_batches, speech_frames
 from espnet_mtla.task_specs import TaskSpec
@@ -120,11 +120,10 @@ def features_in_float32(model, dtype: torch.dtype) -> bool:
     float32 (a speech model in half precision)."""
     if dtype in (torch.float32, torch.float64) or getattr(model, "frontend", None) is None:
         return False
-    if isinstance(getattr(model, "normalize", None), torch.nn.Module):
+    last = "normalize" if isinstance(getattr(model, "normalize", None), torch.nn.Module) else "frontend"
+    if not isinstance(getattr(model, last), FeaturesInDtype):  # once
         model.frontend.float()
-        model.normalize = FeaturesInDtype(model.normalize, dtype)
-    elif not isinstance(model.frontend, FeaturesInDtype):
-        model.frontend = FeaturesInDtype(model.frontend, dtype)
+        setattr(model, last, FeaturesInDtype(getattr(model, last), dtype))
     return True
 
 
@@ -151,9 +150,9 @@ def sampling_rate(train_args) -> int:
     return int(fs)
 
 
-def first_line(err: BaseException) -> str:
-    """The first line of an exception's message, or its type's name when it has none."""
-    return (str(err).splitlines() or [type(err).__name__])[0]
+def unreadable(where: str, key: str, err: BaseException) -> str:
+    """What a failed read of utterance ``key`` from ``where`` (its file, or the list naming it) says."""
+    return f"{where}: utterance {key}: cannot read it ({type(err).__name__}: {first_line(err)})"
 
 
 def read_utterance(dataset, key: str, skipped: Dict[str, str] = None):
@@ -166,7 +165,7 @@ def read_utterance(dataset, key: str, skipped: Dict[str, str] = None):
         # the file itself where the loader knows it (sound: ESPnet's adapter around SoundScpReader)
         files = [f"{getattr(getattr(loader, 'loader', loader), 'data', {}).get(key, dataset.debug_info[name][0])}"
                  for name, loader in dataset.loader_dict.items()]
-        reason = f"{', '.join(files)}: utterance {key}: cannot read it ({type(err).__name__}: {first_line(err)})"
+        reason = unreadable(", ".join(files), key, err)
         if skipped is None:
             raise BadAudioError(f"{reason}; fix or drop it, or decode the rest with --skip_bad_audio true") from None
         skipped[key] = reason
@@ -281,19 +280,23 @@ def decode(module, spec: TaskSpec, args, recorder, batch_encoder: bool = False, 
         ctc_logp = ctc.ctc_lo(enc).float().log_softmax(-1) if ctc is not None else None
         return search(enc, enc_lens, args.maxlenratio, args.minlenratio, ctc_logp=ctc_logp)
 
-    def run(batch_keys):
-        items = [read_utterance(dataset, key, skipped) for key in batch_keys]
-        uids, batch = collate([item for item in items if item is not None])
-        batch = to_device({k: v for k, v in batch.items() if k in (key_in, f"{key_in}_lengths")}, inference.device)
-        if key_in == "speech":
-            batch[key_in] = batch[key_in].to(torch.float32 if float_input else getattr(torch, inference.dtype))
-        return uids, recorder.timed(lambda: search_batch(batch[key_in], batch[f"{key_in}_lengths"]))
-
     results: Dict[str, list] = {}
     for batch_keys in batches:
-        if skipped is not None and all(key in skipped for key in batch_keys):
+        # read once: a batch split for memory decodes what was read
+        items = {key: read_utterance(dataset, key, skipped) for key in batch_keys}
+        readable = [key for key in batch_keys if items[key] is not None]
+        if not readable:
             continue
-        for _, (uids, (result, elapsed, peak_bytes)) in split_on_out_of_memory(run, batch_keys):
+
+        def run(keys):
+            _, batch = collate([items[key] for key in keys])
+            batch = to_device({k: v for k, v in batch.items() if k in (key_in, f"{key_in}_lengths")},
+                              inference.device)
+            if key_in == "speech":
+                batch[key_in] = batch[key_in].to(torch.float32 if float_input else getattr(torch, inference.dtype))
+            return recorder.timed(lambda: search_batch(batch[key_in], batch[f"{key_in}_lengths"]))
+
+        for uids, (result, elapsed, peak_bytes) in split_on_out_of_memory(run, readable):
             tokens: List[int] = []
             for key, hyps in zip(uids, result.hypotheses):
                 results[key] = [(hypothesis_tokens(h, inference.converter, inference.tokenizer), h.score)

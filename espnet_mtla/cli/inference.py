@@ -53,7 +53,7 @@ def readable_inputs(data_path_and_name_and_type):
     ``one_line`` takes the message back out)."""
     from espnet2.train.iterable_dataset import IterableESPnetDataset
 
-    from espnet_mtla.cli.batch_inference import first_line
+    from espnet_mtla.cli.batch_inference import unreadable
     from espnet_mtla.storage.errors import BadAudioError
 
     iterate = IterableESPnetDataset.__iter__
@@ -70,9 +70,8 @@ def readable_inputs(data_path_and_name_and_type):
                 return
             except Exception as err:  # what a loader raises on a bad file varies
                 key, value = (entries[done] + [path])[:2] if done < len(entries) else ("?", path)
-                raise BadAudioError(f"{value}: utterance {key}: cannot read it ({type(err).__name__}: "
-                                    f"{first_line(err)}); fix or drop it, or decode the rest with batched "
-                                    "decoding and --skip_bad_audio true") from None
+                raise BadAudioError(f"{unreadable(value, key, err)}; fix or drop it, or decode the rest with "
+                                    "batched decoding and --skip_bad_audio true") from None
             done += 1
             yield item
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from espnet_mtla.metrics.progress_line import DECODED_RE
+from espnet_mtla.metrics.progress_line import DECODED, DECODED_RE  # noqa: F401  (DECODED: its earlier home)
 
 log = logging.getLogger("pipeline")
 

@@ -201,7 +201,7 @@ class BatchedCTCPrefixScorer:
         width = candidates.prev.shape[0]
         if not self.margin:  # the same frames for every row: a slice
             columns = (utt[:, None] * self.vocab + ids).view(-1)
-            start = int(candidates.out_len) if candidates.out_len > 0 else 1
+            start = max(candidates.out_len, 1)
             return self.labels[start: start + width].index_select(1, columns).view(width, *ids.shape)
         frame = candidates.first[None] + torch.arange(width, device=ids.device)[:, None]  # (W, R)
         return self.labels[frame[:, :, None], (utt[:, None] * self.vocab + ids)[None]]

@@ -16,6 +16,12 @@ class BadAudioError(ValueError):
     """An input file of an utterance cannot be read; the message names the file and the utterance."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def check_known_keys(section: str, given: Iterable[str], valid: Iterable[str]) -> None:
     """Raise ConfigError naming the first key of ``given`` that is not in ``valid``."""
     valid = sorted(valid)

@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterator, Optional
 import numpy as np
 import torch
 
+from espnet_mtla.storage.errors import first_line
 from espnet_mtla.storage.patches import patched
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,7 @@ def load(f, map_location=None, *, trust: bool = False) -> Any:
     except (RuntimeError, EOFError, ValueError) as err:
         if isinstance(f, (str, os.PathLike)) and not Path(f).is_file():
             raise
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UnsafeModelFileError(f"{_describe(f)}: not a readable PyTorch file ({first})") from None
+        raise UnsafeModelFileError(f"{_describe(f)}: not a readable PyTorch file ({first_line(err)})") from None
 
 
 def load_safetensors(path, map_location=None) -> Dict[str, torch.Tensor]:
