@@ -233,31 +233,71 @@ def split_on_out_of_memory(run, keys: List[str]) -> Iterator[Tuple[List[str], ob
     yield keys, result
 
 
+class BatchDecoder:
+    """An ESPnet inference object's model searched many utterances at a time: collated model
+    inputs -> each utterance's n-best ``((text, token, token_int), score)``, best first. The
+    CLI's batched decoding and the Python API (``espnet_mtla.api``) both decode through it."""
+
+    def __init__(self, inference, spec: TaskSpec, nbest: int = 1, maxlenratio: float = 0.0,
+                 minlenratio: float = 0.0, batch_encoder: bool = False, cuda_graphs: bool = False,
+                 ctc_window_margin: int = 0, attn_backend: str = None):
+        from espnet_mtla.decoder.encoder_decoder import EncoderDecoderStack
+        from espnet_mtla.decoder.scorer import CachedScorer
+
+        self.inference, self.spec = inference, spec
+        self.model = getattr(inference, f"{spec.model_attribute}_model")
+        if not isinstance(self.model.decoder, CachedScorer):
+            raise BatchDecodingError(f"batched decoding needs a decoder_only or cached_transformer decoder; this "
+                                     f"one's decoder is {type(self.model.decoder).__name__}: use --batch_size 1")
+        if cuda_graphs and isinstance(self.model.decoder, EncoderDecoderStack):
+            raise BatchDecodingError("--cuda_graphs true replays decoder_only models only (the encoder-decoder's "
+                                     "source memory is read per utterance): use --cuda_graphs false")
+        if attn_backend:
+            use_attention_backend(inference, spec, attn_backend)
+        self.train_args = getattr(inference, f"{spec.model_attribute}_train_args")
+        self.search, self.ctc = build_search(inference, self.model, nbest, cuda_graphs, ctc_window_margin)
+        self.float_input = features_in_float32(self.model, getattr(torch, inference.dtype))
+        self.nbest, self.maxlenratio, self.minlenratio = nbest, maxlenratio, minlenratio
+        self.batch_encoder = batch_encoder
+
+    def inputs(self, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """A collated batch -> (N, T[, ...]) model input on the model's device and dtype, (N,) lengths."""
+        key_in = self.spec.input_name
+        xs = batch[key_in].to(self.inference.device)
+        if key_in == "speech":  # speech: in the model's dtype, or float32 for a float32 frontend
+            xs = xs.to(torch.float32 if self.float_input else getattr(torch, self.inference.dtype))
+        return xs, batch[f"{key_in}_lengths"].to(self.inference.device)
+
+    @torch.no_grad()
+    def search_batch(self, xs: torch.Tensor, x_lens: torch.Tensor):
+        """One search over a batch of inputs (see ``inputs``) -> ``SearchResult``."""
+        model, ctc = self.model, self.ctc
+        enc, enc_lens = encode(model, xs, x_lens, self.batch_encoder)
+        # CTC posteriors in float32 whatever the model's dtype: bfloat16 keeps 3 digits of a log-prob
+        ctc_logp = ctc.ctc_lo(enc).float().log_softmax(-1) if ctc is not None else None
+        return self.search(enc, enc_lens, self.maxlenratio, self.minlenratio, ctc_logp=ctc_logp)
+
+    def nbest_lists(self, result) -> List[list]:
+        """Each utterance's n-best ``((text, token, token_int), score)`` of a ``SearchResult``."""
+        inference = self.inference
+        return [[(hypothesis_tokens(h, inference.converter, inference.tokenizer), h.score) for h in hyps[: self.nbest]]
+                for hyps in result.hypotheses]
+
+
 def decode(module, spec: TaskSpec, args, recorder, batch_encoder: bool = False, attn_backend: str = None,
            cuda_graphs: bool = False, skip_bad_audio: bool = False) -> None:
     from espnet2.fileio.datadir_writer import DatadirWriter
-    from espnet2.torch_utils.device_funcs import to_device
     from espnet2.torch_utils.set_all_random_seed import set_all_random_seed
     from espnet2.train.dataset import ESPnetDataset
 
-    from espnet_mtla.decoder.encoder_decoder import EncoderDecoderStack
-    from espnet_mtla.decoder.scorer import CachedScorer
     from espnet_mtla.storage.fileio import write_text_atomic
 
     check_supported(args)
     set_all_random_seed(args.seed)
     inference = build_inference_object(module, spec, args)
-    name = spec.model_attribute
-    model = getattr(inference, f"{name}_model")
-    if not isinstance(model.decoder, CachedScorer):
-        raise BatchDecodingError(f"batched decoding needs a decoder_only or cached_transformer decoder; this one's "
-                                 f"decoder is {type(model.decoder).__name__}: use --batch_size 1")
-    if cuda_graphs and isinstance(model.decoder, EncoderDecoderStack):
-        raise BatchDecodingError("--cuda_graphs true replays decoder_only models only (the encoder-decoder's source "
-                                 "memory is read per utterance): use --cuda_graphs false")
-    if attn_backend:
-        use_attention_backend(inference, spec, attn_backend)
-    train_args = getattr(inference, f"{name}_train_args")
+    decoder = BatchDecoder(inference, spec, args.nbest, args.maxlenratio, args.minlenratio, batch_encoder,
+                           cuda_graphs, args.ctc_window_margin, attn_backend)
+    train_args = decoder.train_args
     task_class = getattr(module, spec.espnet_task)
     # numpy has no bfloat16: inputs are read in float32 and cast with the model
     dataset = ESPnetDataset(args.data_path_and_name_and_type,
@@ -265,20 +305,10 @@ def decode(module, spec: TaskSpec, args, recorder, batch_encoder: bool = False, 
                             preprocess=task_class.build_preprocess_fn(train_args, False))
     task_class.check_task_requirements(dataset, args.allow_variable_data_keys, train=False, inference=True)
     collate = task_class.build_collate_fn(train_args, False)
-    search, ctc = build_search(inference, model, args.nbest, cuda_graphs, args.ctc_window_margin)
-    float_input = features_in_float32(model, getattr(torch, inference.dtype))
     recorder.device = torch.device(inference.device)
-    key_in = spec.input_name
     keys = input_keys(args)
     skipped: Dict[str, str] = {} if skip_bad_audio else None
-    batches = plan_batches(dataset, keys, key_in, args, train_args, skipped)
-
-    @torch.no_grad()
-    def search_batch(xs, x_lens):
-        enc, enc_lens = encode(model, xs, x_lens, batch_encoder)
-        # CTC posteriors in float32 whatever the model's dtype: bfloat16 keeps 3 digits of a log-prob
-        ctc_logp = ctc.ctc_lo(enc).float().log_softmax(-1) if ctc is not None else None
-        return search(enc, enc_lens, args.maxlenratio, args.minlenratio, ctc_logp=ctc_logp)
+    batches = plan_batches(dataset, keys, spec.input_name, args, train_args, skipped)
 
     results: Dict[str, list] = {}
     for batch_keys in batches:
@@ -289,19 +319,14 @@ def decode(module, spec: TaskSpec, args, recorder, batch_encoder: bool = False, 
             continue
 
         def run(keys):
-            _, batch = collate([items[key] for key in keys])
-            batch = to_device({k: v for k, v in batch.items() if k in (key_in, f"{key_in}_lengths")},
-                              inference.device)
-            if key_in == "speech":
-                batch[key_in] = batch[key_in].to(torch.float32 if float_input else getattr(torch, inference.dtype))
-            return recorder.timed(lambda: search_batch(batch[key_in], batch[f"{key_in}_lengths"]))
+            xs, x_lens = decoder.inputs(collate([items[key] for key in keys])[1])
+            return recorder.timed(lambda: decoder.search_batch(xs, x_lens))
 
         for uids, (result, elapsed, peak_bytes) in split_on_out_of_memory(run, readable):
             tokens: List[int] = []
-            for key, hyps in zip(uids, result.hypotheses):
-                results[key] = [(hypothesis_tokens(h, inference.converter, inference.tokenizer), h.score)
-                                for h in hyps[: args.nbest]]
-                tokens.append(len(results[key][0][0][2]) if results[key] else 0)  # tokens of the best hypothesis
+            for key, nbest in zip(uids, decoder.nbest_lists(result)):
+                results[key] = nbest
+                tokens.append(len(nbest[0][0][2]) if nbest else 0)  # tokens of the best hypothesis
             recorder.record_batch(uids, elapsed, tokens, peak_bytes, result.cache_bytes_peak,
                                   result.lm_cache_bytes_peak, result.cache_bytes_allocated_peak)
             logging.info("decoded %d utterances in %.3f s", len(uids), elapsed)

@@ -1,0 +1,225 @@
+"""Long recordings: split by voice activity, decode every segment of every recording in one
+batched search, put the results back in time order.
+
+    transcripts = transcribe(model, ["meeting1.flac", "meeting2.flac"])   # or model.transcribe_long(...)
+    for seg in transcripts[0].segments:
+        print(f"{seg.start:7.2f} {seg.end:7.2f} {seg.text}")
+
+Segments are at most ``max_segment_s`` long (default: the longest utterance the model was
+trained on, read from its training shape file where the model came with one, else 20 s). All
+segments of all recordings are decoded together, sorted by length into batches of at most the
+model's ``batch_frames`` (a long recording is one large batch, not a loop of searches). The
+joint CTC scorer gets a window (``ctc_window_margin`` encoder frames around each hypothesis'
+alignment, 2 s unless the model's decoding sets one): longer than any pause a segment keeps,
+since the VAD cuts at pauses longer than ``min_silence_s``.
+
+``word_times=True`` aligns each segment's best hypothesis to its CTC posteriors with
+``ctc-segmentation`` (the aligner of ESPnet's ``asr_align``; models with CTC only) and gives
+each word its start, end and alignment confidence; otherwise words are not timed.
+"""
+
+import logging
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from espnet_mtla.api.vad import speech_regions
+
+log = logging.getLogger("espnet_mtla.api")
+logging.getLogger("ctc_segmentation").setLevel(logging.WARNING)  # a line per segment otherwise
+
+DEFAULT_MAX_SEGMENT_S = 20.0
+CTC_WINDOW_S = 2.0
+
+
+@dataclass
+class Word:
+    text: str
+    start: float  # seconds from the start of the recording
+    end: float
+    confidence: float  # ctc-segmentation's: the mean log-posterior of its tokens' frames (<= 0)
+
+
+@dataclass
+class Segment:
+    start: float  # seconds from the start of the recording
+    end: float
+    text: str
+    score: float  # the search's score of the hypothesis
+    words: List[Word] = field(default_factory=list)
+    intent: Optional[str] = None  # SLU models
+
+
+@dataclass
+class Transcript:
+    """One recording's segments, in time order (segments that decoded to nothing are left out)."""
+
+    recording: str  # its name: the file's stem, or "recording<i>"
+    duration: float  # seconds
+    segments: List[Segment]
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.text for s in self.segments if s.text)
+
+    def to_dict(self) -> dict:
+        return {"recording": self.recording, "duration": round(self.duration, 3), "text": self.text,
+                "segments": [asdict(s) for s in self.segments]}
+
+
+def trained_max_seconds(model) -> Optional[float]:
+    """The longest training utterance in seconds, from the model's speech shape file (if present)."""
+    files = getattr(model.decoder.train_args, "train_shape_file", None) or []
+    for path in files:
+        if Path(path).name == "speech_shape" and Path(path).is_file():
+            longest = 0
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) == 2:
+                        longest = max(longest, int(parts[1].split(",")[0]))
+            return longest / model.sampling_rate if longest else None
+    return None
+
+
+@contextmanager
+def ctc_window(model, margin: int):
+    """The search's CTC window margin set to ``margin`` within the block (kept if already set)."""
+    search = model.decoder.search
+    before = search.ctc_window_margin
+    search.ctc_window_margin = before or margin
+    try:
+        yield
+    finally:
+        search.ctc_window_margin = before
+
+
+def encoder_frames_per_second(model) -> float:
+    """Encoder output frames per second of input (the encoder's subsampling), measured on 10 s of silence."""
+    seconds = 10
+    silence = model.model_input(np.zeros(seconds * model.sampling_rate, dtype=np.float32), "silence")
+    return model.encode(silence).shape[1] / seconds
+
+
+def _name(recording, i: int) -> str:
+    return Path(recording).stem if isinstance(recording, (str, Path)) else f"recording{i + 1}"
+
+
+def transcribe(model, recordings, vad: str = "auto", max_segment_s: Optional[float] = None,
+               min_silence_s: float = 0.3, word_times: bool = False, names: Optional[Sequence[str]] = None,
+               segments: Optional[Dict[str, List[Tuple[float, float]]]] = None, recorder=None,
+               timing: Optional[dict] = None) -> Union["Transcript", List["Transcript"]]:
+    """Long recordings (as ``TrainedModel`` inputs: paths, arrays, (array, rate)) -> a Transcript
+    each (one recording -> one Transcript, a list -> a list).
+
+    ``segments``: recording name -> (start, end) seconds to decode instead of the VAD's (a given
+    segmentation, e.g. Kaldi's ``segments``). ``recorder``: an ``EfficiencyRecorder`` that times
+    each search. ``timing``: a dict that gets the seconds of audio and those spent reading and
+    segmenting (``vad_s``), decoding (``decode_s``) and aligning words (``align_s``)."""
+    if not model.task.speech:
+        raise ValueError(f"long-form decoding needs a speech model; this one is {model.task.name}")
+    if word_times and not model.has_ctc:
+        raise ValueError("word_times=True aligns with the model's CTC; this model has none")
+    single = not isinstance(recordings, list)
+    recordings = [recordings] if single else recordings
+    names = list(names) if names else [_name(r, i) for i, r in enumerate(recordings)]
+    max_segment_s = max_segment_s or trained_max_seconds(model) or DEFAULT_MAX_SEGMENT_S
+    rate = model.sampling_rate
+    clock = time.perf_counter()
+    audio, cuts, inputs, keys = [], [], [], []
+    for name, recording in zip(names, recordings):
+        samples = model.audio(recording, name)
+        if segments is not None:
+            regions = [(int(round(s * rate)), min(len(samples), int(round(e * rate)))) for s, e in
+                       segments.get(name, [])]
+        else:
+            regions = speech_regions(samples, rate, vad, max_segment_s, min_silence_s)
+        log.info("%s: %.1f s, %d %s segments (%.1f s of speech, longest %.1f s)", name, len(samples) / rate,
+                 len(regions), "given" if segments is not None else "speech",
+                 sum(e - s for s, e in regions) / rate, max((e - s for s, e in regions), default=0) / rate)
+        audio.append(samples)
+        cuts.append(regions)
+        for s, e in regions:
+            keys.append(f"{name}-{s * 100 // rate:07d}-{e * 100 // rate:07d}")
+            inputs.append(model.model_input(samples[s:e], f"{name} {s / rate:.2f}-{e / rate:.2f}"))
+    segmented = time.perf_counter()
+    with ctc_window(model, math.ceil(CTC_WINDOW_S * encoder_frames_per_second(model))):
+        results = model.decode_inputs(inputs, "segments", recorder, keys) if inputs else []
+    decoded = time.perf_counter()
+    transcripts, k = [], 0
+    for name, samples, regions in zip(names, audio, cuts):
+        found = []
+        for start, end in regions:
+            result = results[k]
+            k += 1
+            if not result.text.strip():
+                continue
+            segment = Segment(round(start / rate, 3), round(end / rate, 3), result.text, result.score,
+                              intent=result.intent)
+            if word_times:
+                segment.words = align_words(model, samples[start:end], result, segment.start)
+            found.append(segment)
+        transcripts.append(Transcript(name, len(samples) / rate, found))
+    if timing is not None:
+        timing.update(audio_s=round(sum(len(a) for a in audio) / rate, 3), vad_s=round(segmented - clock, 3),
+                      decode_s=round(decoded - segmented, 3), align_s=round(time.perf_counter() - decoded, 3),
+                      segments=len(inputs))
+    return transcripts[0] if single else transcripts
+
+
+def words_of(tokens: List[str], token_ids: List[int]):
+    """Token ids grouped into words: a SentencePiece "▁" or a "<space>" token starts a new word."""
+    words: List[List[int]] = []
+    pieces: List[List[str]] = []
+    new = True
+    for token, token_id in zip(tokens, token_ids):
+        if token == "<space>":
+            new = True
+            continue
+        if new or token.startswith("\u2581"):
+            words.append([])
+            pieces.append([])
+            new = False
+        words[-1].append(token_id)
+        pieces[-1].append(token)
+    return words, pieces
+
+
+def align_words(model, samples: np.ndarray, result, offset: float) -> List[Word]:
+    """The best hypothesis' words timed by CTC segmentation on this segment's CTC posteriors."""
+    import torch
+    from ctc_segmentation import (CtcSegmentationParameters, ctc_segmentation, determine_utterance_segments,
+                                  prepare_token_list)
+
+    best = result.nbest[0]
+    token_ids, tokens = best.token_ids, best.tokens
+    if model.task.name == "slu" and result.intent is not None:  # the intent token is not spoken
+        token_ids, tokens = token_ids[1:], tokens[1:]
+    words, pieces = words_of(tokens, token_ids)
+    if not words:
+        return []
+    decoder = model.decoder
+    ctc = decoder.ctc if decoder.ctc is not None else decoder.model.ctc
+    with torch.no_grad():
+        lpz = ctc.ctc_lo(model.encode(model.model_input(samples))).float().log_softmax(-1)[0].cpu().numpy()
+    config = CtcSegmentationParameters()
+    config.char_list = list(model.inference.converter.token_list)
+    config.blank = 0
+    config.index_duration = len(samples) / model.sampling_rate / len(lpz)
+    config.min_window_size = max(config.min_window_size, len(lpz))  # a segment is short: search all of it
+    tokenizer = model.inference.tokenizer
+    texts = [tokenizer.tokens2text(p) if tokenizer is not None else "".join(p) for p in pieces]
+    ground_truth, begins = prepare_token_list(config, [np.array(w) for w in words])
+    if len(ground_truth) > len(lpz):  # fewer CTC frames than tokens (and the blanks between words)
+        log.warning("%.2f s: %d CTC frames for %d tokens: words not timed", offset, len(lpz), len(ground_truth))
+        return []
+    timings, char_probs, _ = ctc_segmentation(config, lpz, ground_truth)
+    spans = determine_utterance_segments(config, begins, char_probs, timings, texts)
+    return [Word(text, round(offset + max(float(start), 0.0), 3), round(offset + float(end), 3),
+                 round(float(conf), 4) if math.isfinite(conf) else -math.inf)
+            for text, (start, end, conf) in zip(texts, spans)]

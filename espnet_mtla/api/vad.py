@@ -1,0 +1,146 @@
+"""Voice activity: where a long recording has speech, as (start, end) sample ranges.
+
+Two detectors, one interface (``speech_regions``):
+
+- ``silero``: Silero VAD (pip ``silero-vad``, MIT; its TorchScript weights ship inside the
+  package, so nothing is downloaded). A small LSTM over 32 ms windows at 16 kHz; robust to
+  noise and music. Other sampling rates are resampled to 16 kHz for it.
+- ``energy``: frame log-energy (25 ms frames, 10 ms hop) against two thresholds set from the
+  recording's own quiet frames (10th percentile + ``margin_db``, and half of it for the edges of
+  a region that reaches the first: hysteresis keeps quiet onsets and tails), gaps shorter than
+  ``min_silence_s`` bridged and blips shorter than ``min_speech_s`` dropped. No model: the
+  fallback where Silero is not installed, and for clean audio it is as good.
+
+``auto`` is Silero where installed, else energy (with a notice). Regions longer than
+``max_segment_s`` are cut at their quietest 10 ms frame in the second half of the allowed
+span (never mid-word on a pause), so that no segment is longer than the model was trained on.
+"""
+
+import logging
+from typing import List, Tuple
+
+import numpy as np
+
+log = logging.getLogger("espnet_mtla.api")
+
+VADS = ("auto", "silero", "energy")
+Region = Tuple[int, int]  # [start, end) in samples
+
+_silero = None
+
+
+def silero_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("silero_vad") is not None
+
+
+def _silero_model():
+    """Silero's TorchScript model, loaded once (from the pip package's own files)."""
+    global _silero
+    if _silero is None:
+        import torch
+
+        threads = torch.get_num_threads()
+        from silero_vad import load_silero_vad  # its import sets torch's threads to 1: put them back
+
+        torch.set_num_threads(threads)
+        _silero = load_silero_vad()
+    return _silero
+
+
+def frame_energy_db(samples: np.ndarray, rate: int) -> np.ndarray:
+    """(F,) log-energy in dB of 25 ms frames every 10 ms (F = ceil(len / hop))."""
+    hop, win = rate // 100, rate * 25 // 1000
+    count = max(1, -(-len(samples) // hop))
+    padded = np.pad(samples.astype(np.float64), (0, count * hop + win - len(samples)))
+    frames = np.lib.stride_tricks.sliding_window_view(padded, win)[::hop][:count]
+    return 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-10)
+
+
+def _runs(mask: np.ndarray) -> List[Tuple[int, int]]:
+    """[start, end) runs of True in a boolean array."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+
+
+def energy_regions(samples: np.ndarray, rate: int, min_silence_s: float = 0.3, min_speech_s: float = 0.25,
+                   pad_s: float = 0.2, margin_db: float = 12.0) -> List[Region]:
+    """Speech regions by frame energy (see the module docstring)."""
+    energy = frame_energy_db(samples, rate)
+    floor = np.percentile(energy, 10)
+    high = max(floor + margin_db, energy.max() - 60.0)
+    # two thresholds: a run above half the margin is speech where it reaches the full margin
+    # somewhere (quiet word onsets and tails stay with their word; noise blips do not start one)
+    loud = energy > high
+    runs = [(s, e) for s, e in _runs(energy > high - margin_db / 2) if loud[s:e].any()]
+    merged: List[List[int]] = []
+    for start, end in runs:  # bridge short gaps
+        if merged and start - merged[-1][1] < min_silence_s * 100:
+            merged[-1][1] = end
+        else:
+            merged.append([start, end])
+    hop, pad = rate // 100, int(pad_s * 100)
+    kept = [(s, e) for s, e in merged if e - s >= min_speech_s * 100]
+    regions: List[Region] = []
+    for i, (s, e) in enumerate(kept):
+        # padded, but never past the middle of the pause to a neighbour
+        start = max(s - pad, (kept[i - 1][1] + s) // 2) if i else max(0, s - pad)
+        end = min(e + pad, (e + kept[i + 1][0]) // 2) if i + 1 < len(kept) else e + pad
+        regions.append((start * hop, min(len(samples), end * hop)))
+    return regions
+
+
+def silero_regions(samples: np.ndarray, rate: int, min_silence_s: float = 0.3, min_speech_s: float = 0.25,
+                   pad_s: float = 0.2, threshold: float = 0.5) -> List[Region]:
+    """Speech regions by Silero VAD, in samples of ``rate``."""
+    import torch
+    from silero_vad import get_speech_timestamps
+
+    vad_rate = 16000 if rate % 16000 == 0 or rate > 16000 else 8000
+    audio = samples
+    if rate != vad_rate:
+        import soxr
+
+        audio = soxr.resample(samples, rate, vad_rate).astype(np.float32)
+    with torch.inference_mode():
+        found = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(audio)), _silero_model(),
+                                      threshold=threshold, sampling_rate=vad_rate,
+                                      min_speech_duration_ms=int(min_speech_s * 1000),
+                                      min_silence_duration_ms=int(min_silence_s * 1000),
+                                      speech_pad_ms=int(pad_s * 1000))
+    scale = rate / vad_rate
+    return [(int(r["start"] * scale), min(len(samples), int(r["end"] * scale))) for r in found]
+
+
+def split_long(regions: List[Region], samples: np.ndarray, rate: int, max_segment_s: float) -> List[Region]:
+    """Regions longer than ``max_segment_s`` cut at their quietest 10 ms frame in the second half
+    of each allowed span."""
+    limit = int(max_segment_s * rate)
+    hop = rate // 100
+    out: List[Region] = []
+    for start, end in regions:
+        while end - start > limit:
+            lo, hi = start + limit // 2, start + limit
+            energy = frame_energy_db(samples[lo:hi], rate)
+            cut = lo + int(np.argmin(energy[: max(1, (hi - lo) // hop - 2)])) * hop + hop // 2
+            out.append((start, cut))
+            start = cut
+        out.append((start, end))
+    return out
+
+
+def speech_regions(samples: np.ndarray, rate: int, vad: str = "auto", max_segment_s: float = 20.0,
+                   min_silence_s: float = 0.3, min_speech_s: float = 0.25, pad_s: float = 0.2) -> List[Region]:
+    """[start, end) sample ranges of speech in ``samples`` (1-D float), each at most ``max_segment_s``."""
+    if vad not in VADS:
+        raise ValueError(f"vad must be one of {', '.join(VADS)}, got {vad!r}")
+    if vad == "silero" and not silero_available():
+        raise ValueError("vad='silero' needs the silero-vad package (pip install silero-vad), or use vad='energy'")
+    if vad == "auto":
+        vad = "silero" if silero_available() else "energy"
+        if vad == "energy":
+            log.warning("silero-vad is not installed: segmenting by energy (pip install silero-vad for a trained VAD)")
+    detect = silero_regions if vad == "silero" else energy_regions
+    regions = detect(samples, rate, min_silence_s=min_silence_s, min_speech_s=min_speech_s, pad_s=pad_s)
+    return split_long(regions, samples, rate, max_segment_s)
