@@ -177,7 +177,7 @@ def test_energy_vad_finds_bursts_and_cuts_long_ones_at_their_quietest_frame():
     for start, end in [(1.0, 3.0), (5.0, 11.0)]:
         samples[int(start * rate): int(end * rate)] += 0.3 * rng.standard_normal(int((end - start) * rate))
     samples[int(8.0 * rate): int(8.05 * rate)] *= 0.01  # a short dip inside the second burst
-    regions = energy_regions(samples, rate, pad_s=0.0)
+    regions = energy_regions(samples, rate)
     assert [(round(s / rate, 1), round(e / rate, 1)) for s, e in regions] == [(1.0, 3.0), (5.0, 11.0)]
     cut = split_long(regions, samples, rate, 4.0)
     assert len(cut) == 3 and cut[1][1] == cut[2][0] and abs(cut[1][1] / rate - 8.0) < 0.06

@@ -116,7 +116,7 @@ def assert_progress_lines(output: str, max_epoch: int, test_utterances: int) -> 
 
 def test_mini_synth_asr_every_stage(tmp_path):
     recipe = recipe_copy(tmp_path, "mini_synth", "asr1")
-    result = run_recipe(recipe, *LISTEN)
+    result = run_recipe(recipe, *LISTEN, "--long_form_minutes", "0.5", "--long_form_args", "--beam_size 1")
     assert_listens(recipe, "asr")
     assert_progress_lines(result.stdout + result.stderr, max_epoch=15, test_utterances=8)
     for name in ("train", "dev", "test"):
@@ -144,6 +144,19 @@ def test_mini_synth_asr_every_stage(tmp_path):
     assert "![test: the experiments side by side](RESULTS_test.png)" in results
     assert (recipe / "RESULTS_test.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "- asr_train_mtla: [loss](exp/asr_train_mtla/images/loss.png), [acc](exp/asr_train_mtla/images/acc.png)" in results
+
+    # The long-form condition: a recording of the test utterances, decoded by voice activity and
+    # at its true segments, scored per recording and reported
+    long_data = recipe / "dump" / "flac" / "test_long"
+    assert list(table(long_data / "wav.scp")) == ["long01_00030s"]
+    for name in ("test_long", "test_long_oracle"):
+        out = decode.parent / name
+        assert list(table(out / "text")) == ["long01_00030s"]
+        assert set(json.loads((out / "scores.json").read_text())) == {"wer", "cer"}
+        assert json.loads((out / "efficiency.json").read_text())["long_form"]["recordings"] == 1
+        assert f"| asr_train_mtla | {name} |" in results
+    oracle = (decode.parent / "test_long_oracle" / "kaldi" / "segments").read_text().splitlines()
+    assert len(oracle) <= len(table(long_data / "oracle_segments"))
 
     # Stage 11's zip decodes from anywhere (paths inside are rewritten on unpacking).
     packed = exp / "asr_train_mtla.zip"

@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from espnet_mtla.api.vad import speech_regions
+from espnet_mtla.api.vad import PAD_AFTER_S, PAD_BEFORE_S, speech_regions
 
 log = logging.getLogger("espnet_mtla.api")
 logging.getLogger("ctc_segmentation").setLevel(logging.WARNING)  # a line per segment otherwise
@@ -111,7 +111,8 @@ def _name(recording, i: int) -> str:
 
 
 def transcribe(model, recordings, vad: str = "auto", max_segment_s: Optional[float] = None,
-               min_silence_s: float = 0.3, word_times: bool = False, names: Optional[Sequence[str]] = None,
+               min_silence_s: float = 0.3, pad_before_s: float = PAD_BEFORE_S, pad_after_s: float = PAD_AFTER_S,
+               word_times: bool = False, names: Optional[Sequence[str]] = None,
                segments: Optional[Dict[str, List[Tuple[float, float]]]] = None, recorder=None,
                timing: Optional[dict] = None) -> Union["Transcript", List["Transcript"]]:
     """Long recordings (as ``TrainedModel`` inputs: paths, arrays, (array, rate)) -> a Transcript
@@ -138,7 +139,8 @@ def transcribe(model, recordings, vad: str = "auto", max_segment_s: Optional[flo
             regions = [(int(round(s * rate)), min(len(samples), int(round(e * rate)))) for s, e in
                        segments.get(name, [])]
         else:
-            regions = speech_regions(samples, rate, vad, max_segment_s, min_silence_s)
+            regions = speech_regions(samples, rate, vad, max_segment_s, min_silence_s,
+                                     pad_before_s=pad_before_s, pad_after_s=pad_after_s)
         log.info("%s: %.1f s, %d %s segments (%.1f s of speech, longest %.1f s)", name, len(samples) / rate,
                  len(regions), "given" if segments is not None else "speech",
                  sum(e - s for s, e in regions) / rate, max((e - s for s, e in regions), default=0) / rate)

@@ -25,6 +25,10 @@ log = logging.getLogger("espnet_mtla.api")
 
 VADS = ("auto", "silero", "energy")
 Region = Tuple[int, int]  # [start, end) in samples
+# Padding around detected speech: little before (a model trained on cut utterances expects speech
+# to start at once: 0.2 s of noise before it tripled the mini recipe's WER), more after (quiet
+# word endings; measured in docs/benchmarks.md, "Long recordings")
+PAD_BEFORE_S, PAD_AFTER_S = 0.1, 0.2
 
 _silero = None
 
@@ -65,8 +69,8 @@ def _runs(mask: np.ndarray) -> List[Tuple[int, int]]:
 
 
 def energy_regions(samples: np.ndarray, rate: int, min_silence_s: float = 0.3, min_speech_s: float = 0.25,
-                   pad_s: float = 0.2, margin_db: float = 12.0) -> List[Region]:
-    """Speech regions by frame energy (see the module docstring)."""
+                   margin_db: float = 12.0) -> List[Region]:
+    """Speech regions by frame energy (see the module docstring), unpadded."""
     energy = frame_energy_db(samples, rate)
     floor = np.percentile(energy, 10)
     high = max(floor + margin_db, energy.max() - 60.0)
@@ -80,20 +84,24 @@ def energy_regions(samples: np.ndarray, rate: int, min_silence_s: float = 0.3, m
             merged[-1][1] = end
         else:
             merged.append([start, end])
-    hop, pad = rate // 100, int(pad_s * 100)
-    kept = [(s, e) for s, e in merged if e - s >= min_speech_s * 100]
-    regions: List[Region] = []
-    for i, (s, e) in enumerate(kept):
-        # padded, but never past the middle of the pause to a neighbour
-        start = max(s - pad, (kept[i - 1][1] + s) // 2) if i else max(0, s - pad)
-        end = min(e + pad, (e + kept[i + 1][0]) // 2) if i + 1 < len(kept) else e + pad
-        regions.append((start * hop, min(len(samples), end * hop)))
-    return regions
+    hop = rate // 100
+    return [(s * hop, min(len(samples), e * hop)) for s, e in merged if e - s >= min_speech_s * 100]
+
+
+def pad_regions(regions: List[Region], length: int, before: int, after: int) -> List[Region]:
+    """Regions widened by ``before``/``after`` samples, never past the middle of the pause to a
+    neighbour nor outside [0, length)."""
+    out: List[Region] = []
+    for i, (s, e) in enumerate(regions):
+        start = max(s - before, (regions[i - 1][1] + s) // 2 if i else 0)
+        end = min(e + after, (e + regions[i + 1][0]) // 2 if i + 1 < len(regions) else length)
+        out.append((start, end))
+    return out
 
 
 def silero_regions(samples: np.ndarray, rate: int, min_silence_s: float = 0.3, min_speech_s: float = 0.25,
-                   pad_s: float = 0.2, threshold: float = 0.5) -> List[Region]:
-    """Speech regions by Silero VAD, in samples of ``rate``."""
+                   threshold: float = 0.5) -> List[Region]:
+    """Speech regions by Silero VAD, in samples of ``rate``, unpadded."""
     import torch
     from silero_vad import get_speech_timestamps
 
@@ -108,7 +116,7 @@ def silero_regions(samples: np.ndarray, rate: int, min_silence_s: float = 0.3, m
                                       threshold=threshold, sampling_rate=vad_rate,
                                       min_speech_duration_ms=int(min_speech_s * 1000),
                                       min_silence_duration_ms=int(min_silence_s * 1000),
-                                      speech_pad_ms=int(pad_s * 1000))
+                                      speech_pad_ms=0)
     scale = rate / vad_rate
     return [(int(r["start"] * scale), min(len(samples), int(r["end"] * scale))) for r in found]
 
@@ -131,8 +139,9 @@ def split_long(regions: List[Region], samples: np.ndarray, rate: int, max_segmen
 
 
 def speech_regions(samples: np.ndarray, rate: int, vad: str = "auto", max_segment_s: float = 20.0,
-                   min_silence_s: float = 0.3, min_speech_s: float = 0.25, pad_s: float = 0.2) -> List[Region]:
-    """[start, end) sample ranges of speech in ``samples`` (1-D float), each at most ``max_segment_s``."""
+                   min_silence_s: float = 0.3, min_speech_s: float = 0.25, pad_before_s: float = PAD_BEFORE_S,
+                   pad_after_s: float = PAD_AFTER_S) -> List[Region]:
+    """[start, end) sample ranges of speech in ``samples`` (1-D float), padded, each at most ``max_segment_s``."""
     if vad not in VADS:
         raise ValueError(f"vad must be one of {', '.join(VADS)}, got {vad!r}")
     if vad == "silero" and not silero_available():
@@ -142,5 +151,6 @@ def speech_regions(samples: np.ndarray, rate: int, vad: str = "auto", max_segmen
         if vad == "energy":
             log.warning("silero-vad is not installed: segmenting by energy (pip install silero-vad for a trained VAD)")
     detect = silero_regions if vad == "silero" else energy_regions
-    regions = detect(samples, rate, min_silence_s=min_silence_s, min_speech_s=min_speech_s, pad_s=pad_s)
+    regions = detect(samples, rate, min_silence_s=min_silence_s, min_speech_s=min_speech_s)
+    regions = pad_regions(regions, len(samples), int(pad_before_s * rate), int(pad_after_s * rate))
     return split_long(regions, samples, rate, max_segment_s)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 from espnet_mtla.api.formats import FORMATS
-from espnet_mtla.api.vad import VADS
+from espnet_mtla.api.vad import PAD_AFTER_S, PAD_BEFORE_S, VADS
 
 
 def str2bool(value: str) -> bool:
@@ -49,6 +49,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max_segment_s", type=float, default=None,
                    help="longest segment (default: the longest training utterance, else 20)")
     p.add_argument("--min_silence_s", type=float, default=0.3, help="pauses longer than this end a segment")
+    p.add_argument("--pad_before_s", type=float, default=PAD_BEFORE_S, help="audio kept before detected speech")
+    p.add_argument("--pad_after_s", type=float, default=PAD_AFTER_S, help="audio kept after detected speech")
     p.add_argument("--word_times", type=str2bool, default=False, help="time words by CTC alignment")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -119,7 +121,8 @@ def main(argv=None) -> None:
                            lm_train_config=args.lm_train_config, lm_file=args.lm_file, **decoding)
         recorder, timing = EfficiencyRecorder(args.device), {}
         transcripts = model.transcribe_long(files, vad=args.vad, max_segment_s=args.max_segment_s,
-                                            min_silence_s=args.min_silence_s, word_times=args.word_times,
+                                            min_silence_s=args.min_silence_s, pad_before_s=args.pad_before_s,
+                                            pad_after_s=args.pad_after_s, word_times=args.word_times,
                                             names=names, segments=segments, recorder=recorder, timing=timing)
         logging.info("%.1f s of audio in %.1f s (RTF %.4f): segmenting %.1f s, decoding %.1f s, aligning %.1f s",
                      timing["audio_s"], sum(timing[k] for k in ("vad_s", "decode_s", "align_s")),

@@ -20,6 +20,9 @@ def read_config(path) -> dict:
         return yaml.safe_load(f) or {}
 
 
+LONG_FORM, ORACLE = "_long", "_oracle"  # long-form sets: <test>_long, <test>_long_oracle
+
+
 class Experiment:
     """Args:
         args: the parsed options (``espnet_mtla.recipe.options.get_parser``).
@@ -158,8 +161,25 @@ class Experiment:
         return cmd + ["--train_data_path_and_name_and_type", f"{self.lm_stats_dir / 'train.txt'},text,text",
                       "--valid_data_path_and_name_and_type", f"{self.lm_stats_dir / 'dev.txt'},text,text"]
 
+    def long_form_sets(self) -> List[str]:
+        """With ``--long_form_minutes``: ``<first test set>_long`` (segmented by voice activity) and
+        ``<first test set>_long_oracle`` (the same recordings cut at the true utterance times)."""
+        if not self.args.long_form_minutes.split():
+            return []
+        name = f"{self.test_sets[0]}{LONG_FORM}"
+        return [name, f"{name}{ORACLE}"]
+
+    @property
+    def decode_sets(self) -> List[str]:
+        """What stages 8-10 decode, score and report: the test sets, then the long-form sets."""
+        return self.test_sets + self.long_form_sets()
+
+    def reference_dir(self, name: str) -> Path:
+        """The data dir holding a decoded set's references (the oracle set shares its recordings')."""
+        return self.dump / name.removesuffix(ORACLE)
+
     def decode_dirs(self) -> List[Path]:
-        return [self.decode_dir(name) for name in self.test_sets]
+        return [self.decode_dir(name) for name in self.decode_sets]
 
 
 def describe_model(model: Path) -> str:

@@ -81,6 +81,12 @@ def get_parser() -> argparse.ArgumentParser:
     add("--tag", default=None, help="experiment name; default: the train config's stem")
     add("--train_args", default="", help="extra options for <task>_train")
     add("--inference_args", default="", help="extra options for <task>_inference")
+    add("--long_form_minutes", default="",
+        help='speech tasks: also decode long recordings made from the first test set\'s utterances, e.g. "5 10" '
+             "(one recording of each length, espnet_mtla.data.long_form): set <test>_long segmented by voice "
+             "activity, and <test>_long_oracle with the true utterance times, scored per recording by stage 9")
+    add("--long_form_args", default="", help='extra options for espnet_mtla.bin.transcribe, e.g. "--vad energy '
+        '--beam_size 5" (the decode config\'s options are its defaults)')
     add("--use_lm", default="false", choices=("true", "false"),
         help="stages 12-14 train a language model and stage 8 fuses it into decoding (the decode config's "
              "lm_weight); false: the LM stages are skipped")

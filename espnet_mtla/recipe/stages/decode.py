@@ -37,16 +37,21 @@ class Decode(Stage):
         check_model(x)
         if x.use_lm:
             x.check_lm_model()
+        if x.long_form_sets():
+            check_long_form(x)
 
     def covers(self, x: Experiment) -> Cover:
         a = x.args
         options = {k: getattr(a, k) for k in ("inference_config", "inference_model", "inference_args",
                                               "inference_nj", "ngpu")}
         lm = {"lm": [str(x.lm_exp), a.lm_inference_model]} if x.use_lm else {}  # older records: no key
-        return Cover({**options, **lm, "test_sets": x.test_sets},
+        long_form = ({"long_form_minutes": a.long_form_minutes.split(), "long_form_args": a.long_form_args}
+                     if x.long_form_sets() else {})
+        return Cover({**options, **lm, **long_form, "test_sets": x.test_sets},
                      [Path(a.inference_config or "-"), x.exp / "config.yaml", x.exp / a.inference_model] +
                      ([x.lm_exp / "config.yaml", x.lm_model()] if x.use_lm else []) +
-                     x.token_files() + tables([x.dump / name for name in x.test_sets]),
+                     x.token_files() + tables([x.dump / name for name in x.test_sets]) +
+                     ([Path("data") / x.test_sets[0] / "wav.scp"] if long_form else []),
                      [d / "efficiency.json" for d in x.decode_dirs()])
 
     def run(self, x: Experiment, run: StageRun) -> None:
@@ -86,6 +91,56 @@ class Decode(Stage):
                        for j in range(jobs)]
             summary = {"model": describe_model(model), **merge_efficiency(reports)}
             write_text_atomic(out / "efficiency.json", json.dumps(summary, indent=2) + "\n")
+        if x.long_form_sets():
+            decode_long_form(x, run)
+
+
+def check_long_form(x: Experiment) -> None:
+    """One line when --long_form_minutes cannot be used by this recipe."""
+    source = Path("data") / x.test_sets[0] / "wav.scp"
+    if not x.task.speech:
+        raise StageError(f"--long_form_minutes needs a speech task; {x.task.name} decodes text")
+    if not source.exists():
+        raise StageError(f"--long_form_minutes builds its recordings from {source}: run stage 1 first")
+
+
+def decode_long_form(x: Experiment, run: StageRun) -> None:
+    """The long-form sets: recordings built from the first test set's utterances (once per
+    ``--long_form_minutes``), decoded by ``espnet_mtla.bin.transcribe`` into each set's decode dir
+    (``text`` per recording, Kaldi ``segments``/``text`` per segment, JSON, SRT, efficiency.json)."""
+    from espnet_mtla.data.long_form import make_long_form
+
+    a = x.args
+    long_set, oracle_set = x.long_form_sets()
+    data = x.dump / long_set
+    built_for = " ".join(a.long_form_minutes.split())
+    stamp = data / "long_form_minutes"
+    if not stamp.exists() or stamp.read_text(encoding="utf-8").strip() != built_for:
+        if data.exists():
+            shutil.rmtree(data)
+        make_long_form(Path("data") / x.test_sets[0], data, [float(m) for m in a.long_form_minutes.split()])
+        write_text_atomic(stamp, built_for + "\n")
+        log.info("%s: recordings of %s minutes made from %s's utterances", data, built_for, x.test_sets[0])
+    for name in (long_set, oracle_set):
+        out = x.decode_dir(name)
+        if out.exists():  # a decode dir is whole or redone: transcribe writes efficiency.json last
+            shutil.rmtree(out)
+        cmd = [sys.executable, "-m", "espnet_mtla.bin.transcribe", "--wav_scp", data / "wav.scp",
+               "--model", x.exp, "--model_file", a.inference_model, "--task", x.task.name, "--output_dir", out,
+               "--formats", "json", "srt", "kaldi", "--progress", "false",
+               "--device", "cuda" if a.ngpu >= 1 else "cpu"]
+        if a.inference_config:
+            cmd += ["--decode_config", a.inference_config]
+        if x.use_lm:
+            cmd += ["--lm_train_config", x.lm_exp / "config.yaml", "--lm_file", x.lm_model()]
+        if name == oracle_set:
+            cmd += ["--segments", data / "oracle_segments"]
+        cmd += shlex.split(a.long_form_args)
+        log.info("%s: decoding the long recordings%s", name, " at their true segments" if name == oracle_set else "")
+        run.jobs.launch(cmd, out.parent / "logdir" / f"transcribe_{name}.log")
+        report = json.loads((out / "efficiency.json").read_text(encoding="utf-8"))
+        report["model"] = describe_model(x.exp / a.inference_model)
+        write_text_atomic(out / "efficiency.json", json.dumps(report, indent=2) + "\n")
 
 
 def merge_efficiency(reports: List[dict]) -> dict:
@@ -108,15 +163,15 @@ class Score(Stage):
 
     def covers(self, x: Experiment) -> Cover:
         decode = x.decode_dirs()
-        return Cover({"test_sets": x.test_sets, "metrics": x.metrics}, [d / "text" for d in decode],
+        return Cover({"test_sets": x.decode_sets, "metrics": x.metrics}, [d / "text" for d in decode],
                      [d / "scores.json" for d in decode])
 
     def run(self, x: Experiment, run: StageRun) -> None:
         from espnet_mtla.metrics.scoring import score
 
-        for name in x.test_sets:
+        for name in x.decode_sets:  # a long-form set is scored per recording
             out = x.decode_dir(name)
-            refs = dict(datadir.read_table(x.dump / name / x.text_names()["text"], datadir.Problems()))
+            refs = dict(datadir.read_table(x.reference_dir(name) / x.text_names()["text"], datadir.Problems()))
             hyps = dict(datadir.read_table(out / "text", datadir.Problems(), allow_empty_value=True))
             hyps = {k: hyps.get(k, "") for k in refs}
             scores = score(x.metrics, refs, hyps, out)

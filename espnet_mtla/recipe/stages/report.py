@@ -35,7 +35,7 @@ class Report(Stage):
             if not results_file.exists() and "| experiment |" in text:
                 log.warning("%s has a table but no %s (written before it existed): its rows are replaced by this "
                             "run's; re-run stage 10 of the other experiments to list them again", path, results_file)
-        for name in x.test_sets:
+        for name in x.decode_sets:
             out = x.decode_dir(name)
             eff = json.loads((out / "efficiency.json").read_text())
             decoder, attention = decoder_of(x.exp)
