@@ -54,12 +54,13 @@ def oracle(recording):
     return sorted((float(v.split()[1]), float(v.split()[2])) for v in rows.values())
 
 
-@pytest.mark.parametrize("vad", ["silero", "energy"])
-def test_segments_cover_the_speech_in_time_order_and_decode_as_the_segments_alone(recording, model, vad):
+@pytest.mark.parametrize("vad, block_s", [("silero", 600), ("energy", 600), ("silero", 25)])
+def test_segments_cover_the_speech_in_time_order_and_decode_as_the_segments_alone(recording, model, vad, block_s):
+    """block_s 25: read, segmented and decoded 25 s at a time (speech at a block's end waits for the next)."""
     path = read_table(recording / "wav.scp")["long01_00300s"]
     samples, rate = soundfile.read(path, dtype="float32")
     timing = {}
-    transcript = model.transcribe_long(path, vad=vad, max_segment_s=6.0, timing=timing)
+    transcript = model.transcribe_long(path, vad=vad, max_segment_s=6.0, timing=timing, block_s=block_s)
     assert transcript.recording == "long01_00300s" and transcript.duration == pytest.approx(len(samples) / rate)
     assert 290 < transcript.duration < 310 and timing["audio_s"] == pytest.approx(transcript.duration, abs=1e-3)
     segments = transcript.segments
@@ -73,7 +74,9 @@ def test_segments_cover_the_speech_in_time_order_and_decode_as_the_segments_alon
     from espnet_mtla.api.vad import frame_energy_db, speech_regions
 
     inside = np.zeros(len(samples) // 160 + 1, dtype=bool)
-    for s, e in speech_regions(samples, rate, vad, 6.0):
+    regions = speech_regions(samples, rate, vad, 6.0) if block_s == 600 else \
+        [(int(s.start * rate), int(s.end * rate)) for s in segments]  # (a random model decodes all speech to text)
+    for s, e in regions:
         inside[s // 160: -(-e // 160)] = True
     sources = read_table(recording.parent / "utts" / "wav.scp")
     for segment, value in read_table(recording / "oracle_segments").items():
@@ -181,3 +184,21 @@ def test_energy_vad_finds_bursts_and_cuts_long_ones_at_their_quietest_frame():
     assert [(round(s / rate, 1), round(e / rate, 1)) for s, e in regions] == [(1.0, 3.0), (5.0, 11.0)]
     cut = split_long(regions, samples, rate, 4.0)
     assert len(cut) == 3 and cut[1][1] == cut[2][0] and abs(cut[1][1] / rate - 8.0) < 0.06
+
+
+def test_silero_regions_are_silero_s_own_and_streams_move_little(recording):
+    """stream_s=0 is Silero's get_speech_timestamps exactly; 20 s streams side by side agree on
+    most windows."""
+    import torch
+    from silero_vad import get_speech_timestamps
+
+    from espnet_mtla.api.vad import _silero_model, silero_probabilities, silero_regions
+
+    samples, rate = soundfile.read(read_table(recording / "wav.scp")["long01_00300s"], dtype="float32")
+    samples = samples[: 60 * rate]
+    own = get_speech_timestamps(torch.from_numpy(samples), _silero_model(), sampling_rate=rate,
+                                min_speech_duration_ms=250, min_silence_duration_ms=300, speech_pad_ms=0)
+    assert silero_regions(samples, rate) == [(r["start"], r["end"]) for r in own]
+    one, streams = silero_probabilities(samples, rate, 0.0), silero_probabilities(samples, rate, 20.0)
+    assert one.shape == streams.shape == (-(-len(samples) // 512),)
+    assert ((one > 0.5) == (streams > 0.5)).mean() > 0.95

@@ -35,6 +35,7 @@ logging.getLogger("ctc_segmentation").setLevel(logging.WARNING)  # a line per se
 
 DEFAULT_MAX_SEGMENT_S = 20.0
 CTC_WINDOW_S = 2.0
+BLOCK_S = 600.0  # audio read, segmented and decoded at a time
 
 
 @dataclass
@@ -110,18 +111,76 @@ def _name(recording, i: int) -> str:
     return Path(recording).stem if isinstance(recording, (str, Path)) else f"recording{i + 1}"
 
 
+def recording_blocks(model, recording, name: str, block_s: float):
+    """(offset, samples) of a recording in blocks of about ``block_s`` seconds at the model's rate,
+    each one read when the previous is done with: a file is never held whole in memory."""
+    rate = model.sampling_rate
+    if not isinstance(recording, (str, Path)):
+        samples = model.audio(recording, name)
+        step = int(block_s * rate)
+        for offset in range(0, len(samples), step):
+            yield offset, samples[offset: offset + step]
+        return
+    import soundfile
+
+    try:
+        f = soundfile.SoundFile(str(recording))
+    except (OSError, RuntimeError, soundfile.LibsndfileError) as err:
+        raise ValueError(f"{recording}: cannot read it as audio ({err})") from None
+    with f:
+        offset, frames = 0, int(block_s * f.samplerate)
+        while True:
+            block = f.read(frames, dtype="float32", always_2d=True)
+            if not len(block):
+                return
+            samples = model.audio((block, f.samplerate), name)
+            yield offset, samples
+            offset += len(samples)
+
+
+def speech_segments(model, recording, name: str, vad: str, max_segment_s: float, min_silence_s: float,
+                    pad_before_s: float, pad_after_s: float, block_s: float, clock: dict):
+    """(start sample, samples) of each speech segment of a recording, in time order, found block by
+    block; speech running into a block's end is carried over to the next block whole."""
+    rate = model.sampling_rate
+    carry, carry_offset, total = np.zeros(0, np.float32), 0, 0
+    blocks = recording_blocks(model, recording, name, block_s)
+    block = next(blocks, None)
+    while block is not None:
+        offset, samples = block
+        block = next(blocks, None)
+        audio = np.concatenate([carry, samples]) if len(carry) else samples
+        start_of_audio = carry_offset if len(carry) else offset
+        total = offset + len(samples)
+        started = time.perf_counter()
+        regions = speech_regions(audio, rate, vad, max_segment_s, min_silence_s, pad_before_s=pad_before_s,
+                                 pad_after_s=pad_after_s)
+        clock["vad_s"] += time.perf_counter() - started
+        if block is not None:  # not the last block: what may go on into the next one waits for it
+            edge = max(0, len(audio) - int((min_silence_s + pad_after_s) * rate))
+            keep = regions[-1][0] if regions and regions[-1][1] > edge else max(edge, regions[-1][1] if regions else 0)
+            regions = [r for r in regions if r[1] <= keep]
+            carry, carry_offset = audio[keep:], start_of_audio + keep
+        for s, e in regions:
+            yield start_of_audio + s, audio[s:e]
+    clock["samples"] += total
+
+
 def transcribe(model, recordings, vad: str = "auto", max_segment_s: Optional[float] = None,
                min_silence_s: float = 0.3, pad_before_s: float = PAD_BEFORE_S, pad_after_s: float = PAD_AFTER_S,
                word_times: bool = False, names: Optional[Sequence[str]] = None,
                segments: Optional[Dict[str, List[Tuple[float, float]]]] = None, recorder=None,
-               timing: Optional[dict] = None) -> Union["Transcript", List["Transcript"]]:
+               timing: Optional[dict] = None, block_s: float = BLOCK_S) -> Union["Transcript", List["Transcript"]]:
     """Long recordings (as ``TrainedModel`` inputs: paths, arrays, (array, rate)) -> a Transcript
     each (one recording -> one Transcript, a list -> a list).
 
-    ``segments``: recording name -> (start, end) seconds to decode instead of the VAD's (a given
-    segmentation, e.g. Kaldi's ``segments``). ``recorder``: an ``EfficiencyRecorder`` that times
-    each search. ``timing``: a dict that gets the seconds of audio and those spent reading and
-    segmenting (``vad_s``), decoding (``decode_s``) and aligning words (``align_s``)."""
+    Recordings are read and segmented ``block_s`` seconds at a time, and segments are decoded
+    once ``block_s`` seconds of them are waiting (from one recording or several), so memory does
+    not grow with a recording's length. ``segments``: recording name -> (start, end) seconds to
+    decode instead of the VAD's (a given segmentation, e.g. Kaldi's ``segments``). ``recorder``:
+    an ``EfficiencyRecorder`` that times each search. ``timing``: a dict that gets the seconds
+    of audio and those spent segmenting (``vad_s``, reading included), decoding (``decode_s``)
+    and aligning words (``align_s``)."""
     if not model.task.speech:
         raise ValueError(f"long-form decoding needs a speech model; this one is {model.task.name}")
     if word_times and not model.has_ctc:
@@ -131,46 +190,58 @@ def transcribe(model, recordings, vad: str = "auto", max_segment_s: Optional[flo
     names = list(names) if names else [_name(r, i) for i, r in enumerate(recordings)]
     max_segment_s = max_segment_s or trained_max_seconds(model) or DEFAULT_MAX_SEGMENT_S
     rate = model.sampling_rate
-    clock = time.perf_counter()
-    audio, cuts, inputs, keys = [], [], [], []
-    for name, recording in zip(names, recordings):
-        samples = model.audio(recording, name)
-        if segments is not None:
-            regions = [(int(round(s * rate)), min(len(samples), int(round(e * rate)))) for s, e in
-                       segments.get(name, [])]
-        else:
-            regions = speech_regions(samples, rate, vad, max_segment_s, min_silence_s,
-                                     pad_before_s=pad_before_s, pad_after_s=pad_after_s)
-        log.info("%s: %.1f s, %d %s segments (%.1f s of speech, longest %.1f s)", name, len(samples) / rate,
-                 len(regions), "given" if segments is not None else "speech",
-                 sum(e - s for s, e in regions) / rate, max((e - s for s, e in regions), default=0) / rate)
-        audio.append(samples)
-        cuts.append(regions)
-        for s, e in regions:
-            keys.append(f"{name}-{s * 100 // rate:07d}-{e * 100 // rate:07d}")
-            inputs.append(model.model_input(samples[s:e], f"{name} {s / rate:.2f}-{e / rate:.2f}"))
-    segmented = time.perf_counter()
-    with ctc_window(model, math.ceil(CTC_WINDOW_S * encoder_frames_per_second(model))):
-        results = model.decode_inputs(inputs, "segments", recorder, keys) if inputs else []
-    decoded = time.perf_counter()
-    transcripts, k = [], 0
-    for name, samples, regions in zip(names, audio, cuts):
-        found = []
-        for start, end in regions:
-            result = results[k]
-            k += 1
+    clock = dict(vad_s=0.0, decode_s=0.0, align_s=0.0, samples=0, segments=0)
+    found: List[List[Segment]] = [[] for _ in recordings]
+    lengths = [0] * len(recordings)
+    waiting: List[tuple] = []  # (recording index, start sample, samples)
+
+    def decode_waiting():
+        started = time.perf_counter()
+        keys = [f"{names[i]}-{s * 100 // rate:07d}-{(s + len(x)) * 100 // rate:07d}" for i, s, x in waiting]
+        inputs = [model.model_input(x, key) for (_, _, x), key in zip(waiting, keys)]
+        with ctc_window(model, math.ceil(CTC_WINDOW_S * encoder_frames_per_second(model))):
+            results = model.decode_inputs(inputs, "segments", recorder, keys)
+        aligned = time.perf_counter()
+        for (i, start, samples), result in zip(waiting, results):
             if not result.text.strip():
                 continue
-            segment = Segment(round(start / rate, 3), round(end / rate, 3), result.text, result.score,
-                              intent=result.intent)
+            segment = Segment(round(start / rate, 3), round((start + len(samples)) / rate, 3), result.text,
+                              result.score, intent=result.intent)
             if word_times:
-                segment.words = align_words(model, samples[start:end], result, segment.start)
-            found.append(segment)
-        transcripts.append(Transcript(name, len(samples) / rate, found))
+                segment.words = align_words(model, samples, result, segment.start)
+            found[i].append(segment)
+        clock["decode_s"] += aligned - started
+        clock["align_s"] += time.perf_counter() - aligned
+        clock["segments"] += len(waiting)
+        waiting.clear()
+
+    for i, (name, recording) in enumerate(zip(names, recordings)):
+        before = (clock["samples"], clock["segments"] + len(waiting))
+        if segments is not None:  # a given segmentation: the recording is read whole
+            started = time.perf_counter()
+            samples = model.audio(recording, name)
+            cuts = [(int(round(s * rate)), min(len(samples), int(round(e * rate)))) for s, e in segments.get(name, [])]
+            pieces = [(s, samples[s:e]) for s, e in cuts if e > s]
+            clock["samples"] += len(samples)
+            clock["vad_s"] += time.perf_counter() - started
+        else:
+            pieces = speech_segments(model, recording, name, vad, max_segment_s, min_silence_s, pad_before_s,
+                                     pad_after_s, block_s, clock)
+        for start, samples in pieces:
+            waiting.append((i, start, samples))
+            if sum(len(x) for _, _, x in waiting) >= block_s * rate:
+                decode_waiting()
+        lengths[i] = clock["samples"] - before[0]
+        log.info("%s: %.1f s, %d %s segments", name, lengths[i] / rate,
+                 clock["segments"] + len(waiting) - before[1], "given" if segments is not None else "speech")
+    if waiting:
+        decode_waiting()
+    transcripts = [Transcript(name, length / rate, sorted(segs, key=lambda s: s.start))
+                   for name, length, segs in zip(names, lengths, found)]
     if timing is not None:
-        timing.update(audio_s=round(sum(len(a) for a in audio) / rate, 3), vad_s=round(segmented - clock, 3),
-                      decode_s=round(decoded - segmented, 3), align_s=round(time.perf_counter() - decoded, 3),
-                      segments=len(inputs))
+        timing.update(audio_s=round(clock["samples"] / rate, 3), vad_s=round(clock["vad_s"], 3),
+                      decode_s=round(clock["decode_s"], 3), align_s=round(clock["align_s"], 3),
+                      segments=clock["segments"])
     return transcripts[0] if single else transcripts
 
 
