@@ -185,20 +185,3 @@ def test_energy_vad_finds_bursts_and_cuts_long_ones_at_their_quietest_frame():
     cut = split_long(regions, samples, rate, 4.0)
     assert len(cut) == 3 and cut[1][1] == cut[2][0] and abs(cut[1][1] / rate - 8.0) < 0.06
 
-
-def test_silero_regions_are_silero_s_own_and_streams_move_little(recording):
-    """stream_s=0 is Silero's get_speech_timestamps exactly; 20 s streams side by side agree on
-    most windows."""
-    import torch
-    from silero_vad import get_speech_timestamps
-
-    from espnet_mtla.api.vad import _silero_model, silero_probabilities, silero_regions
-
-    samples, rate = soundfile.read(read_table(recording / "wav.scp")["long01_00300s"], dtype="float32")
-    samples = samples[: 60 * rate]
-    own = get_speech_timestamps(torch.from_numpy(samples), _silero_model(), sampling_rate=rate,
-                                min_speech_duration_ms=250, min_silence_duration_ms=300, speech_pad_ms=0)
-    assert silero_regions(samples, rate) == [(r["start"], r["end"]) for r in own]
-    one, streams = silero_probabilities(samples, rate, 0.0), silero_probabilities(samples, rate, 20.0)
-    assert one.shape == streams.shape == (-(-len(samples) // 512),)
-    assert ((one > 0.5) == (streams > 0.5)).mean() > 0.95

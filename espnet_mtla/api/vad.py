@@ -29,9 +29,6 @@ Region = Tuple[int, int]  # [start, end) in samples
 # to start at once: 0.2 s of noise before it tripled the mini recipe's WER), more after (quiet
 # word endings; measured in docs/benchmarks.md, "Long recordings")
 PAD_BEFORE_S, PAD_AFTER_S = 0.1, 0.2
-# Silero's one sequential pass by default; streams of e.g. 30 s side by side run 4-5x faster on CPUs
-# but move its decisions (see silero_probabilities and docs/benchmarks.md, "Long recordings")
-SILERO_STREAM_S, SILERO_WARMUP_S = 0.0, 2.0
 
 _silero = None
 
@@ -102,39 +99,16 @@ def pad_regions(regions: List[Region], length: int, before: int, after: int) -> 
     return out
 
 
-def silero_probabilities(audio: np.ndarray, rate: int, stream_s: float = SILERO_STREAM_S,
-                         warmup_s: float = SILERO_WARMUP_S) -> np.ndarray:
-    """Silero's speech probability of each 32 ms window (512 samples at 16 kHz, 256 at 8 kHz).
-
-    ``stream_s=0``: Silero's own sequential pass (one call per window; tested equal to its
-    ``get_speech_timestamps``). Silero is recurrent, so a recording can only be parallelised by
-    cutting it into ``stream_s`` streams run side by side as one batch, each first fed the
-    ``warmup_s`` before it; its state keeps a long memory, so the probabilities then differ
-    (by 0.013 on average on the mini recipe's recordings, 1% of the decisions)."""
-    import torch
-
-    win = 512 if rate == 16000 else 256
-    count = -(-len(audio) // win)
-    windows = torch.nn.functional.pad(torch.from_numpy(np.ascontiguousarray(audio)), (0, count * win - len(audio)))
-    windows = windows.view(count, win)
-    length = int(stream_s * rate / win) if stream_s else count
-    warmup = int(warmup_s * rate / win) if stream_s else 0
-    streams = -(-count // length)
-    index = torch.arange(-warmup, length)[None, :] + torch.arange(streams)[:, None] * length  # (S, W + L)
-    valid = (index >= 0) & (index < count)
-    frames = windows[index.clamp(0, count - 1)] * valid[..., None]  # before the start and past the end: silence
-    model = _silero_model()
-    model.reset_states()
-    with torch.inference_mode():
-        probs = torch.stack([model(frames[:, t], rate)[:, 0] for t in range(index.shape[1])], dim=1)
-    return probs[:, warmup:].reshape(-1)[:count].numpy()
-
-
 def silero_regions(samples: np.ndarray, rate: int, min_silence_s: float = 0.3, min_speech_s: float = 0.25,
-                   threshold: float = 0.5, stream_s: float = SILERO_STREAM_S) -> List[Region]:
-    """Speech regions by Silero VAD (Silero's own decision rule on its probabilities), in
-    samples of ``rate``, unpadded."""
-    from silero_vad.utils_vad import get_speech_timestamps_from_probs
+                   threshold: float = 0.5) -> List[Region]:
+    """Speech regions by Silero VAD, in samples of ``rate``, unpadded.
+
+    Silero is recurrent (one 32 ms window per call, about 1% of real time on a CPU core). Running
+    a recording as parallel streams would be 4-5x faster, but its state has a long memory: 20 s
+    streams agreed with the one pass on 92% of the windows and cost the mini recipe 1.3-2.5 WER
+    points, so it runs as Silero runs it."""
+    import torch
+    from silero_vad import get_speech_timestamps
 
     vad_rate = 16000 if rate % 16000 == 0 or rate > 16000 else 8000
     audio = samples
@@ -142,10 +116,11 @@ def silero_regions(samples: np.ndarray, rate: int, min_silence_s: float = 0.3, m
         import soxr
 
         audio = soxr.resample(samples, rate, vad_rate).astype(np.float32)
-    found = get_speech_timestamps_from_probs(silero_probabilities(audio, vad_rate, stream_s).tolist(), sampling_rate=vad_rate,
-                                             threshold=threshold, min_speech_duration_ms=int(min_speech_s * 1000),
-                                             min_silence_duration_ms=int(min_silence_s * 1000), speech_pad_ms=0,
-                                             audio_length_samples=len(audio))
+    with torch.inference_mode():
+        found = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(audio)), _silero_model(),
+                                      threshold=threshold, sampling_rate=vad_rate,
+                                      min_speech_duration_ms=int(min_speech_s * 1000),
+                                      min_silence_duration_ms=int(min_silence_s * 1000), speech_pad_ms=0)
     scale = rate / vad_rate
     return [(int(r["start"] * scale), min(len(samples), int(r["end"] * scale))) for r in found]
 
@@ -169,7 +144,7 @@ def split_long(regions: List[Region], samples: np.ndarray, rate: int, max_segmen
 
 def speech_regions(samples: np.ndarray, rate: int, vad: str = "auto", max_segment_s: float = 20.0,
                    min_silence_s: float = 0.3, min_speech_s: float = 0.25, pad_before_s: float = PAD_BEFORE_S,
-                   pad_after_s: float = PAD_AFTER_S, silero_stream_s: float = SILERO_STREAM_S) -> List[Region]:
+                   pad_after_s: float = PAD_AFTER_S) -> List[Region]:
     """[start, end) sample ranges of speech in ``samples`` (1-D float), padded, each at most ``max_segment_s``."""
     if vad not in VADS:
         raise ValueError(f"vad must be one of {', '.join(VADS)}, got {vad!r}")
@@ -179,9 +154,7 @@ def speech_regions(samples: np.ndarray, rate: int, vad: str = "auto", max_segmen
         vad = "silero" if silero_available() else "energy"
         if vad == "energy":
             log.warning("silero-vad is not installed: segmenting by energy (pip install silero-vad for a trained VAD)")
-    if vad == "silero":
-        regions = silero_regions(samples, rate, min_silence_s, min_speech_s, stream_s=silero_stream_s)
-    else:
-        regions = energy_regions(samples, rate, min_silence_s, min_speech_s)
+    detect = silero_regions if vad == "silero" else energy_regions
+    regions = detect(samples, rate, min_silence_s, min_speech_s)
     regions = pad_regions(regions, len(samples), int(pad_before_s * rate), int(pad_after_s * rate))
     return split_long(regions, samples, rate, max_segment_s)
