@@ -14,7 +14,7 @@ from test_api import make_exp
 from espnet_mtla.api import load_model
 from espnet_mtla.api import formats
 from espnet_mtla.api.long_form import Segment, Transcript, Word
-from espnet_mtla.bin import transcribe as cli
+from espnet_mtla.cli import transcribe as cli
 from espnet_mtla.data.long_form import make_long_form, read_table
 from espnet_mtla.data.speech_synth import VOICES, Voice, check_espeak, speak
 

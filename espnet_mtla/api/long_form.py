@@ -112,14 +112,14 @@ def _name(recording, i: int) -> str:
 
 
 def recording_blocks(model, recording, name: str, block_s: float):
-    """(offset, samples) of a recording in blocks of about ``block_s`` seconds at the model's rate,
-    each one read when the previous is done with: a file is never held whole in memory."""
+    """(offset, samples, last) of a recording in blocks of ``block_s`` seconds at the model's
+    rate, each read when the previous is done with: a file is never held whole in memory."""
     rate = model.sampling_rate
     if not isinstance(recording, (str, Path)):
         samples = model.audio(recording, name)
         step = int(block_s * rate)
         for offset in range(0, len(samples), step):
-            yield offset, samples[offset: offset + step]
+            yield offset, samples[offset: offset + step], offset + step >= len(samples)
         return
     import soundfile
 
@@ -128,13 +128,14 @@ def recording_blocks(model, recording, name: str, block_s: float):
     except (OSError, RuntimeError, soundfile.LibsndfileError) as err:
         raise ValueError(f"{recording}: cannot read it as audio ({err})") from None
     with f:
-        offset, frames = 0, int(block_s * f.samplerate)
-        while True:
+        offset, frames, read = 0, int(block_s * f.samplerate), 0
+        while read < f.frames:
             block = f.read(frames, dtype="float32", always_2d=True)
             if not len(block):
                 return
+            read += len(block)
             samples = model.audio((block, f.samplerate), name)
-            yield offset, samples
+            yield offset, samples, read >= f.frames
             offset += len(samples)
 
 
@@ -144,11 +145,7 @@ def speech_segments(model, recording, name: str, vad: str, max_segment_s: float,
     block; speech running into a block's end is carried over to the next block whole."""
     rate = model.sampling_rate
     carry, carry_offset, total = np.zeros(0, np.float32), 0, 0
-    blocks = recording_blocks(model, recording, name, block_s)
-    block = next(blocks, None)
-    while block is not None:
-        offset, samples = block
-        block = next(blocks, None)
+    for offset, samples, last in recording_blocks(model, recording, name, block_s):
         audio = np.concatenate([carry, samples]) if len(carry) else samples
         start_of_audio = carry_offset if len(carry) else offset
         total = offset + len(samples)
@@ -156,13 +153,13 @@ def speech_segments(model, recording, name: str, vad: str, max_segment_s: float,
         regions = speech_regions(audio, rate, vad, max_segment_s, min_silence_s, pad_before_s=pad_before_s,
                                  pad_after_s=pad_after_s)
         clock["vad_s"] += time.perf_counter() - started
-        if block is not None:  # not the last block: what may go on into the next one waits for it
+        if not last:  # what may go on into the next block waits for it
             edge = max(0, len(audio) - int((min_silence_s + pad_after_s) * rate))
             keep = regions[-1][0] if regions and regions[-1][1] > edge else max(edge, regions[-1][1] if regions else 0)
             regions = [r for r in regions if r[1] <= keep]
             carry, carry_offset = audio[keep:], start_of_audio + keep
-        for s, e in regions:
-            yield start_of_audio + s, audio[s:e]
+        for s, e in regions:  # copies: a block is freed once its segments are decoded or waiting
+            yield start_of_audio + s, audio[s:e].copy()
     clock["samples"] += total
 
 
@@ -191,6 +188,7 @@ def transcribe(model, recordings, vad: str = "auto", max_segment_s: Optional[flo
     max_segment_s = max_segment_s or trained_max_seconds(model) or DEFAULT_MAX_SEGMENT_S
     rate = model.sampling_rate
     clock = dict(vad_s=0.0, decode_s=0.0, align_s=0.0, samples=0, segments=0)
+    spent = dict(model.decoder.seconds)  # the decoder's encode/search seconds so far
     found: List[List[Segment]] = [[] for _ in recordings]
     lengths = [0] * len(recordings)
     waiting: List[tuple] = []  # (recording index, start sample, samples)
@@ -241,7 +239,8 @@ def transcribe(model, recordings, vad: str = "auto", max_segment_s: Optional[flo
     if timing is not None:
         timing.update(audio_s=round(clock["samples"] / rate, 3), vad_s=round(clock["vad_s"], 3),
                       decode_s=round(clock["decode_s"], 3), align_s=round(clock["align_s"], 3),
-                      segments=clock["segments"])
+                      segments=clock["segments"],
+                      **{f"{k}_s": round(model.decoder.seconds[k] - spent[k], 3) for k in spent})
     return transcripts[0] if single else transcripts
 
 

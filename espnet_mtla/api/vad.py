@@ -54,12 +54,17 @@ def _silero_model():
 
 
 def frame_energy_db(samples: np.ndarray, rate: int) -> np.ndarray:
-    """(F,) log-energy in dB of 25 ms frames every 10 ms (F = ceil(len / hop))."""
-    hop, win = rate // 100, rate * 25 // 1000
-    count = max(1, -(-len(samples) // hop))
-    padded = np.pad(samples.astype(np.float64), (0, count * hop + win - len(samples)))
-    frames = np.lib.stride_tricks.sliding_window_view(padded, win)[::hop][:count]
-    return 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-10)
+    """(F,) log-energy in dB of 25 ms frames every 10 ms (F = ceil(len / hop)), summed from 5 ms
+    pieces so that memory stays at one float32 copy of the samples."""
+    half = rate // 200  # 5 ms: a hop is 2 pieces, a frame 5
+    count = max(1, -(-len(samples) // (2 * half)))
+    pieces = np.zeros(2 * count + 5)
+    squared = np.square(samples, dtype=np.float32)
+    whole = len(samples) // half
+    pieces[:whole] = squared[: whole * half].reshape(whole, half).sum(axis=1, dtype=np.float64)
+    pieces[whole] = squared[whole * half:].sum(dtype=np.float64)
+    frames = sum(pieces[k: k + 2 * count: 2] for k in range(5))
+    return 10 * np.log10(frames / (5 * half) + 1e-10)
 
 
 def _runs(mask: np.ndarray) -> List[Tuple[int, int]]:

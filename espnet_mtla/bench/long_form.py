@@ -17,14 +17,13 @@ its ``conf/decode.yaml``) in a fresh process each, so that peak memory is the pr
 The ESPnet rows run on the recordings of ``--espnet_minutes`` only (their time per audio second
 does not fall with length). Reported per row: WER (jiwer, per recording), real-time factor
 (wall time / audio time: model loading excluded, reading and segmenting included), the seconds
-spent segmenting and searching, and peak RSS of the process (``ru_maxrss``) with the RSS it had
+spent segmenting and searching, and peak RSS of the process (``VmHWM``) with the RSS it had
 before the recording was read. Results: ``<out>/results.json`` and a Markdown table on stdout.
 """
 
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -34,10 +33,14 @@ from typing import Dict, List
 KINDS = ("ours", "oracle", "espnet_loop", "espnet_whole")
 
 
-def rss_mib() -> float:
-    """This process' resident set now (Linux /proc), MiB."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def memory_mib(field: str) -> float:
+    """``VmRSS`` (resident now) or ``VmHWM`` (its peak) of this process, MiB. Not ``ru_maxrss``:
+    a child process started by fork + exec keeps its parent's peak there."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def wer(ref: str, hyp: str) -> float:
@@ -58,7 +61,7 @@ def worker(job: Dict) -> Dict:
     os.chdir(recipe)
     model = load_model(f"exp/asr_train_{job['model']}")
     wav, ref = read_table(data / "wav.scp")[job["recording"]], read_table(data / "text")[job["recording"]]
-    before = rss_mib()
+    before = memory_mib("VmRSS")
     started = time.perf_counter()
     timing: Dict = {}
     if job["kind"] in ("ours", "oracle"):
@@ -89,8 +92,9 @@ def worker(job: Dict) -> Dict:
     return {**job, "audio_s": round(audio_s, 1), "wall_s": round(wall, 2), "rtf": round(wall / audio_s, 5),
             "vad_s": round(timing.get("vad_s", 0.0), 2),
             "search_s": round(timing.get("decode_s", timing.get("search_s", 0.0)), 2),
+            "encode_s": timing.get("encode_s"), "beam_search_s": timing.get("search_s"),
             "segments": timing.get("segments"), "wer": wer(ref, hyp), "rss_before_mib": round(before, 1),
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "peak_rss_mib": round(memory_mib("VmHWM"), 1)}
 
 
 def run_job(job: Dict, timeout: float) -> Dict:
@@ -106,15 +110,17 @@ def run_job(job: Dict, timeout: float) -> Dict:
 
 
 def table(rows: List[Dict]) -> str:
-    out = ["| model | minutes | path | WER | RTF | segmenting (s) | search (s) | peak RSS (MiB) | RSS before (MiB) |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| model | minutes | path | WER | RTF | segmenting (s) | decoding (s) | of which encoder (s) | "
+           "peak RSS (MiB) | RSS before (MiB) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "stopped" in r:
-            out.append(f"| {r['model']} | {r['minutes']:g} | {r['kind']} | {r['stopped']} | | | | | |")
+            out.append(f"| {r['model']} | {r['minutes']:g} | {r['kind']} | {r['stopped']} | | | | | | |")
             continue
         kind = f"{r['kind']} ({r['vad']})" if r["kind"] in ("ours", "espnet_loop") else r["kind"]
         out.append(f"| {r['model']} | {r['minutes']:g} | {kind} | {r['wer']:.2f} | {r['rtf']:.4f} | "
-                   f"{r['vad_s']:.1f} | {r['search_s']:.1f} | {r['peak_rss_mib']:.0f} | {r['rss_before_mib']:.0f} |")
+                   f"{r['vad_s']:.1f} | {r['search_s']:.1f} | "
+                   f"{r['encode_s'] if r.get('encode_s') is not None else '-'} | {r['peak_rss_mib']:.0f} | "
+                   f"{r['rss_before_mib']:.0f} |")
     return "\n".join(out)
 
 

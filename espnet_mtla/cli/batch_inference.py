@@ -29,6 +29,7 @@ Not supported here (refused in one line): n-gram and word LMs, CTC-only decoding
 
 import inspect
 import logging
+import time
 from typing import Dict, Iterator, List, Tuple
 
 import torch
@@ -259,6 +260,7 @@ class BatchDecoder:
         self.float_input = features_in_float32(self.model, getattr(torch, inference.dtype))
         self.nbest, self.maxlenratio, self.minlenratio = nbest, maxlenratio, minlenratio
         self.batch_encoder = batch_encoder
+        self.seconds = {"encode": 0.0, "search": 0.0}
 
     def inputs(self, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """A collated batch -> (N, T[, ...]) model input on the model's device and dtype, (N,) lengths."""
@@ -270,12 +272,22 @@ class BatchDecoder:
 
     @torch.no_grad()
     def search_batch(self, xs: torch.Tensor, x_lens: torch.Tensor):
-        """One search over a batch of inputs (see ``inputs``) -> ``SearchResult``."""
+        """One search over a batch of inputs (see ``inputs``) -> ``SearchResult``. The seconds
+        spent encoding (frontend, encoder, CTC posteriors) and searching add up in ``seconds``."""
         model, ctc = self.model, self.ctc
+        started = time.perf_counter()
         enc, enc_lens = encode(model, xs, x_lens, self.batch_encoder)
         # CTC posteriors in float32 whatever the model's dtype: bfloat16 keeps 3 digits of a log-prob
         ctc_logp = ctc.ctc_lo(enc).float().log_softmax(-1) if ctc is not None else None
-        return self.search(enc, enc_lens, self.maxlenratio, self.minlenratio, ctc_logp=ctc_logp)
+        if enc.is_cuda:
+            torch.cuda.synchronize(enc.device)
+        encoded = time.perf_counter()
+        result = self.search(enc, enc_lens, self.maxlenratio, self.minlenratio, ctc_logp=ctc_logp)
+        if enc.is_cuda:
+            torch.cuda.synchronize(enc.device)
+        self.seconds["encode"] += encoded - started
+        self.seconds["search"] += time.perf_counter() - encoded
+        return result
 
     def nbest_lists(self, result) -> List[list]:
         """Each utterance's n-best ``((text, token, token_int), score)`` of a ``SearchResult``."""
