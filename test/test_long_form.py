@@ -185,3 +185,39 @@ def test_energy_vad_finds_bursts_and_cuts_long_ones_at_their_quietest_frame():
     cut = split_long(regions, samples, rate, 4.0)
     assert len(cut) == 3 and cut[1][1] == cut[2][0] and abs(cut[1][1] / rate - 8.0) < 0.06
 
+
+
+def test_the_benchmark_measures_each_path_in_its_own_process(recording, model, tmp_path, capsys):
+    """bench.long_form on a recipe dir of the tiny model, 30 s of the test utterances: one row per
+    path with WER, RTF, times and peak memory, in results.json and the printed table."""
+    import shutil
+
+    from espnet_mtla.bench import long_form as bench
+
+    recipe = tmp_path / "recipe"
+    (recipe / "data").mkdir(parents=True)
+    shutil.copytree(recording.parent / "utts", recipe / "data" / "test")
+    shutil.copytree(model.files.model_file.parent, recipe / "exp" / "asr_train_tiny")
+    bench.main(["--recipe", str(recipe), "--minutes", "0.5", "--models", "tiny", "--kinds", "ours", "oracle",
+                "espnet_loop", "--espnet_minutes", "0.5", "--vads", "energy", "--out", str(tmp_path / "out")])
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
+    assert [r["kind"] for r in rows] == ["ours", "oracle", "espnet_loop"]
+    for row in rows:
+        assert 0 <= row["wer"] and 25 < row["audio_s"] < 35 and row["rtf"] > 0, row
+        assert row["peak_rss_mib"] >= row["rss_before_mib"] > 100
+    assert rows[0]["encode_s"] > 0 and rows[0]["segments"] >= 1
+    printed = capsys.readouterr().out
+    assert "| tiny | 0.5 | ours (energy) |" in printed and "| tiny | 0.5 | espnet_loop (energy) |" in printed
+
+
+@pytest.mark.parametrize("task", ["st", "slu"])
+def test_translation_and_slu_models_take_long_recordings_too(recording, tmp_path, task):
+    """A talk translated segment by segment; an SLU model's segments carry their intents."""
+    st = load_model(make_exp(tmp_path, task), beam_size=2, maxlenratio=-4, minlenratio=-1)
+    path = read_table(recording / "wav.scp")["long01_00300s"]
+    samples, rate = soundfile.read(path, dtype="float32")
+    transcript = st.transcribe_long(path, vad="energy", max_segment_s=6.0)
+    alone = st([samples[int(round(s.start * rate)): int(round(s.end * rate))] for s in transcript.segments])
+    assert transcript.segments and [s.text for s in transcript.segments] == [r.text for r in alone]
+    assert [s.intent for s in transcript.segments] == [r.intent for r in alone]
+    assert all((s.intent is not None) == (task == "slu") for s in transcript.segments)

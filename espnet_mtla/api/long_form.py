@@ -201,7 +201,7 @@ def transcribe(model, recordings, vad: str = "auto", max_segment_s: Optional[flo
             results = model.decode_inputs(inputs, "segments", recorder, keys)
         aligned = time.perf_counter()
         for (i, start, samples), result in zip(waiting, results):
-            if not result.text.strip():
+            if not result.text.strip() and not result.intent:  # nothing decoded (an SLU intent alone counts)
                 continue
             segment = Segment(round(start / rate, 3), round((start + len(samples)) / rate, 3), result.text,
                               result.score, intent=result.intent)
