@@ -15,6 +15,7 @@ $(STAMP): requirements.txt setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "pip<25"
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q "ctc-segmentation==1.7.5" || echo "note: ctc-segmentation did not build (it needs a C compiler and Python's headers): long-form word times (--word_times) are unavailable, the rest works" >&2
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 

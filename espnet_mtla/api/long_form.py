@@ -18,6 +18,7 @@ since the VAD cuts at pauses longer than ``min_silence_s``.
 each word its start, end and alignment confidence; otherwise words are not timed.
 """
 
+import importlib.util
 import logging
 import math
 import time
@@ -182,6 +183,9 @@ def transcribe(model, recordings, vad: str = "auto", max_segment_s: Optional[flo
         raise ValueError(f"long-form decoding needs a speech model; this one is {model.task.name}")
     if word_times and not model.has_ctc:
         raise ValueError("word_times=True aligns with the model's CTC; this model has none")
+    if word_times and importlib.util.find_spec("ctc_segmentation") is None:
+        raise ValueError("word_times=True needs the ctc-segmentation package (pip install ctc-segmentation==1.7.5; "
+                         "it builds with a C compiler)")
     single = not isinstance(recordings, list)
     recordings = [recordings] if single else recordings
     names = list(names) if names else [_name(r, i) for i, r in enumerate(recordings)]
