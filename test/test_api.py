@@ -143,3 +143,18 @@ def test_text_models_take_text_and_speech_models_audio(tmp_path):
     with pytest.raises(ValueError, match="input: a mt model takes source text"):
         model(np.zeros(10))
     assert same(model("ab"), model(["ab"])[0])
+
+
+def test_an_empty_best_hypothesis_is_logged_with_the_best_non_empty_one(tmp_path, caplog):
+    """A length cost large enough for <eos> first to win: a warning per input, with the best
+    non-empty hypothesis' score beside the empty one's."""
+    exp = make_exp(tmp_path, "asr")
+    make_data(tmp_path, "asr")
+    model = load_model(exp, beam_size=4, ctc_weight=0.0, penalty=-30.0)
+    with caplog.at_level(logging.WARNING):
+        results = model(inputs_of(tmp_path, "asr")[:2])
+    assert [r.text for r in results] == ["", ""]
+    lines = sorted(r.getMessage() for r in caplog.records if "decoded to nothing" in r.getMessage())
+    assert [line.split(": the empty hypothesis scored ")[0] for line in lines] == [
+        "utterance 0: decoded to nothing", "utterance 1: decoded to nothing"]
+    assert all("the best non-empty one -" in line or "no non-empty hypothesis ended" in line for line in lines)

@@ -251,3 +251,22 @@ def test_rows_decoded_differently_are_not_compared_and_say_why():
     text = render_results([row("mha"), row("mtla", beam_size=20)])
     assert ("- asr_train_mha (test): batched within 4000 frames, beam 10, CTC weight 0.3, length bonus 0.0, "
             "maxlenratio 0.0, 2 job(s) of 1 thread(s) on Xeon, 2 cores\n") in text
+
+
+def test_experiments_compare_with_the_mha_experiment_trained_as_long():
+    """A 16-epoch MTLA row against the 16-epoch MHA row, never the 8-epoch one; MHA rows are not
+    compared with each other; a row without an MHA row of its epochs says so."""
+    from espnet_mtla.recipe.results import comparisons
+
+    def row(name, attention, epochs, bleu):
+        return {"experiment": name, "test_set": "test", "attention": attention, "epochs": epochs,
+                "scores": {"bleu": bleu}}
+
+    rows = [row("mt_train_mha", "mha", 8, 90.16), row("mt_train_mha_16epochs", "mha", 16, 93.2),
+            row("mt_train_mtla", "mtla", 8, 47.01), row("mt_train_mtla_16epochs", "mtla", 16, 90.73),
+            row("mt_train_mla_24epochs", "mla", 24, 93.0)]
+    assert comparisons(rows) == [
+        "mt_train_mtla vs mt_train_mha on test: bleu 47.01 vs 90.16 (-43.15 points, worse)",
+        "mt_train_mtla_16epochs vs mt_train_mha_16epochs on test: bleu 90.73 vs 93.2 (-2.47 points, worse)",
+        "mt_train_mla_24epochs on test: not compared, no MHA row trained for 24 epochs (MHA: mt_train_mha 8, "
+        "mt_train_mha_16epochs 16 epochs): train one alike"]

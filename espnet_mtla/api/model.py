@@ -304,7 +304,8 @@ class TrainedModel:
                 for indices, result in split_on_out_of_memory(run, batch):
                     if recorder is not None:
                         result, elapsed, peak_bytes = result
-                    for i, nbest in zip(indices, self.decoder.nbest_lists(result)):
+                    for i, nbest in zip(indices, self.decoder.nbest_lists(result, [keys[i] if keys else str(i)
+                                                                                   for i in indices])):
                         results[i] = self._result(nbest)
                     if recorder is not None:
                         recorder.record_batch([keys[i] if keys else str(i) for i in indices], elapsed,

@@ -289,11 +289,24 @@ class BatchDecoder:
         self.seconds["search"] += time.perf_counter() - encoded
         return result
 
-    def nbest_lists(self, result) -> List[list]:
-        """Each utterance's n-best ``((text, token, token_int), score)`` of a ``SearchResult``."""
+    def nbest_lists(self, result, keys=None) -> List[list]:
+        """Each utterance's n-best ``((text, token, token_int), score)`` of a ``SearchResult``. An
+        utterance whose best hypothesis is empty gets a warning with the best non-empty one's
+        score beside it (a length bias, ``penalty``, is the usual cause), so that nothing is
+        decoded to nothing without a line saying why."""
         inference = self.inference
-        return [[(hypothesis_tokens(h, inference.converter, inference.tokenizer), h.score) for h in hyps[: self.nbest]]
-                for hyps in result.hypotheses]
+        tokens = lambda h: hypothesis_tokens(h, inference.converter, inference.tokenizer)  # noqa: E731
+        lists = []
+        for i, hyps in enumerate(result.hypotheses):
+            nbest = [(tokens(h), h.score) for h in hyps[: self.nbest]]
+            if nbest and not nbest[0][0][2]:
+                other = next((h for h in hyps[1:] if tokens(h)[2]), None)
+                beside = (f"the best non-empty one {float(other.score):.3f}: {' '.join(tokens(other)[1])!r}"
+                          if other is not None else "no non-empty hypothesis ended")
+                logging.warning("%s: decoded to nothing: the empty hypothesis scored %.3f, %s",
+                                f"utterance {keys[i]}" if keys else f"input {i}", float(nbest[0][1]), beside)
+            lists.append(nbest)
+        return lists
 
 
 def decode(module, spec: TaskSpec, args, recorder, batch_encoder: bool = False, attn_backend: str = None,
@@ -336,7 +349,7 @@ def decode(module, spec: TaskSpec, args, recorder, batch_encoder: bool = False, 
 
         for uids, (result, elapsed, peak_bytes) in split_on_out_of_memory(run, readable):
             tokens: List[int] = []
-            for key, nbest in zip(uids, decoder.nbest_lists(result)):
+            for key, nbest in zip(uids, decoder.nbest_lists(result, uids)):
                 results[key] = nbest
                 tokens.append(len(nbest[0][0][2]) if nbest else 0)  # tokens of the best hypothesis
             recorder.record_batch(uids, elapsed, tokens, peak_bytes, result.cache_bytes_peak,

@@ -111,8 +111,9 @@ def describe_decoding(d: dict) -> str:
 
 
 def comparisons(rows: List[dict]) -> List[str]:
-    """Each experiment against the MHA one of the same decoder (decoder-only, encoder-decoder)
-    on the same test set with the same LM (or none), in words a person can read.
+    """Each experiment against the MHA one of the same decoder (decoder-only, encoder-decoder),
+    trained for as many epochs, on the same test set with the same LM (or none), in words a
+    person can read. MHA rows are the baselines, not compared with each other.
 
     Quality: the first score's difference (absolute points); speed, memory and cache: ratios.
     Experiments know their attention type from their config (``attention`` in the row).
@@ -123,11 +124,16 @@ def comparisons(rows: List[dict]) -> List[str]:
     lm_of = lambda r: r.get("lm") or ""  # noqa: E731
     for test_set, decoder, lm in sorted({(r["test_set"], decoder_of(r), lm_of(r)) for r in rows}):
         subset = [r for r in rows if (r["test_set"], decoder_of(r), lm_of(r)) == (test_set, decoder, lm)]
-        base = next((r for r in subset if r.get("attention") == "mha"), None)
-        if base is None:
-            continue
+        bases = [r for r in subset if r.get("attention") == "mha"]
         for r in subset:
-            if r is base:
+            if r.get("attention") == "mha" or not bases:  # MHA rows are what the others are compared with
+                continue
+            # trained as long as it (rows written before rows said their epochs: any MHA row)
+            base = next((b for b in bases if b.get("epochs") == r.get("epochs")), None)
+            if base is None:
+                trained = ", ".join(sorted(f"{b['experiment']} {b.get('epochs')}" for b in bases))
+                lines.append(f"{row_name(r)} on {test_set}: not compared, no MHA row trained for "
+                             f"{r.get('epochs')} epochs (MHA: {trained} epochs): train one alike")
                 continue
             differ = decoding_differences(r, base)
             if differ:  # a gap the setup makes is not the attention's

@@ -174,6 +174,10 @@ class Score(Stage):
             refs = dict(datadir.read_table(x.reference_dir(name) / x.text_names()["text"], datadir.Problems()))
             hyps = dict(datadir.read_table(out / "text", datadir.Problems(), allow_empty_value=True))
             hyps = {k: hyps.get(k, "") for k in refs}
+            empty = sum(1 for text in hyps.values() if not text.strip())
+            if empty:  # the decoding log names each one, with the best non-empty hypothesis' score
+                log.warning("%s %s: %d of %d hypotheses are empty (see %s)", x.exp.name, name, empty, len(hyps),
+                            out / "logdir")
             scores = score(x.metrics, refs, hyps, out)
             write_text_atomic(out / "scores.json", json.dumps(scores, indent=2) + "\n")
             log.info("%s %s: %s", x.exp.name, name, scores)

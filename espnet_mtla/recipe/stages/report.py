@@ -41,7 +41,7 @@ class Report(Stage):
             decoder, attention = decoder_of(x.exp)
             lm = x.lm_exp.name if x.use_lm else None
             row = {"experiment": x.exp.name, "test_set": name, "decoder": decoder, "attention": attention,
-                   "lm": lm, "model": eff.get("model", "-"),
+                   "epochs": read_config(x.exp / "config.yaml").get("max_epoch"), "lm": lm, "model": eff.get("model", "-"),
                    "scores": json.loads((out / "scores.json").read_text()),
                    **{key: eff.get(key) for key in RESULT_FIELDS}, "decoding": eff.get("decoding"),
                    "learning_curves": learning_curves(x.exp, path.resolve().parent)}
