@@ -222,3 +222,15 @@ def test_translation_and_slu_models_take_long_recordings_too(recording, tmp_path
     assert transcript.segments and [s.text for s in transcript.segments] == [r.text for r in alone]
     assert [s.intent for s in transcript.segments] == [r.intent for r in alone]
     assert all((s.intent is not None) == (task == "slu") for s in transcript.segments)
+
+
+def test_silero_leaves_torch_s_threads_as_they_were():
+    """Importing silero_vad sets torch's threads to 1 for the process; decoding after the VAD keeps its threads."""
+    import subprocess
+    import sys
+
+    code = ("import torch, numpy as np; torch.set_num_threads(2); "
+            "from espnet_mtla.api.vad import silero_regions; silero_regions(np.zeros(16000, np.float32), 16000); "
+            "print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["2"]

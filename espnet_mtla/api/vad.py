@@ -30,7 +30,7 @@ Region = Tuple[int, int]  # [start, end) in samples
 # word endings; measured in docs/benchmarks.md, "Long recordings")
 PAD_BEFORE_S, PAD_AFTER_S = 0.1, 0.2
 
-_silero = None
+_silero_loaded = None  # (package, model) once loaded
 
 
 def silero_available() -> bool:
@@ -39,18 +39,20 @@ def silero_available() -> bool:
     return importlib.util.find_spec("silero_vad") is not None
 
 
-def _silero_model():
-    """Silero's TorchScript model, loaded once (from the pip package's own files)."""
-    global _silero
-    if _silero is None:
+def _silero():
+    """The ``silero_vad`` package and its TorchScript model, loaded once (from the package's own
+    files). Importing the package sets torch's threads to 1 for the whole process: they are put
+    back, here, the one place it is imported."""
+    global _silero_loaded
+    if _silero_loaded is None:
         import torch
 
         threads = torch.get_num_threads()
-        from silero_vad import load_silero_vad  # its import sets torch's threads to 1: put them back
+        import silero_vad
 
         torch.set_num_threads(threads)
-        _silero = load_silero_vad()
-    return _silero
+        _silero_loaded = (silero_vad, silero_vad.load_silero_vad())
+    return _silero_loaded
 
 
 def frame_energy_db(samples: np.ndarray, rate: int) -> np.ndarray:
@@ -113,8 +115,8 @@ def silero_regions(samples: np.ndarray, rate: int, min_silence_s: float = 0.3, m
     streams agreed with the one pass on 92% of the windows and cost the mini recipe 1.3-2.5 WER
     points, so it runs as Silero runs it."""
     import torch
-    from silero_vad import get_speech_timestamps
 
+    silero_vad, model = _silero()
     vad_rate = 16000 if rate % 16000 == 0 or rate > 16000 else 8000
     audio = samples
     if rate != vad_rate:
@@ -122,10 +124,10 @@ def silero_regions(samples: np.ndarray, rate: int, min_silence_s: float = 0.3, m
 
         audio = soxr.resample(samples, rate, vad_rate).astype(np.float32)
     with torch.inference_mode():
-        found = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(audio)), _silero_model(),
-                                      threshold=threshold, sampling_rate=vad_rate,
-                                      min_speech_duration_ms=int(min_speech_s * 1000),
-                                      min_silence_duration_ms=int(min_silence_s * 1000), speech_pad_ms=0)
+        found = silero_vad.get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(audio)), model,
+                                                 threshold=threshold, sampling_rate=vad_rate,
+                                                 min_speech_duration_ms=int(min_speech_s * 1000),
+                                                 min_silence_duration_ms=int(min_silence_s * 1000), speech_pad_ms=0)
     scale = rate / vad_rate
     return [(int(r["start"] * scale), min(len(samples), int(r["end"] * scale))) for r in found]
 
