@@ -191,17 +191,18 @@ def transcribe(model, recordings, vad: str = "auto", max_segment_s: Optional[flo
     names = list(names) if names else [_name(r, i) for i, r in enumerate(recordings)]
     max_segment_s = max_segment_s or trained_max_seconds(model) or DEFAULT_MAX_SEGMENT_S
     rate = model.sampling_rate
-    clock = dict(vad_s=0.0, decode_s=0.0, align_s=0.0, samples=0, segments=0)
+    clock = dict(vad_s=0.0, decode_s=0.0, align_s=0.0, samples=0, segments=0, waiting=0)
     spent = dict(model.decoder.seconds)  # the decoder's encode/search seconds so far
     found: List[List[Segment]] = [[] for _ in recordings]
     lengths = [0] * len(recordings)
     waiting: List[tuple] = []  # (recording index, start sample, samples)
+    window = math.ceil(CTC_WINDOW_S * encoder_frames_per_second(model))
 
     def decode_waiting():
         started = time.perf_counter()
         keys = [f"{names[i]}-{s * 100 // rate:07d}-{(s + len(x)) * 100 // rate:07d}" for i, s, x in waiting]
         inputs = [model.model_input(x, key) for (_, _, x), key in zip(waiting, keys)]
-        with ctc_window(model, math.ceil(CTC_WINDOW_S * encoder_frames_per_second(model))):
+        with ctc_window(model, window):
             results = model.decode_inputs(inputs, "segments", recorder, keys)
         aligned = time.perf_counter()
         for (i, start, samples), result in zip(waiting, results):
@@ -215,6 +216,7 @@ def transcribe(model, recordings, vad: str = "auto", max_segment_s: Optional[flo
         clock["decode_s"] += aligned - started
         clock["align_s"] += time.perf_counter() - aligned
         clock["segments"] += len(waiting)
+        clock["waiting"] = 0
         waiting.clear()
 
     for i, (name, recording) in enumerate(zip(names, recordings)):
@@ -231,7 +233,8 @@ def transcribe(model, recordings, vad: str = "auto", max_segment_s: Optional[flo
                                      pad_after_s, block_s, clock)
         for start, samples in pieces:
             waiting.append((i, start, samples))
-            if sum(len(x) for _, _, x in waiting) >= block_s * rate:
+            clock["waiting"] += len(samples)
+            if clock["waiting"] >= block_s * rate:
                 decode_waiting()
         lengths[i] = clock["samples"] - before[0]
         log.info("%s: %.1f s, %d %s segments", name, lengths[i] / rate,
@@ -279,8 +282,7 @@ def align_words(model, samples: np.ndarray, result, offset: float) -> List[Word]
     words, pieces = words_of(tokens, token_ids)
     if not words:
         return []
-    decoder = model.decoder
-    ctc = decoder.ctc if decoder.ctc is not None else decoder.model.ctc
+    ctc = model.decoder.model.ctc
     with torch.no_grad():
         lpz = ctc.ctc_lo(model.encode(model.model_input(samples))).float().log_softmax(-1)[0].cpu().numpy()
     config = CtcSegmentationParameters()

@@ -22,7 +22,6 @@ has CTC and the task is asr or slu. Any of them can be given as an argument.
 """
 
 import importlib
-import inspect
 import logging
 import math
 import tempfile
@@ -204,7 +203,7 @@ class TrainedModel:
 
     @property
     def has_ctc(self) -> bool:
-        return self.decoder.ctc is not None or getattr(self.decoder.model, "ctc", None) is not None
+        return getattr(self.decoder.model, "ctc", None) is not None
 
     def __repr__(self) -> str:
         return (f"TrainedModel({self.task.name}, {self.files.model_file}, device={self.inference.device}, "
@@ -304,11 +303,11 @@ class TrainedModel:
                 for indices, result in split_on_out_of_memory(run, batch):
                     if recorder is not None:
                         result, elapsed, peak_bytes = result
-                    for i, nbest in zip(indices, self.decoder.nbest_lists(result, [keys[i] if keys else str(i)
-                                                                                   for i in indices])):
+                    names = [keys[i] if keys else str(i) for i in indices]
+                    for i, nbest in zip(indices, self.decoder.nbest_lists(result, names)):
                         results[i] = self._result(nbest)
                     if recorder is not None:
-                        recorder.record_batch([keys[i] if keys else str(i) for i in indices], elapsed,
+                        recorder.record_batch(names, elapsed,
                                               [len(results[i].nbest[0].token_ids) if results[i].nbest else 0
                                                for i in indices], peak_bytes, result.cache_bytes_peak,
                                               result.lm_cache_bytes_peak, result.cache_bytes_allocated_peak)
@@ -362,6 +361,7 @@ def load_model(path: Union[str, Path], task: Optional[str] = None, model_file: O
             batch_frames (the batch budget in 10 ms frames), ctc_window_margin, normalize_length.
     """
     import espnet_mtla.tasks.registration  # noqa: F401  (registers our classes with ESPnet)
+    from espnet_mtla.cli.batch_inference import construct_with_accepted
     from espnet_mtla.storage.safe_load import load_state_dict_file, safe_loading
 
     unknown = sorted(set(decoding) - set(DECODE_OPTIONS))
@@ -383,8 +383,7 @@ def load_model(path: Union[str, Path], task: Optional[str] = None, model_file: O
         kwargs = {f"{spec.name}_train_config": str(resolved), f"{spec.name}_model_file": str(files.model_file),
                   "device": device, "dtype": dtype, "batch_size": 1, "lm_train_config": lm_train_config,
                   "lm_file": lm_file, **{k: v for k, v in options.items() if k in DECODE_OPTIONS}}
-        accepted = inspect.signature(cls.__init__).parameters
         with safe_loading(trust, preloaded={str(files.model_file): state}), _quiet_espnet():
-            inference = cls(**{k: v for k, v in kwargs.items() if k in accepted})
+            inference = construct_with_accepted(cls, kwargs)
     log.info("loaded %s (%s) from %s", spec.name, files.model_file.name, path)
     return TrainedModel(files, inference, options, progress)

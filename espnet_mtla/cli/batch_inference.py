@@ -62,13 +62,17 @@ def use_attention_backend(inference, spec: TaskSpec, attn_backend: str) -> None:
     inference._attn_backend = attn_backend
 
 
+def construct_with_accepted(cls, options: Dict[str, object]):
+    """``cls(**options)`` with only the options its constructor takes (ESPnet's inference objects
+    each take a different subset of the decoding options)."""
+    accepted = inspect.signature(cls.__init__).parameters
+    return cls(**{k: v for k, v in options.items() if k in accepted})
+
+
 def build_inference_object(module, spec: TaskSpec, args):
     """ESPnet's inference object from the parsed options (only those its constructor takes)."""
-    cls = getattr(module, spec.inference_class)
-    accepted = inspect.signature(cls.__init__).parameters
-    kwargs = {k: v for k, v in vars(args).items() if k in accepted}
-    kwargs.update(device="cuda" if args.ngpu >= 1 else "cpu", batch_size=1)
-    return cls(**{k: v for k, v in kwargs.items() if k in accepted})
+    options = dict(vars(args), device="cuda" if args.ngpu >= 1 else "cpu", batch_size=1)
+    return construct_with_accepted(getattr(module, spec.inference_class), options)
 
 
 def build_search(inference, model, nbest: int, cuda_graphs: bool = False, ctc_window_margin: int = 0):

@@ -125,10 +125,10 @@ def main(argv=None) -> None:
                                             min_silence_s=args.min_silence_s, pad_before_s=args.pad_before_s,
                                             pad_after_s=args.pad_after_s, word_times=args.word_times,
                                             names=names, segments=segments, recorder=recorder, timing=timing)
+        seconds = sum(timing[k] for k in ("vad_s", "decode_s", "align_s"))
         logging.info("%.1f s of audio in %.1f s (RTF %.4f): segmenting %.1f s, decoding %.1f s, aligning %.1f s",
-                     timing["audio_s"], sum(timing[k] for k in ("vad_s", "decode_s", "align_s")),
-                     sum(timing[k] for k in ("vad_s", "decode_s", "align_s")) / max(timing["audio_s"], 1e-9),
-                     timing["vad_s"], timing["decode_s"], timing["align_s"])
+                     timing["audio_s"], seconds, seconds / max(timing["audio_s"], 1e-9), timing["vad_s"],
+                     timing["decode_s"], timing["align_s"])
         if args.output_dir:
             out = Path(args.output_dir)
             written = formats.write(transcripts, out, args.formats)
