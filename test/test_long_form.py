@@ -234,3 +234,21 @@ def test_silero_leaves_torch_s_threads_as_they_were():
             "print(torch.get_num_threads())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["2"]
+
+
+@pytest.mark.parametrize("option, content, message", [
+    ("--segments", "seg1 long01_00300s 1.0\n", "line 1: expected '<segment> <recording> <start> <end>'"),
+    ("--decode_config", None, "no_such_decode.yaml: no such decode config"),
+])
+def test_the_cli_says_what_is_wrong_with_segments_or_a_decode_config_in_one_line(recording, model, tmp_path, capsys,
+                                                                                 option, content, message):
+    path = tmp_path / ("segments" if content is not None else "no_such_decode.yaml")
+    if content is not None:
+        path.write_text(content)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit):
+        cli.main(["--wav_scp", str(recording / "wav.scp"), "--model", str(model.files.model_file.parent),
+                  option, str(path), "--output_dir", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not out.exists()  # nothing written

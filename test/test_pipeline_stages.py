@@ -270,3 +270,8 @@ def test_experiments_compare_with_the_mha_experiment_trained_as_long():
         "mt_train_mtla_16epochs vs mt_train_mha_16epochs on test: bleu 90.73 vs 93.2 (-2.47 points, worse)",
         "mt_train_mla_24epochs on test: not compared, no MHA row trained for 24 epochs (MHA: mt_train_mha 8, "
         "mt_train_mha_16epochs 16 epochs): train one alike"]
+    # an MHA row from before rows said their epochs is still the baseline of a new row
+    old_mha = row("mt_train_mha", "mha", 8, 90.16)
+    del old_mha["epochs"]
+    assert comparisons([old_mha, row("mt_train_mtla", "mtla", 8, 47.01)]) == [
+        "mt_train_mtla vs mt_train_mha on test: bleu 47.01 vs 90.16 (-43.15 points, worse)"]

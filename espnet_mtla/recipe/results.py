@@ -128,8 +128,9 @@ def comparisons(rows: List[dict]) -> List[str]:
         for r in subset:
             if r.get("attention") == "mha" or not bases:  # MHA rows are what the others are compared with
                 continue
-            # trained as long as it (rows written before rows said their epochs: any MHA row)
-            base = next((b for b in bases if b.get("epochs") == r.get("epochs")), None)
+            # trained as long as it; a row written before rows said their epochs pairs with any MHA row
+            base = (next((b for b in bases if b.get("epochs") == r.get("epochs")), None)
+                    or next((b for b in bases if None in (b.get("epochs"), r.get("epochs"))), None))
             if base is None:
                 trained = ", ".join(sorted(f"{b['experiment']} {b.get('epochs')}" for b in bases))
                 lines.append(f"{row_name(r)} on {test_set}: not compared, no MHA row trained for "
