@@ -3,6 +3,7 @@ import os
 import pytest
 import torch
 
+from espnet_mtla.attention import hypernet
 from espnet_mtla.attention.backends import triton_interpreting
 
 # Deterministic, and quick on 2-core CI machines; one thread per worker when make test runs
@@ -13,6 +14,13 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.
 # triton is first imported; only an explicit attn_backend: triton ever reaches it on a CPU.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+# The equivalence tests (parallel vs step by step, absorbed vs plain, batched vs single) need MTLA
+# merge weights that vary with the chunk and the latent, or a wrong chunk index would go unseen:
+# the library's default start ("one") gives every latent the same weight. Subprocesses (the
+# recipes) keep the library's default.
+hypernet.DEFAULT_INIT = "random"
 
 
 @pytest.fixture(params=["eager", "sdpa", "triton", "auto"])

@@ -338,6 +338,29 @@ def test_mtla_differs_from_mla_only_by_merging():
     assert torch.allclose(c_mtla.buffers["kv"][..., :16], 0.5 * c_mla.buffers["kv"][..., :16], atol=1e-6)
 
 
+@pytest.mark.parametrize("init,weight", [("one", torch.sigmoid(torch.tensor(4.0)).item()), ("half", 0.5)])
+def test_hypernet_starts_with_one_weight_for_every_latent_and_learns(init, weight):
+    """"one" (the library's default) and "half" start every merge weight alike, whatever the
+    latent and chunk; the projections still get gradients, so the weights can come to differ
+    ("half": the chunk projection first, its output being zero)."""
+    attn = make("mtla", dict(LATENT, down_rate=2, hypernet_init=init))
+    latent, chunk = torch.randn(5, 16), torch.tensor([0, 1, 2, 7, 40])
+    w = attn.hypernet(latent, chunk)
+    assert torch.allclose(w, torch.full_like(w, weight), atol=1e-6)
+    w.sum().backward()
+    learning = [attn.hypernet.chunk_proj] + ([attn.hypernet.latent_proj] if init == "one" else [])
+    for proj in learning:
+        assert proj.weight.grad.abs().sum() > 0
+
+
+def test_hypernet_init_default_and_unknown():
+    from espnet_mtla.attention import hypernet
+
+    assert hypernet.INITS["one"] == 4.0  # the library's default, which test/conftest.py sets aside
+    with pytest.raises(ValueError, match="hypernet_init must be one of one, half, random, got 'sum'"):
+        make("mtla", dict(LATENT, down_rate=2, hypernet_init="sum"))
+
+
 @pytest.mark.parametrize(
     "attention_type,conf,option",
     [

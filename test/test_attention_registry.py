@@ -45,7 +45,7 @@ def test_built_in_sections():
     assert sections["attention_conf"] == (["attn_backend", "bias", "dropout", "rope_base"], attention_types())
     assert sections["mha_conf"] == (["head_dim", "rope"], ("mha", "mqa", "gqa"))
     assert sections["gqa_conf"] == (["num_kv_heads"], ("gqa",))
-    assert sections["mtla_conf"] == (["down_rate", "hypernet_rank_ratio"], ("mtla",))
+    assert sections["mtla_conf"] == (["down_rate", "hypernet_init", "hypernet_rank_ratio"], ("mtla",))
     assert "num_kv_heads" not in attention_options("mqa")  # fixed by the type
 
 

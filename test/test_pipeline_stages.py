@@ -151,6 +151,8 @@ def test_report_renders_results_md_from_results_json(tmp_path, monkeypatch):
             (p.exp / "images" / f"{curve}.png").write_bytes(b"png")
         (decode / "efficiency.json").write_text(json.dumps(efficiency))
         (decode / "scores.json").write_text(json.dumps({"wer": wer, "cer": 1.0}))
+        if attention == "mtla":  # stage 9's count (a set scored before it counted has none)
+            (decode / "hypotheses.json").write_text(json.dumps({"total": 200, "empty": 3}))
         run_alone(p, 10)
         if attention == "mha":
             text = (tmp_path / "RESULTS.md").read_text()
@@ -158,7 +160,9 @@ def test_report_renders_results_md_from_results_json(tmp_path, monkeypatch):
     rows = json.loads((tmp_path / "RESULTS.json").read_text())["rows"]
     assert [(r["experiment"], r["scores"]["wer"]) for r in rows] == [("asr_train_mha", 5.0), ("asr_train_mtla", 4.5)]
     text = (tmp_path / "RESULTS.md").read_text()
-    assert "| asr_train_mtla | test | valid.acc.ave | wer 4.5, cer 1.0 | 1.50 | 2.0 | 9.5 | 3.0 | 0.123 |" in text
+    assert "| asr_train_mtla | test | valid.acc.ave | wer 4.5, cer 1.0, 3 empty | 1.50 | 2.0 | 9.5 | 3.0 | 0.123 |" in text
+    assert "| asr_train_mha | test | valid.acc.ave | wer 5.0, cer 1.0 | 1.50 |" in text
+    assert [r["empty_hypotheses"] for r in rows] == [None, 3]
     assert text.index("asr_train_mha") < text.index("asr_train_mtla") < text.index("## Notes\n\nkept as written")
     # what the numbers mean, against MHA
     assert ("- asr_train_mtla vs asr_train_mha on test: wer 4.5 vs 5.0 (-0.50 points, better); decoding speed 1.00x "

@@ -213,7 +213,7 @@ def test_mini_synth_slu_every_stage(tmp_path):
 TRANSLATE = ["--local_data_opts", "--train_size 160 --dev_size 8 --test_size 8 --condition clean", "--nj", "2",
              "--inference_nj", "2",
              "--train_args", "--max_epoch 12 --batch_size 8 --scheduler_conf warmup_steps=60",
-             "--inference_args", "--beam_size 2"]
+             "--inference_args", "--beam_size 2", "--tune_penalty", "0 1"]
 
 
 def test_mini_synth_mt_every_stage(tmp_path):
@@ -233,6 +233,14 @@ def test_mini_synth_mt_every_stage(tmp_path):
     (result,) = json.loads((recipe / "RESULTS.json").read_text())["rows"]  # what RESULTS.md is rendered from
     assert (result["experiment"], result["test_set"], result["scores"]) == ("mt_train_mtla", "test", scores)
     assert (exp / "mt_train_mtla.zip").exists()
+    # run.sh's --tune_penalty: the dev set decoded with each length bonus, the best one used for test
+    tuning = json.loads((decode.parent / "tune_penalty_dev" / "tuning.json").read_text())
+    assert tuning["metric"] == "bleu" and [r["penalty"] for r in tuning["sweep"]] == [0.0, 1.0]
+    best = max(tuning["sweep"], key=lambda r: (r["scores"]["bleu"], -r["penalty"]))
+    assert tuning["best"] == best["penalty"]
+    assert json.loads((decode / "efficiency.json").read_text())["decoding"]["penalty"] == best["penalty"]
+    hyps = [line.split(maxsplit=1) for line in (decode / "text").read_text().splitlines()]
+    assert result["empty_hypotheses"] == sum(len(h) < 2 for h in hyps)
     # another metric set re-scores (stage 9 redone: its options changed) and the row follows
     run_recipe(recipe, "--stage", "9", "--stop_stage", "10", "--metrics", "bleu")
     assert list(json.loads((decode / "scores.json").read_text())) == ["bleu", "bleu_lc_nopunct"]

@@ -17,6 +17,15 @@ def sinusoid(index: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)
 
 
+# How the merge weights start (``mtla_conf: {hypernet_init: ...}``), as the logit every latent
+# gets; "random" is PyTorch's default Linear initialisation, whose logits vary by about +-1 with
+# the chunk and the content (weights 0.27-0.73). Starting at "one" (sigmoid(4) = 0.98: every
+# latent enters its slot nearly whole, as MLA's do) learns text far sooner than "random" or
+# "half" (docs/ablations.md: mt1 valid accuracy 0.98 at 8 epochs vs 0.93).
+INITS = {"one": 4.0, "half": 0.0, "random": None}
+DEFAULT_INIT = "one"
+
+
 class ChunkMergeHyperNetwork(nn.Module):
     """w_t = sigmoid(<W_c e(j), W_p c_t>) for latent c_t in chunk j = t // down_rate.
 
@@ -26,7 +35,7 @@ class ChunkMergeHyperNetwork(nn.Module):
     sum, identical whether computed all at once (training) or token by token (decoding).
     """
 
-    def __init__(self, latent_dim: int, rank_ratio: int = 4):
+    def __init__(self, latent_dim: int, rank_ratio: int = 4, init: Optional[str] = None):
         super().__init__()
         if latent_dim % 2 != 0:
             raise ValueError(f"kv_lora_rank must be even for MTLA's chunk embedding, got {latent_dim}")
@@ -34,9 +43,20 @@ class ChunkMergeHyperNetwork(nn.Module):
             raise ValueError(
                 f"hypernet_rank_ratio ({rank_ratio}) must be >= 1 and divide kv_lora_rank ({latent_dim})"
             )
+        init = DEFAULT_INIT if init is None else init
+        if init not in INITS:
+            raise ValueError(f"hypernet_init must be one of {', '.join(INITS)}, got {init!r}")
         self.latent_dim = latent_dim
         self.chunk_proj = nn.Linear(latent_dim, latent_dim // rank_ratio)
         self.latent_proj = nn.Linear(latent_dim, latent_dim // rank_ratio)
+        if init != "random":
+            # Constant weights at the start: zero matrices, and biases whose product is the
+            # logit (the same for every latent and chunk). Both matrices still get gradients.
+            nn.init.zeros_(self.chunk_proj.weight)
+            nn.init.zeros_(self.latent_proj.weight)
+            rank = latent_dim // rank_ratio
+            nn.init.constant_(self.chunk_proj.bias, INITS[init] / rank)
+            nn.init.constant_(self.latent_proj.bias, 1.0)
 
     def forward(self, latent: torch.Tensor, chunk_index: torch.Tensor, table: Optional[torch.Tensor] = None):
         """latent (..., d_c), chunk_index (...) integer -> weights (..., 1), latent's dtype.

@@ -10,6 +10,8 @@ exactly what step-by-step decoding computes. The layer and the merge into slots 
 adds the merge weights.
 """
 
+from typing import Optional
+
 import torch
 
 from espnet_mtla.attention.absorbed import absorbed_weights
@@ -19,13 +21,15 @@ from espnet_mtla.attention.mla import MultiHeadLatentAttention
 
 
 class MultiHeadTemporalLatentAttention(MultiHeadLatentAttention):
-    """MTLA. ``down_rate`` >= 1 tokens per cache slot; other arguments as for MLA."""
+    """MTLA. ``down_rate`` >= 1 tokens per cache slot; ``hypernet_init``: how the merge weights
+    start (hypernet.INITS; None: hypernet.DEFAULT_INIT); other arguments as for MLA."""
 
-    def __init__(self, embed_dim: int, num_heads: int, down_rate: int = 2, hypernet_rank_ratio: int = 4, **mla_conf):
+    def __init__(self, embed_dim: int, num_heads: int, down_rate: int = 2, hypernet_rank_ratio: int = 4,
+                 hypernet_init: Optional[str] = None, **mla_conf):
         check_positive(down_rate, "down_rate")
         super().__init__(embed_dim, num_heads, **mla_conf)
         self.down_rate = down_rate
-        self.hypernet = ChunkMergeHyperNetwork(self.kv_lora_rank, hypernet_rank_ratio)
+        self.hypernet = ChunkMergeHyperNetwork(self.kv_lora_rank, hypernet_rank_ratio, hypernet_init)
 
     def merge_weights(self, latent, chunk_index, absorbed=None, num_chunks: int = 0) -> torch.Tensor:
         table = None if absorbed is None else absorbed.chunk_embeddings(self.hypernet, num_chunks, latent.dtype)

@@ -157,7 +157,7 @@ def build_attention(attention_type: str, embed_dim: int, num_heads: int, **conf)
 
     mha: num_kv_heads = num_heads; mqa: 1; gqa: ``num_kv_heads`` (default 2, must divide
     num_heads). mla/mtla: q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim,
-    v_head_dim, latent_norm; mtla also down_rate and hypernet_rank_ratio. Unknown options
+    v_head_dim, latent_norm; mtla also down_rate, hypernet_rank_ratio and hypernet_init. Unknown options
     raise ValueError.
     """
     entry = get_attention_type(attention_type)

@@ -81,6 +81,10 @@ def get_parser() -> argparse.ArgumentParser:
     add("--tag", default=None, help="experiment name; default: the train config's stem")
     add("--train_args", default="", help="extra options for <task>_train")
     add("--inference_args", default="", help="extra options for <task>_inference")
+    add("--tune_penalty", default="",
+        help='length bonuses to try, e.g. "0 0.2 0.5 1": stage 8 decodes --valid_set with each (ESPnet\'s '
+             "penalty, added per output token), keeps the one with the best first --metrics value, and decodes "
+             "the test sets with it (the sweep: <decode dir>/../tune_penalty_<valid set>/tuning.json)")
     add("--long_form_minutes", default="",
         help='speech tasks: also decode long recordings made from the first test set\'s utterances, e.g. "5 10" '
              "(one recording of each length, espnet_mtla.data.long_form): set <test>_long segmented by voice "

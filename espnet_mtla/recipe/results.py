@@ -190,6 +190,8 @@ def render_results(rows: List[dict], source: str = "RESULTS.json", figures: Opti
     lines = []
     for r in rows:
         quality = ", ".join(f"{k} {v}" for k, v in r["scores"].items())
+        if r.get("empty_hypotheses"):  # each named in the decoding log, with the best non-empty score
+            quality += f", {r['empty_hypotheses']} empty"
         peak, cache, held = r.get("peak_memory_bytes"), r.get("cache_bytes_peak"), r.get("cache_bytes_allocated_peak")
         lines.append(f"| {row_name(r)} | {r['test_set']} | {r['model']} | {quality} | "
                      f"{_number(r.get('total_decode_time_s'), '.2f')} | {r.get('utterances_per_s', '-')} | "
@@ -200,7 +202,8 @@ def render_results(rows: List[dict], source: str = "RESULTS.json", figures: Opti
     header = ("| experiment | test set | model | quality | decode time (s) | utterances/s | tokens/s | "
               "peak memory (MiB) | KV cache peak (MB) | KV cache held (MB) |\n|---|---|---|---|---|---|---|---|---|---|\n")
     text = (f"# Results\n\nWritten by stage 10 of the pipeline from {source} (one row per experiment and "
-            f"test set; decode time is the sum over utterances).\n\n{header}{''.join(lines)}")
+            f"test set; decode time is the sum over utterances; \"N empty\": hypotheses decoded to nothing, "
+            f"each named in the decoding log).\n\n{header}{''.join(lines)}")
     compared = comparisons(rows)
     if compared:
         text += "\nAgainst MHA (quality: difference in points; speed, memory, cache: ratios):\n\n"

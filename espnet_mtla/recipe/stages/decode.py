@@ -44,6 +44,8 @@ class Decode(Stage):
         a = x.args
         options = {k: getattr(a, k) for k in ("inference_config", "inference_model", "inference_args",
                                               "inference_nj", "ngpu")}
+        if a.tune_penalty.split():  # older records: no key
+            options["tune_penalty"] = a.tune_penalty.split()
         lm = {"lm": [str(x.lm_exp), a.lm_inference_model]} if x.use_lm else {}  # older records: no key
         long_form = ({"long_form_minutes": a.long_form_minutes.split(), "long_form_args": a.long_form_args}
                      if x.long_form_sets() else {})
@@ -51,48 +53,97 @@ class Decode(Stage):
                      [Path(a.inference_config or "-"), x.exp / "config.yaml", x.exp / a.inference_model] +
                      ([x.lm_exp / "config.yaml", x.lm_model()] if x.use_lm else []) +
                      x.token_files() + tables([x.dump / name for name in x.test_sets]) +
+                     (tables([x.dump / a.valid_set]) if a.tune_penalty.split() else []) +
                      ([Path("data") / x.test_sets[0] / "wav.scp"] if long_form else []),
                      [d / "efficiency.json" for d in x.decode_dirs()])
 
     def run(self, x: Experiment, run: StageRun) -> None:
-        a, t = x.args, x.task.name
-        model, config = x.exp / a.inference_model, x.exp / "config.yaml"
+        extra = []
+        if x.args.tune_penalty.split():
+            extra = ["--penalty", str(tune_penalty(x, run))]
         for name in x.test_sets:
-            data, out = x.dump / name, x.decode_dir(name)
-            logdir = out / "logdir"
-            if logdir.exists() and not run.resuming:  # outputs of other options: never merge them
-                shutil.rmtree(logdir)
-            jobs = split_keys(data, a.inference_nj, logdir / "keys.JOB.scp", "{key} {key}")
-            # A job's output dir appears (renamed from <dir>.partial) only when the job finished.
-            finished = [j for j in range(1, jobs + 1)
-                        if (logdir / f"output.{j}" / "1best_recog" / "efficiency.json").exists()]
-            pending = [j for j in range(1, jobs + 1) if j not in finished]
-            if finished:
-                log.info("%s: job(s) %s finished before the interruption; decoding job(s) %s", name,
-                         ",".join(map(str, finished)), ",".join(map(str, pending)) or "none")
-            cmd = [sys.executable, "-m", f"espnet_mtla.bin.{t}_inference", "--ngpu", a.ngpu,
-                   f"--{t}_train_config", config, f"--{t}_model_file", model, "--key_file", logdir / "keys.JOB.scp",
-                   "--output_dir", logdir / "output.JOB"]
-            if a.inference_config:
-                cmd += ["--config", a.inference_config]
-            if x.use_lm:  # fused with the decode config's lm_weight
-                cmd += ["--lm_train_config", x.lm_exp / "config.yaml", "--lm_file", x.lm_model()]
-            cmd += x.data_args("--data_path_and_name_and_type", data, only=x.task.input_name)
-            cmd += shlex.split(a.inference_args)
-            if pending:
-                sizes = [len((logdir / f"keys.{j}.scp").read_text(encoding="utf-8").splitlines())
-                         for j in range(1, jobs + 1)]
-                with DecodingProgress([logdir / f"decode.{j}.log" for j in pending], sum(sizes),
-                                      sum(sizes[j - 1] for j in finished), name):
-                    run.jobs.launch(cmd, logdir / "decode.JOB.log", pending)
-            for file in ("text", "token", "token_int", "score"):
-                merge_job_files(logdir / "output.JOB" / "1best_recog" / file, jobs, out / file, sort=True)
-            reports = [json.loads((logdir / f"output.{j + 1}" / "1best_recog" / "efficiency.json").read_text())
-                       for j in range(jobs)]
-            summary = {"model": describe_model(model), **merge_efficiency(reports)}
-            write_text_atomic(out / "efficiency.json", json.dumps(summary, indent=2) + "\n")
+            decode_set(x, run, name, x.dump / name, x.decode_dir(name), extra)
         if x.long_form_sets():
             decode_long_form(x, run)
+
+
+def decode_set(x: Experiment, run: StageRun, name: str, data: Path, out: Path, extra: List[str]) -> None:
+    """Decode data dir ``data`` into ``out`` (text, token, score, efficiency.json) in
+    --inference_nj jobs; ``extra``: options after the recipe's --inference_args."""
+    a, t = x.args, x.task.name
+    model, config = x.exp / a.inference_model, x.exp / "config.yaml"
+    logdir = out / "logdir"
+    if logdir.exists() and not run.resuming:  # outputs of other options: never merge them
+        shutil.rmtree(logdir)
+    jobs = split_keys(data, a.inference_nj, logdir / "keys.JOB.scp", "{key} {key}")
+    # A job's output dir appears (renamed from <dir>.partial) only when the job finished.
+    finished = [j for j in range(1, jobs + 1)
+                if (logdir / f"output.{j}" / "1best_recog" / "efficiency.json").exists()]
+    pending = [j for j in range(1, jobs + 1) if j not in finished]
+    if finished:
+        log.info("%s: job(s) %s finished before the interruption; decoding job(s) %s", name,
+                 ",".join(map(str, finished)), ",".join(map(str, pending)) or "none")
+    cmd = [sys.executable, "-m", f"espnet_mtla.bin.{t}_inference", "--ngpu", a.ngpu,
+           f"--{t}_train_config", config, f"--{t}_model_file", model, "--key_file", logdir / "keys.JOB.scp",
+           "--output_dir", logdir / "output.JOB"]
+    if a.inference_config:
+        cmd += ["--config", a.inference_config]
+    if x.use_lm:  # fused with the decode config's lm_weight
+        cmd += ["--lm_train_config", x.lm_exp / "config.yaml", "--lm_file", x.lm_model()]
+    cmd += x.data_args("--data_path_and_name_and_type", data, only=x.task.input_name)
+    cmd += shlex.split(a.inference_args) + extra
+    if pending:
+        sizes = [len((logdir / f"keys.{j}.scp").read_text(encoding="utf-8").splitlines())
+                 for j in range(1, jobs + 1)]
+        with DecodingProgress([logdir / f"decode.{j}.log" for j in pending], sum(sizes),
+                              sum(sizes[j - 1] for j in finished), name):
+            run.jobs.launch(cmd, logdir / "decode.JOB.log", pending)
+    for file in ("text", "token", "token_int", "score"):
+        merge_job_files(logdir / "output.JOB" / "1best_recog" / file, jobs, out / file, sort=True)
+    reports = [json.loads((logdir / f"output.{j + 1}" / "1best_recog" / "efficiency.json").read_text())
+               for j in range(jobs)]
+    summary = {"model": describe_model(model), **merge_efficiency(reports)}
+    write_text_atomic(out / "efficiency.json", json.dumps(summary, indent=2) + "\n")
+
+
+def tuning_dir(x: Experiment) -> Path:
+    """Where --tune_penalty decodes the valid set: beside the test sets' decode dirs."""
+    return x.decode_dir(x.args.valid_set).parent / f"tune_penalty_{x.args.valid_set}"
+
+
+def tune_penalty(x: Experiment, run: StageRun) -> float:
+    """Decode the valid set with each --tune_penalty length bonus (ESPnet's ``penalty``, added
+    per output token) and return the one with the best first metric (the smallest of equals).
+    The sweep is logged and kept in ``tuning_dir(x)/tuning.json``, with each value's decode dir."""
+    from espnet_mtla.metrics.scoring import score
+    from espnet_mtla.recipe.results import LOWER_IS_BETTER
+
+    try:
+        values = sorted({float(v) for v in x.args.tune_penalty.split()})
+    except ValueError:
+        raise StageError(f"--tune_penalty {x.args.tune_penalty!r}: give length bonuses as numbers, "
+                         f"e.g. \"0 0.2 0.5 1\"") from None
+    data, root = x.dump / x.args.valid_set, tuning_dir(x)
+    refs = dict(datadir.read_table(data / x.text_names()["text"], datadir.Problems()))
+    metric = x.metrics[0]
+    sweep = []
+    for value in values:
+        out = root / f"penalty_{value:g}"
+        decode_set(x, run, f"{x.args.valid_set} (penalty {value:g})", data, out, ["--penalty", str(value)])
+        hyps = dict(datadir.read_table(out / "text", datadir.Problems(), allow_empty_value=True))
+        hyps = {k: hyps.get(k, "") for k in refs}
+        scores = score(x.metrics, refs, hyps, out)
+        empty = sum(1 for text in hyps.values() if not text.strip())
+        sweep.append({"penalty": value, "scores": scores, "empty": empty})
+        log.info("tune_penalty: %s with penalty %g: %s, %d of %d empty", x.args.valid_set, value, scores, empty,
+                 len(hyps))
+    sign = -1 if metric in LOWER_IS_BETTER else 1
+    best = max(sweep, key=lambda r: (sign * r["scores"][metric], -r["penalty"]))
+    write_text_atomic(root / "tuning.json", json.dumps({"metric": metric, "best": best["penalty"], "sweep": sweep},
+                                                      indent=2) + "\n")
+    log.info("tune_penalty: decoding %s with penalty %g (%s %s on %s)", ", ".join(x.test_sets), best["penalty"],
+             metric, best["scores"][metric], x.args.valid_set)
+    return best["penalty"]
 
 
 def check_long_form(x: Experiment) -> None:
@@ -164,7 +215,7 @@ class Score(Stage):
     def covers(self, x: Experiment) -> Cover:
         decode = x.decode_dirs()
         return Cover({"test_sets": x.decode_sets, "metrics": x.metrics}, [d / "text" for d in decode],
-                     [d / "scores.json" for d in decode])
+                     [d / name for d in decode for name in ("scores.json", "hypotheses.json")])
 
     def run(self, x: Experiment, run: StageRun) -> None:
         from espnet_mtla.metrics.scoring import score
@@ -180,4 +231,6 @@ class Score(Stage):
                             out / "logdir")
             scores = score(x.metrics, refs, hyps, out)
             write_text_atomic(out / "scores.json", json.dumps(scores, indent=2) + "\n")
+            # Beside the metrics (readers of scores.json expect only metrics): stage 10 reports it
+            write_text_atomic(out / "hypotheses.json", json.dumps({"total": len(hyps), "empty": empty}) + "\n")
             log.info("%s %s: %s", x.exp.name, name, scores)

@@ -43,6 +43,7 @@ class Report(Stage):
             row = {"experiment": x.exp.name, "test_set": name, "decoder": decoder, "attention": attention,
                    "epochs": read_config(x.exp / "config.yaml").get("max_epoch"), "lm": lm, "model": eff.get("model", "-"),
                    "scores": json.loads((out / "scores.json").read_text()),
+                   "empty_hypotheses": empty_hypotheses(out),
                    **{key: eff.get(key) for key in RESULT_FIELDS}, "decoding": eff.get("decoding"),
                    "learning_curves": learning_curves(x.exp, path.resolve().parent)}
             rows = [r for r in rows if (r["experiment"], r["test_set"], r.get("lm")) != (x.exp.name, name, lm)] + [row]
@@ -57,6 +58,12 @@ class Report(Stage):
         print(path.read_text())
         for line in comparisons(rows):
             log.info("stage 10: %s", line)
+
+
+def empty_hypotheses(decode_dir: Path) -> Optional[int]:
+    """How many of the set's hypotheses stage 9 found empty; None for a set scored before it counted."""
+    counts = decode_dir / "hypotheses.json"
+    return json.loads(counts.read_text(encoding="utf-8"))["empty"] if counts.exists() else None
 
 
 def decoder_of(exp: Path) -> Tuple[Optional[str], Optional[str]]:
