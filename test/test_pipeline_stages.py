@@ -1,6 +1,7 @@
 """Pipeline stages that need no training: speed perturbation (2) and length filtering (4)."""
 
 import numpy as np
+import pytest
 import soundfile
 
 from espnet_mtla.data import datadir
@@ -279,3 +280,26 @@ def test_experiments_compare_with_the_mha_experiment_trained_as_long():
     del old_mha["epochs"]
     assert comparisons([old_mha, row("mt_train_mtla", "mtla", 8, 47.01)]) == [
         "mt_train_mtla vs mt_train_mha on test: bleu 47.01 vs 90.16 (-43.15 points, worse)"]
+
+
+def test_compare_curves_reads_train_logs_into_a_table_and_a_figure(tmp_path, capsys):
+    """Each experiment's valid metric per epoch from ESPnet's epoch reports (a resumed epoch: its
+    last report), as a Markdown table and a PNG; a missing log or metric is one line."""
+    from espnet_mtla.cli.compare_curves import main
+
+    line = ("[vm] 2026-12-06 18:51:19,226 (trainer:394) INFO: {e}epoch results: [train] iter_time=0.011, loss=118.7, "
+            "acc=0.121, time=42.6 seconds, total_count=62, [valid] loss=44.490, acc={acc}, bleu=32.872, time=1.1 seconds")
+    for name, accs in (("a", ["0.5", "0.75"]), ("b", ["0.25", "0.3", "0.9"])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "train.log").write_text("\n".join(line.format(e=e + 1, acc=a) for e, a in enumerate(accs))
+                                                   + "\n" + line.format(e=2, acc="0.8") * (name == "a") + "\n")
+    main([str(tmp_path / "a"), str(tmp_path / "b"), "--names", "MHA", "MTLA", "--figure", str(tmp_path / "c.png")])
+    assert capsys.readouterr().out.splitlines() == [
+        "| experiment | valid acc ep 1 | valid acc ep 2 | valid acc ep 3 |", "|---|---|---|---|",
+        "| MHA | 0.500 | 0.800 | - |", "| MTLA | 0.250 | 0.300 | 0.900 |"]
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    for argv, message in (([str(tmp_path / "none")], f"{tmp_path / 'none' / 'train.log'} not found"),
+                          ([str(tmp_path / "a"), "--metric", "wer"], "no epoch reports [valid] wer")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert message in str(exit_info.value)
