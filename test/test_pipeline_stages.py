@@ -253,6 +253,11 @@ def test_rows_decoded_differently_are_not_compared_and_say_why():
     old = row("mha")
     del old["decoding"]  # a row from before rows said how they were decoded
     assert "asr_train_mha's decoding was not recorded" in comparisons([old, row("mtla")])[0]
+    # each with the length bonus it does best with on dev (--tune_penalty): compared; one tuned only: not
+    tuned = dict(penalty_tuned_on="dev")
+    assert comparisons([row("mha", penalty=0.5, **tuned), row("mtla", penalty=0.2, **tuned)]) == alike
+    assert "penalty 0.2 vs 0.5" in comparisons([row("mha", penalty=0.5, **tuned), row("mtla", penalty=0.2)])[0]
+    assert "length bonus 0.5 (the best on dev), maxlenratio" in render_results([row("mha", penalty=0.5, **tuned)])
     text = render_results([row("mha"), row("mtla", beam_size=20)])
     assert ("- asr_train_mha (test): batched within 4000 frames, beam 10, CTC weight 0.3, length bonus 0.0, "
             "maxlenratio 0.0, 2 job(s) of 1 thread(s) on Xeon, 2 cores\n") in text

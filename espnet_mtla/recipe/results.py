@@ -103,8 +103,10 @@ def describe_decoding(d: dict) -> str:
               f"batched {d.get('batch_size')} utterances per search" if d.get("search") == "batched" else
               "one utterance per search")
     parts = [search, f"beam {d.get('beam_size')}"]
-    parts += [f"{label} {d[key]}" for key, label in (("ctc_weight", "CTC weight"), ("lm_weight", "LM weight"),
-                                                    ("penalty", "length bonus"), ("maxlenratio", "maxlenratio"))
+    tuned = f" (the best on {d['penalty_tuned_on']})" if d.get("penalty_tuned_on") else ""
+    parts += [f"{label} {d[key]}" + (tuned if key == "penalty" else "")
+              for key, label in (("ctc_weight", "CTC weight"), ("lm_weight", "LM weight"),
+                                 ("penalty", "length bonus"), ("maxlenratio", "maxlenratio"))
               if d.get(key) is not None]
     parts.append(f"{d.get('jobs', 1)} job(s) of {d.get('threads')} thread(s) on {d.get('machine')}")
     return ", ".join(parts)
@@ -136,7 +138,9 @@ def comparisons(rows: List[dict]) -> List[str]:
                 lines.append(f"{row_name(r)} on {test_set}: not compared, no MHA row trained for "
                              f"{r.get('epochs')} epochs (MHA: {trained} epochs): train one alike")
                 continue
-            differ = decoding_differences(r, base)
+            # each with the length bonus it does best with on the dev set (stage 8's --tune_penalty)
+            tuned = all((row.get("decoding") or {}).get("penalty_tuned_on") for row in (r, base))
+            differ = decoding_differences(r, base, ignore=("penalty",) if tuned else ())
             if differ:  # a gap the setup makes is not the attention's
                 lines.append(f"{row_name(r)} vs {row_name(base)} on {test_set}: not compared, decoded differently "
                              f"({'; '.join(differ)}): decode both alike (stage 8 with the same options and machine)")

@@ -10,7 +10,7 @@ from espnet_mtla.recipe.experiment import Experiment, read_config
 from espnet_mtla.recipe.results import (RESULT_FIELDS, comparisons, figure_path, learning_curves, plot_results,
                                         render_results)
 from espnet_mtla.recipe.stage import Cover, Stage, StageRun
-from espnet_mtla.recipe.stages.decode import check_model
+from espnet_mtla.recipe.stages.decode import check_model, tuning_dir
 from espnet_mtla.storage.fileio import write_text_atomic
 
 log = logging.getLogger("pipeline")
@@ -44,7 +44,7 @@ class Report(Stage):
                    "epochs": read_config(x.exp / "config.yaml").get("max_epoch"), "lm": lm, "model": eff.get("model", "-"),
                    "scores": json.loads((out / "scores.json").read_text()),
                    "empty_hypotheses": empty_hypotheses(out),
-                   **{key: eff.get(key) for key in RESULT_FIELDS}, "decoding": eff.get("decoding"),
+                   **{key: eff.get(key) for key in RESULT_FIELDS}, "decoding": tuned(x, eff.get("decoding")),
                    "learning_curves": learning_curves(x.exp, path.resolve().parent)}
             rows = [r for r in rows if (r["experiment"], r["test_set"], r.get("lm")) != (x.exp.name, name, lm)] + [row]
         rows.sort(key=lambda r: (r["experiment"], r["test_set"], r.get("lm") or ""))
@@ -58,6 +58,13 @@ class Report(Stage):
         print(path.read_text())
         for line in comparisons(rows):
             log.info("stage 10: %s", line)
+
+
+def tuned(x: Experiment, decoding: Optional[dict]) -> Optional[dict]:
+    """The decoding record, saying where its length bonus was chosen (stage 8's --tune_penalty)."""
+    if decoding is None or not x.args.tune_penalty.split() or not (tuning_dir(x) / "tuning.json").exists():
+        return decoding
+    return {**decoding, "penalty_tuned_on": x.args.valid_set}
 
 
 def empty_hypotheses(decode_dir: Path) -> Optional[int]:
