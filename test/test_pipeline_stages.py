@@ -308,3 +308,45 @@ def test_compare_curves_reads_train_logs_into_a_table_and_a_figure(tmp_path, cap
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert message in str(exit_info.value)
+
+
+def test_seed_groups_are_reported_as_mean_and_spread_and_compared_by_it():
+    """--seeds rows: each seed's row in the table, the group's mean +- standard deviation below
+    it, and the comparison made between means, saying whether the gap exceeds the spread."""
+    from espnet_mtla.recipe.results import comparisons, render_results
+
+    def row(attention, seed, bleu, ups):
+        return {"experiment": f"mt_train_{attention}_seed{seed}", "test_set": "test", "attention": attention, "model": "m",
+                "epochs": 8, "scores": {"bleu": bleu, "chrf": bleu + 3}, "utterances_per_s": ups,
+                "seed_group": f"mt_train_{attention}", "seed": seed}
+
+    mha = [row("mha", 0, 90.0, 10.0), row("mha", 1, 92.0, 12.0), row("mha", 2, 91.0, 11.0)]
+    mtla = [row("mtla", 0, 93.0, 30.0), row("mtla", 1, 95.0, 34.0)]
+    assert comparisons(mha + mtla) == [
+        "mt_train_mtla (2 seeds) vs mt_train_mha (3 seeds) on test: bleu 94.0 vs 91.0 (+3.00 points, better; larger "
+        "than the seed spread, 1.41 + 1.00 standard deviations); decoding speed 2.91x the utterances/s"]
+    close = [row("mtla", 0, 91.0, 30.0), row("mtla", 1, 92.5, 34.0)]
+    assert "not larger than the seed spread, 1.06 + 1.00" in comparisons(mha + close)[0]
+    single = {"experiment": "mt_train_mla", "test_set": "test", "attention": "mla", "epochs": 8,
+              "scores": {"bleu": 92.0}}
+    assert comparisons(mha + [single])[0].endswith(
+        "(+1.00 points, better; mt_train_mla is one run, so whether this is more than seed noise is unknown)")
+    text = render_results(mha + mtla)
+    assert "| mt_train_mha_seed1 | test |" in text  # every seed's own row
+    assert "| mt_train_mha (3 seeds) | test | bleu 91.0 +- 1.0, chrf 94.0 +- 1.0 | 11.000 | - |" in text
+
+
+def test_seeds_train_one_experiment_per_seed(tmp_path, monkeypatch, capsys):
+    """Each seed is its own experiment (tag _seed<N>, ESPnet's --seed N); a bad list is one line."""
+    from espnet_mtla.recipe.runner import main
+
+    monkeypatch.chdir(tmp_path)
+    p = pipeline(tmp_path, "--train_config", "conf/train_mtla.yaml", "--seeds", "0 3",
+                 "--train_args", "--max_epoch 2")
+    runs = p.seed_experiments()
+    assert [r.exp.name for r in runs] == ["asr_train_mtla_seed0", "asr_train_mtla_seed3"]
+    assert [r.args.train_args for r in runs] == ["--max_epoch 2 --seed 0", "--max_epoch 2 --seed 3"]
+    assert {r.seed_group for r in runs} == {"asr_train_mtla"} and p.args.seeds == "0 3"
+    code = main(["--task", "asr", "--stage", "8", "--stop_stage", "8", "--train_config", "conf/train_{attention}.yaml",
+                 "--seeds", "0 x"])
+    assert code == 1 and "error: --seeds '0 x': give integers >= 0" in capsys.readouterr().err

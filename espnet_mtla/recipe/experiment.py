@@ -43,6 +43,7 @@ class Experiment:
         self.test_sets = args.test_sets.split()
         self.tag = args.tag or (Path(args.train_config).stem if args.train_config else "default")
         self.exp = Path(args.expdir) / f"{self.task.name}_{self.tag}"
+        self.seed_group: Optional[str] = None  # with --seeds: the experiment name all seeds share
         self.stats_dir = Path(args.expdir) / f"{self.task.name}_stats_{self.features.stats_name}"
         self.train_set = args.train_set + ("_sp" if args.speed_perturb_factors.strip() else "")
         self.use_lm = args.use_lm == "true"
@@ -116,6 +117,24 @@ class Experiment:
     def config_value(self, key: str, default=None):
         """A top-level value of the training config (ESPnet's default when the config omits it)."""
         return read_config(self.args.train_config).get(key, default)
+
+    def seed_experiments(self) -> List["Experiment"]:
+        """This experiment once per --seeds seed (exp/<task>_<tag>_seed<N>, trained with ESPnet's
+        --seed N); itself alone without --seeds."""
+        seeds = self.args.seeds.split()
+        if not seeds:
+            return [self]
+        runs = []
+        for seed in seeds:
+            if not seed.isdigit():
+                raise StageError(f"--seeds {self.args.seeds!r}: give integers >= 0, e.g. \"0 1 2\"")
+            args = argparse.Namespace(**vars(self.args))
+            args.tag, args.seeds = f"{self.tag}_seed{seed}", ""
+            args.train_args = f"{self.args.train_args} --seed {seed}".strip()
+            run = Experiment(args)
+            run.seed_group = self.exp.name
+            runs.append(run)
+        return runs
 
     # -- decoding --------------------------------------------------------------------------------
     def decode_dir(self, test_set: str) -> Path:

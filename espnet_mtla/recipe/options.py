@@ -35,7 +35,7 @@ def get_parser() -> argparse.ArgumentParser:
     add("--inference_nj", type=int, default=2, help="parallel decoding jobs")
     add("--cmd", default="local", type=job_backend,
         help='where the jobs of stages 3 and 6 run: "local", "slurm [--mem 4G --gpu 1 --time T --partition P '
-             '--cpus N]" or "sge [...]" (a recipe\'s cmd.sh sets it)')
+             '--cpus N]" or "sge [... --config conf/queue.conf]" (a recipe\'s cmd.sh sets it)')
     add("--train_cmd", default=None, type=job_backend, help="stage 7's backend (default: --cmd's)")
     add("--decode_cmd", default=None, type=job_backend, help="stage 8's backend (default: --cmd's)")
     add("--ngpu", type=int, default=0, help="GPUs per node for training (ESPnet's DDP when > 1) and decoding")
@@ -79,6 +79,9 @@ def get_parser() -> argparse.ArgumentParser:
         help="model file under the experiment dir; default: ESPnet's average of the keep_nbest_models best "
              "epochs by valid.acc (as ESPnet's recipes and the paper decode); e.g. valid.acc.best.pth: the best one")
     add("--tag", default=None, help="experiment name; default: the train config's stem")
+    add("--seeds", default="",
+        help='train and decode one model per seed, e.g. "0 1 2": stages 7-11 run for exp/<task>_<tag>_seed<N> '
+             "(ESPnet's --seed N), and stage 10 reports each seed's row and their mean and spread")
     add("--train_args", default="", help="extra options for <task>_train")
     add("--inference_args", default="", help="extra options for <task>_inference")
     add("--tune_penalty", default="",

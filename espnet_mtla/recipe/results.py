@@ -12,9 +12,10 @@ experiments side by side, one bar per experiment in each panel: quality (the fir
 utterances/s, peak memory and KV-cache peak.
 """
 
+import math
 import os
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 RESULT_FIELDS = ("total_decode_time_s", "utterances_per_s", "tokens_per_s", "peak_memory_bytes", "cache_bytes_peak",
                  "cache_bytes_allocated_peak", "lm_cache_bytes_peak")
@@ -112,6 +113,56 @@ def describe_decoding(d: dict) -> str:
     return ", ".join(parts)
 
 
+def seed_groups(rows: List[dict]) -> Dict[tuple, List[dict]]:
+    """Rows of one ``--seeds`` run, {(seed group, test set, lm): rows}: groups of two seeds or more."""
+    groups: Dict[tuple, List[dict]] = {}
+    for r in rows:
+        if r.get("seed_group"):
+            groups.setdefault((r["seed_group"], r["test_set"], r.get("lm")), []).append(r)
+    return {key: members for key, members in groups.items() if len(members) > 1}
+
+
+def mean_and_spread(values: List[float]) -> Tuple[float, float]:
+    """Mean and sample standard deviation (n - 1) of two values or more."""
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def seed_summaries(rows: List[dict]) -> List[dict]:
+    """A row per seed group: each score's and efficiency field's mean, ``spread`` (each score's
+    standard deviation over the seeds) and ``seeds`` (their count); the first seed's other fields."""
+    summaries = []
+    for (group, _, _), members in sorted(seed_groups(rows).items()):
+        first = members[0]
+        scores = {k: [m["scores"][k] for m in members if k in m["scores"]] for k in first["scores"]}
+        stats = {k: mean_and_spread(v) for k, v in scores.items() if len(v) == len(members)}
+        efficiency = {k: sum(m[k] for m in members) / len(members) for k in RESULT_FIELDS
+                      if all(m.get(k) is not None for m in members)}
+        summaries.append({**first, **efficiency, "experiment": f"{group} ({len(members)} seeds)",
+                          "scores": {k: round(mean, 2) for k, (mean, _) in stats.items()},
+                          "spread": {k: round(sd, 2) for k, (_, sd) in stats.items()}, "seeds": len(members)})
+    return summaries
+
+
+def compared_rows(rows: List[dict]) -> List[dict]:
+    """What comparisons are made between: single runs as they are, seed groups as their means."""
+    grouped = {id(m) for members in seed_groups(rows).values() for m in members}
+    return [r for r in rows if id(r) not in grouped] + seed_summaries(rows)
+
+
+def spread_verdict(a: dict, b: dict, metric: str, difference: float) -> str:
+    """Whether a difference is larger than the seeds' spread (the two standard deviations summed)."""
+    spreads = [(r.get("spread") or {}).get(metric) for r in (a, b)]
+    if spreads == [None, None]:  # two single runs: nothing to say
+        return ""
+    if None in spreads:
+        single = row_name(a if spreads[0] is None else b)
+        return f"; {single} is one run, so whether this is more than seed noise is unknown"
+    spread = spreads[0] + spreads[1]
+    larger = "larger" if abs(difference) > spread else "not larger"
+    return f"; {larger} than the seed spread, {spreads[0]:.2f} + {spreads[1]:.2f} standard deviations"
+
+
 def comparisons(rows: List[dict]) -> List[str]:
     """Each experiment against the MHA one of the same decoder (decoder-only, encoder-decoder),
     trained for as many epochs, on the same test set with the same LM (or none), in words a
@@ -121,6 +172,7 @@ def comparisons(rows: List[dict]) -> List[str]:
     Experiments know their attention type from their config (``attention`` in the row).
     """
     lines = []
+    rows = compared_rows(rows)
     # rows written before rows named their decoder are decoder_only (the only one there was)
     decoder_of = lambda r: r.get("decoder") or "decoder_only"  # noqa: E731
     lm_of = lambda r: r.get("lm") or ""  # noqa: E731
@@ -151,7 +203,8 @@ def comparisons(rows: List[dict]) -> List[str]:
                 a, b = r["scores"][metric], base["scores"][metric]
                 better = (a < b) if metric in LOWER_IS_BETTER else (a > b)
                 verdict = "equal" if a == b else ("better" if better else "worse")
-                parts.append(f"{metric} {a} vs {b} ({a - b:+.2f} points, {verdict})")
+                parts.append(f"{metric} {a} vs {b} ({a - b:+.2f} points, {verdict}"
+                             f"{spread_verdict(r, base, metric, a - b)})")
             for key, label, unit in (("utterances_per_s", "decoding speed", "the utterances/s"),
                                      ("peak_memory_bytes", "peak decoding memory", "the memory"),
                                      ("cache_bytes_peak", "KV cache", "the bytes")):
@@ -208,6 +261,15 @@ def render_results(rows: List[dict], source: str = "RESULTS.json", figures: Opti
     text = (f"# Results\n\nWritten by stage 10 of the pipeline from {source} (one row per experiment and "
             f"test set; decode time is the sum over utterances; \"N empty\": hypotheses decoded to nothing, "
             f"each named in the decoding log).\n\n{header}{''.join(lines)}")
+    summaries = seed_summaries(rows)
+    if summaries:
+        text += "\nOver seeds (each score's mean +- standard deviation; speed and memory: means):\n\n"
+        text += ("| experiment | test set | quality | utterances/s | peak memory (MiB) |\n|---|---|---|---|---|\n")
+        for r in summaries:
+            quality = ", ".join(f"{k} {v} +- {r['spread'][k]}" for k, v in r["scores"].items())
+            peak = r.get("peak_memory_bytes")
+            text += (f"| {row_name(r)} | {r['test_set']} | {quality} | {_number(r.get('utterances_per_s'), '.3f')} | "
+                     f"{_number(None if peak is None else peak / 2**20, '.1f')} |\n")
     compared = comparisons(rows)
     if compared:
         text += "\nAgainst MHA (quality: difference in points; speed, memory, cache: ratios):\n\n"

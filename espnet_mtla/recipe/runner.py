@@ -86,19 +86,26 @@ def main(argv=None) -> int:
     setup_logging(Path(args.expdir))
     log.info("%s", " ".join(shlex.quote(a) for a in (sys.argv if argv is None else ["pipeline"] + list(argv))))
     x = Experiment(args)
+    try:
+        models = x.seed_experiments()
+    except StageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     for stage in STAGES.values():
         if args.stage <= stage.number <= args.stop_stage:
             if stage.needs_lm and not x.use_lm:
                 log.info("stage %d: %s skipped (--use_lm false)", stage.number, stage.name)
                 continue
-            log.info("stage %d: %s", stage.number, stage.name)
-            start = time.time()
-            try:
-                run_stage(x, stage)
-            except StageError as err:
-                print(f"error: stage {stage.number} ({stage.name}): {err}", file=sys.stderr)
-                return 1
-            log.info("stage %d done in %.0f s", stage.number, time.time() - start)
+            for run in models if stage.per_model else [x]:
+                seed = f" ({run.exp.name})" if run is not x else ""
+                log.info("stage %d: %s%s", stage.number, stage.name, seed)
+                start = time.time()
+                try:
+                    run_stage(run, stage)
+                except StageError as err:
+                    print(f"error: stage {stage.number} ({stage.name}){seed}: {err}", file=sys.stderr)
+                    return 1
+                log.info("stage %d done in %.0f s", stage.number, time.time() - start)
     return 0
 
 

@@ -44,6 +44,7 @@ class Stage:
         jobs: the option (``cmd``, ``train_cmd``, ``decode_cmd``) whose backend runs its jobs;
             None: they run on this machine.
         needs_lm: a language-model stage, skipped with ``--use_lm false``.
+        per_model: runs once per trained model (each ``--seeds`` seed's experiment).
     """
 
     number: ClassVar[int]
@@ -54,6 +55,7 @@ class Stage:
     usable_unfinished: ClassVar[bool] = False
     jobs: ClassVar[Optional[str]] = None
     needs_lm: ClassVar[bool] = False
+    per_model: ClassVar[bool] = False
 
     def ready(self, x: Experiment) -> None:
         """Raise StageError when the stage cannot start (nothing is created before)."""

@@ -29,6 +29,7 @@ def check_model(x: Experiment) -> None:
 
 class Decode(Stage):
     number, name = 8, "decode"
+    per_model = True
     records_under = "decode"
     resumes = True
     jobs = "decode_cmd"
@@ -210,6 +211,7 @@ def merge_efficiency(reports: List[dict]) -> dict:
 
 class Score(Stage):
     number, name = 9, "score"
+    per_model = True
     records_under = "decode"
 
     def covers(self, x: Experiment) -> Cover:

@@ -21,6 +21,7 @@ class Report(Stage):
     No record: it merges rows into a file that experiments share, in a second."""
 
     number, name = 10, "report"
+    per_model = True
     records_under = None
 
     def run(self, x: Experiment, run: StageRun) -> None:
@@ -44,6 +45,8 @@ class Report(Stage):
                    "epochs": read_config(x.exp / "config.yaml").get("max_epoch"), "lm": lm, "model": eff.get("model", "-"),
                    "scores": json.loads((out / "scores.json").read_text()),
                    "empty_hypotheses": empty_hypotheses(out),
+                   **({"seed_group": x.seed_group, "seed": read_config(x.exp / "config.yaml").get("seed")}
+                      if x.seed_group else {}),
                    **{key: eff.get(key) for key in RESULT_FIELDS}, "decoding": tuned(x, eff.get("decoding")),
                    "learning_curves": learning_curves(x.exp, path.resolve().parent)}
             rows = [r for r in rows if (r["experiment"], r["test_set"], r.get("lm")) != (x.exp.name, name, lm)] + [row]
@@ -84,6 +87,7 @@ def decoder_of(exp: Path) -> Tuple[Optional[str], Optional[str]]:
 
 class Pack(Stage):
     number, name = 11, "pack"
+    per_model = True
     records_under = "exp"
     after = tuple(range(1, 8))
 

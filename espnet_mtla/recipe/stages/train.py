@@ -13,6 +13,7 @@ from espnet_mtla.recipe.stages.tokens import check_ssl_checkpoint
 
 class Train(Stage):
     number, name = 7, "train"
+    per_model = True
     records_under = "exp"
     resumes = True
     usable_unfinished = True
