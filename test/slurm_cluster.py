@@ -24,9 +24,20 @@ def missing_tools() -> List[str]:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> List[int]:
+    """``n`` distinct free ports: each socket stays bound until all are picked (one after another,
+    the kernel may hand out a just-closed port again, and two daemons would then share it)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def memory_mb() -> int:
@@ -41,6 +52,8 @@ def tool(name: str) -> str:
 
 
 class SlurmCluster:
+    backend = "slurm"  # queue_jobs.py's name for it
+
     def __init__(self):
         # munged checks that every directory above its socket is searchable by all: not pytest's tmp dirs
         self.root = Path(tempfile.mkdtemp(prefix="espnet_mtla_slurm_"))
@@ -63,11 +76,12 @@ class SlurmCluster:
                         f"--key-file={key}", f"--pid-file={self.pid_files['munged']}",
                         f"--log-file={munge / 'munged.log'}", f"--seed-file={munge / 'seed'}"], check=True)
         host = socket.gethostname()
+        ctld_port, slurmd_port = free_ports(2)
         for name in ("state", "spool"):
             (self.root / name).mkdir()
         self.conf.write_text("\n".join([
             "ClusterName=espnetmtlatest", f"SlurmctldHost={host}",
-            f"SlurmctldPort={free_port()}", f"SlurmdPort={free_port()}",
+            f"SlurmctldPort={ctld_port}", f"SlurmdPort={slurmd_port}",
             "AuthType=auth/munge", f"AuthInfo=socket={socket_path}",
             f"StateSaveLocation={self.root / 'state'}", f"SlurmdSpoolDir={self.root / 'spool'}",
             f"SlurmctldPidFile={self.pid_files['slurmctld']}", f"SlurmdPidFile={self.pid_files['slurmd']}",
