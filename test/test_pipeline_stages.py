@@ -325,6 +325,9 @@ def test_seed_groups_are_reported_as_mean_and_spread_and_compared_by_it():
     assert comparisons(mha + mtla) == [
         "mt_train_mtla (2 seeds) vs mt_train_mha (3 seeds) on test: bleu 94.0 vs 91.0 (+3.00 points, better; larger "
         "than the seed spread, 1.41 + 1.00 standard deviations); decoding speed 2.91x the utterances/s"]
+    lone_mha = {"experiment": "mt_train_mha", "test_set": "test", "attention": "mha", "epochs": 8,
+                "scores": {"bleu": 80.0}}
+    assert comparisons([lone_mha] + mha + mtla)[0].startswith("mt_train_mtla (2 seeds) vs mt_train_mha (3 seeds)")
     close = [row("mtla", 0, 91.0, 30.0), row("mtla", 1, 92.5, 34.0)]
     assert "not larger than the seed spread, 1.06 + 1.00" in comparisons(mha + close)[0]
     single = {"experiment": "mt_train_mla", "test_set": "test", "attention": "mla", "epochs": 8,

@@ -183,6 +183,8 @@ def comparisons(rows: List[dict]) -> List[str]:
             if r.get("attention") == "mha" or not bases:  # MHA rows are what the others are compared with
                 continue
             # trained as long as it; a row written before rows said their epochs pairs with any MHA row
+            # like with like: a seed group with an MHA seed group where there is one
+            bases.sort(key=lambda b: bool(b.get("seeds")) != bool(r.get("seeds")))
             base = (next((b for b in bases if b.get("epochs") == r.get("epochs")), None)
                     or next((b for b in bases if None in (b.get("epochs"), r.get("epochs"))), None))
             if base is None:
