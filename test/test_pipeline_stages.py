@@ -210,7 +210,10 @@ def test_unknown_metric_and_job_backend_are_one_line_option_errors(capsys):
     import pytest
 
     for option, value, message in (("--metrics", "bleu,blue", "unknown metric 'blue'; choose from wer, cer, bleu"),
-                                   ("--decode_cmd", "pbs --mem 4G", "unknown job backend 'pbs'; use local, slurm")):
+                                   ("--decode_cmd", "pbs --mem 4G", "unknown job backend 'pbs'; use local, slurm"),
+                                   ("--seeds", "0 x", "'x' is not a seed; give integers >= 0, e.g. \"0 1 2\""),
+                                   ("--seeds", "1 -2", "'-2' is not a seed"),
+                                   ("--tune_penalty", "0 0.2x", "'0.2x' is not a number; give length bonuses")):
         with pytest.raises(SystemExit):
             get_parser().parse_args(["--task", "mt", option, value])
         err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -340,7 +343,8 @@ def test_seed_groups_are_reported_as_mean_and_spread_and_compared_by_it():
 
 
 def test_seeds_train_one_experiment_per_seed(tmp_path, monkeypatch, capsys):
-    """Each seed is its own experiment (tag _seed<N>, ESPnet's --seed N); a bad list is one line."""
+    """Each seed is its own experiment (tag _seed<N>, ESPnet's --seed N); a bad list is one line
+    (test_unknown_metric_and_job_backend_are_one_line_option_errors), before any stage runs."""
     from espnet_mtla.recipe.runner import main
 
     monkeypatch.chdir(tmp_path)
@@ -350,6 +354,8 @@ def test_seeds_train_one_experiment_per_seed(tmp_path, monkeypatch, capsys):
     assert [r.exp.name for r in runs] == ["asr_train_mtla_seed0", "asr_train_mtla_seed3"]
     assert [r.args.train_args for r in runs] == ["--max_epoch 2 --seed 0", "--max_epoch 2 --seed 3"]
     assert {r.seed_group for r in runs} == {"asr_train_mtla"} and p.args.seeds == "0 3"
-    code = main(["--task", "asr", "--stage", "8", "--stop_stage", "8", "--train_config", "conf/train_{attention}.yaml",
-                 "--seeds", "0 x"])
-    assert code == 1 and "error: --seeds '0 x': give integers >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--task", "asr", "--stage", "8", "--stop_stage", "8", "--train_config", "conf/train_{attention}.yaml",
+              "--seeds", "0 x"])
+    assert exit_info.value.code == 2 and "argument --seeds: 'x' is not a seed" in capsys.readouterr().err
+    assert not (tmp_path / "exp" / "asr_train_mtla_seed0").exists()

@@ -125,9 +125,7 @@ class Experiment:
         if not seeds:
             return [self]
         runs = []
-        for seed in seeds:
-            if not seed.isdigit():
-                raise StageError(f"--seeds {self.args.seeds!r}: give integers >= 0, e.g. \"0 1 2\"")
+        for seed in seeds:  # integers, as options.seed_list checked
             args = argparse.Namespace(**vars(self.args))
             args.tag, args.seeds = f"{self.tag}_seed{seed}", ""
             args.train_args = f"{self.args.train_args} --seed {seed}".strip()

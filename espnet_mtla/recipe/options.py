@@ -25,6 +25,25 @@ def metric_names(value: str) -> Union[str, List[str]]:
     return names
 
 
+def seed_list(value: str) -> str:
+    """``--seeds``: integers >= 0 separated by spaces (kept as the string the stages split)."""
+    for word in value.split():
+        if not word.isdigit():
+            raise argparse.ArgumentTypeError(f"{word!r} is not a seed; give integers >= 0, e.g. \"0 1 2\"")
+    return value
+
+
+def number_list(value: str) -> str:
+    """``--tune_penalty``: numbers separated by spaces (kept as the string the stages split)."""
+    for word in value.split():
+        try:
+            float(word)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{word!r} is not a number; give length bonuses, e.g. "
+                                             f"\"0 0.2 0.5 1\"") from None
+    return value
+
+
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = p.add_argument
@@ -79,12 +98,12 @@ def get_parser() -> argparse.ArgumentParser:
         help="model file under the experiment dir; default: ESPnet's average of the keep_nbest_models best "
              "epochs by valid.acc (as ESPnet's recipes and the paper decode); e.g. valid.acc.best.pth: the best one")
     add("--tag", default=None, help="experiment name; default: the train config's stem")
-    add("--seeds", default="",
+    add("--seeds", default="", type=seed_list,
         help='train and decode one model per seed, e.g. "0 1 2": stages 7-11 run for exp/<task>_<tag>_seed<N> '
              "(ESPnet's --seed N), and stage 10 reports each seed's row and their mean and spread")
     add("--train_args", default="", help="extra options for <task>_train")
     add("--inference_args", default="", help="extra options for <task>_inference")
-    add("--tune_penalty", default="",
+    add("--tune_penalty", default="", type=number_list,
         help='length bonuses to try, e.g. "0 0.2 0.5 1": stage 8 decodes --valid_set with each (ESPnet\'s '
              "penalty, added per output token), keeps the one with the best first --metrics value, and decodes "
              "the test sets with it (the sweep: <decode dir>/../tune_penalty_<valid set>/tuning.json)")

@@ -86,11 +86,7 @@ def main(argv=None) -> int:
     setup_logging(Path(args.expdir))
     log.info("%s", " ".join(shlex.quote(a) for a in (sys.argv if argv is None else ["pipeline"] + list(argv))))
     x = Experiment(args)
-    try:
-        models = x.seed_experiments()
-    except StageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    models = x.seed_experiments()
     for stage in STAGES.values():
         if args.stage <= stage.number <= args.stop_stage:
             if stage.needs_lm and not x.use_lm:

@@ -8,7 +8,7 @@ import shlex
 import shutil
 import sys
 from pathlib import Path
-from typing import List
+from typing import Dict, List, Tuple
 
 from espnet_mtla.data import datadir
 from espnet_mtla.recipe.errors import StageError
@@ -107,6 +107,13 @@ def decode_set(x: Experiment, run: StageRun, name: str, data: Path, out: Path, e
     write_text_atomic(out / "efficiency.json", json.dumps(summary, indent=2) + "\n")
 
 
+def hypotheses(refs: Dict[str, str], decode_dir: Path) -> Tuple[Dict[str, str], int]:
+    """``decode_dir/text`` for each reference key ('' where missing or empty), and how many are empty."""
+    found = dict(datadir.read_table(decode_dir / "text", datadir.Problems(), allow_empty_value=True))
+    hyps = {k: found.get(k, "") for k in refs}
+    return hyps, sum(1 for text in hyps.values() if not text.strip())
+
+
 def tuning_dir(x: Experiment) -> Path:
     """Where --tune_penalty decodes the valid set: beside the test sets' decode dirs."""
     return x.decode_dir(x.args.valid_set).parent / f"tune_penalty_{x.args.valid_set}"
@@ -119,11 +126,7 @@ def tune_penalty(x: Experiment, run: StageRun) -> float:
     from espnet_mtla.metrics.scoring import score
     from espnet_mtla.recipe.results import LOWER_IS_BETTER
 
-    try:
-        values = sorted({float(v) for v in x.args.tune_penalty.split()})
-    except ValueError:
-        raise StageError(f"--tune_penalty {x.args.tune_penalty!r}: give length bonuses as numbers, "
-                         f"e.g. \"0 0.2 0.5 1\"") from None
+    values = sorted({float(v) for v in x.args.tune_penalty.split()})  # numbers, as options.number_list checked
     data, root = x.dump / x.args.valid_set, tuning_dir(x)
     refs = dict(datadir.read_table(data / x.text_names()["text"], datadir.Problems()))
     metric = x.metrics[0]
@@ -131,10 +134,8 @@ def tune_penalty(x: Experiment, run: StageRun) -> float:
     for value in values:
         out = root / f"penalty_{value:g}"
         decode_set(x, run, f"{x.args.valid_set} (penalty {value:g})", data, out, ["--penalty", str(value)])
-        hyps = dict(datadir.read_table(out / "text", datadir.Problems(), allow_empty_value=True))
-        hyps = {k: hyps.get(k, "") for k in refs}
+        hyps, empty = hypotheses(refs, out)
         scores = score(x.metrics, refs, hyps, out)
-        empty = sum(1 for text in hyps.values() if not text.strip())
         sweep.append({"penalty": value, "scores": scores, "empty": empty})
         log.info("tune_penalty: %s with penalty %g: %s, %d of %d empty", x.args.valid_set, value, scores, empty,
                  len(hyps))
@@ -225,9 +226,7 @@ class Score(Stage):
         for name in x.decode_sets:  # a long-form set is scored per recording
             out = x.decode_dir(name)
             refs = dict(datadir.read_table(x.reference_dir(name) / x.text_names()["text"], datadir.Problems()))
-            hyps = dict(datadir.read_table(out / "text", datadir.Problems(), allow_empty_value=True))
-            hyps = {k: hyps.get(k, "") for k in refs}
-            empty = sum(1 for text in hyps.values() if not text.strip())
+            hyps, empty = hypotheses(refs, out)
             if empty:  # the decoding log names each one, with the best non-empty hypothesis' score
                 log.warning("%s %s: %d of %d hypotheses are empty (see %s)", x.exp.name, name, empty, len(hyps),
                             out / "logdir")
