@@ -129,3 +129,69 @@ def test_mt_hard_text_condition_reorders_lengthens_and_misspells(tmp_path):
     assert all(len(s) == len(n) for s, n in zip(spoken, noisy))
     assert abs(changed / eligible - MT_MISSPELL_RATE) < 0.04
     assert grammar.misspell("the cat sat", random.Random(0), rate=0.0) == "the cat sat"
+
+
+def topic_of(word_slot, phrase):
+    return {i for i, topic in enumerate(grammar.TOPICS) if phrase in getattr(topic, word_slot)}
+
+
+def parse_topical(sentence):
+    """(subject, verb, object, place or None) of a topical sentence, found by trying each
+    topic's phrases in order (phrases contain spaces, so the words are not split)."""
+    out, rest = [], sentence
+    for slot in ("subjects", "verbs", "objects", "places"):
+        if slot == "places" and not rest:
+            return (*out, None)
+        phrases = sorted({p for t in grammar.TOPICS for p in getattr(t, slot)}, key=len, reverse=True)
+        match = next(p for p in phrases if rest == p or rest.startswith(p + " "))
+        out.append(match)
+        rest = rest[len(match):].strip()
+    assert not rest, sentence
+    return tuple(out)
+
+
+def test_topical_prior_has_structure_an_lm_can_learn():
+    """Words of one sentence mostly share a topic, and frequencies are skewed (Zipf): the first
+    topic is far more frequent than the last, and rare words are rare in 2000 transcripts."""
+    import collections
+    import random
+
+    rng = random.Random(0)
+    sentences = [grammar.topical_sentence(rng) for _ in range(4000)]
+    parsed = [parse_topical(s) for s in sentences]
+    same = sum(bool(topic_of("subjects", s) & topic_of("objects", o)) for s, _, o, _ in parsed)
+    assert 0.8 < same / len(parsed) < 0.95  # 1 - OFF_TOPIC, less or more by chance overlaps
+    first = sum(bool(topic_of("subjects", s) & {0}) for s, *_ in parsed)
+    last = sum(bool(topic_of("subjects", s) & {len(grammar.TOPICS) - 1}) for s, *_ in parsed)
+    assert first > 8 * last > 0
+    assert 0.55 < sum(p is not None for *_, p in parsed) / len(parsed) < 0.65  # PLACE_RATE
+    words = collections.Counter(w for s in sentences[:2000] for w in s.split())
+    assert min(words.values()) < 5 and max(words.values()) > 1000
+
+
+def test_topical_prior_corpus_and_lm_text(tmp_path):
+    from espnet_mtla.data.mini_synth import draw_utterances, main
+
+    utts = draw_utterances("asr", "test", 20, seed=0, condition="hard", text_prior="topical")
+    assert utts == draw_utterances("asr", "test", 20, seed=0, condition="hard", text_prior="topical")
+    by_index = lambda us: [u["condition"] for u in sorted(us, key=lambda u: u["utt_id"][-5:])]  # noqa: E731
+    assert by_index(utts) == by_index(draw_utterances("asr", "test", 20, seed=0, condition="hard"))  # own draws
+    assert all(u["text"] == u["spoken"] and parse_topical(u["text"]) for u in utts)
+    main(["--task", "asr", "--out-dir", str(tmp_path / "data"), "--audio-dir", str(tmp_path / "audio"),
+          "--train", "2", "--dev", "3", "--test", "3", "--text-prior", "topical", "--lm-text", "500"])
+    wav = read_table(tmp_path / "data" / "test" / "wav.scp")
+    assert all("/asr-topical/test/" in path for path in wav.values())
+    lm_lines = (tmp_path / "data" / "lm_text.txt").read_text().splitlines()
+    held_out = {text for split in ("dev", "test") for text in read_table(tmp_path / "data" / split / "text").values()}
+    assert len(lm_lines) == 500 and not held_out & set(lm_lines)
+    assert all(parse_topical(line) for line in lm_lines)
+
+
+def test_topical_prior_is_for_asr_only(tmp_path, capsys):
+    from espnet_mtla.data.mini_synth import main
+
+    with pytest.raises(ValueError, match="the topical text prior is English text only: use it with --task asr, not st"):
+        generate("st", tmp_path / "data", tmp_path / "audio", SIZES, text_prior="topical")
+    with pytest.raises(SystemExit):
+        main(["--task", "slu", "--out-dir", str(tmp_path), "--audio-dir", str(tmp_path), "--text-prior", "topical"])
+    assert "--text-prior topical is English text only: use it with --task asr" in capsys.readouterr().err

@@ -24,6 +24,8 @@ RECIPES = {
     "egs2/mini_synth/asr1/conf": [("asr_mini.yaml", "decode_asr.yaml", "train_"),
                                   ("asr_mini_encdec.yaml", None, "train_encdec_"),
                                   ("lm_mini.yaml", None, "train_lm_")],
+    "egs2/mini_synth/asr_lm1/conf": [("asr_mini.yaml", "decode_asr.yaml", "train_"),
+                                     ("lm_mini.yaml", None, "train_lm_")],
     "egs2/mini_synth/st1/conf": [("st_mini.yaml", "decode_st.yaml", "train_"),
                                  ("st_mini_encdec.yaml", None, "train_encdec_")],
     "egs2/mini_synth/slu1/conf": [("slu_mini.yaml", "decode_slu.yaml", "train_")],

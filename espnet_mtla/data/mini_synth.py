@@ -18,6 +18,9 @@ sentences with subordinate clauses whose German verb goes last, coordinated sent
 misspelt source words (``grammar.hard_sentence``, ``grammar.misspell``). ``--lm-text N`` also
 writes ``<out-dir>/lm_text.txt``: N more sentences of the grammar in the target language, one
 per line, for a language model (sentences of the dev and test sets left out).
+``--text-prior topical`` (asr) draws the texts from ``grammar.topical_sentence`` instead: one
+topic per sentence, skewed word frequencies, words that predict each other; its audio goes to
+``<audio-dir>/asr[-hard]-topical/``.
 """
 
 import argparse
@@ -31,17 +34,19 @@ import soundfile
 from tqdm import tqdm
 
 from espnet_mtla.data import conditions
-from espnet_mtla.data.grammar import command, hard_sentence, misspell, sentence
+from espnet_mtla.data.grammar import command, hard_sentence, misspell, sentence, topical_sentence
 from espnet_mtla.data.kaldi_dir import Utterance, write_data_dir
 from espnet_mtla.data.speech_synth import SAMPLE_RATE, VOICES, Voice, check_espeak, speak
 from espnet_mtla.storage.fileio import write_atomic, write_text_atomic
 
 TASKS = ("asr", "st", "slu", "mt")
+TEXT_PRIORS = ("uniform", "topical")  # grammar.sentence (slots drawn uniformly) or grammar.topical_sentence
 SPLITS = ("train", "dev", "test")
 MT_MISSPELL_RATE = 0.3  # the MT text condition's share of misspelt source words (3+ letters)
 
 
-def draw_utterances(task: str, split: str, count: int, seed: int, condition: str = "clean") -> List[Dict[str, str]]:
+def draw_utterances(task: str, split: str, count: int, seed: int, condition: str = "clean",
+                    text_prior: str = "uniform") -> List[Dict[str, str]]:
     """Texts, voices and acoustic conditions of one split; independent of the other splits' sizes."""
     rng = random.Random(f"{seed}-{task}-{split}")
     # Its own generator, so the texts and voices do not depend on the condition.
@@ -51,14 +56,18 @@ def draw_utterances(task: str, split: str, count: int, seed: int, condition: str
         voice = random_voice(rng)
         utt = {"voice": voice, "utt_id": f"{voice.speaker_id}-{split}-{index:05d}",
                "condition": None if condition == "clean" or task == "mt" else conditions.draw(condition_rng)}
-        utt.update(draw_texts(task, rng, condition, condition_rng))
+        utt.update(draw_texts(task, rng, condition, condition_rng, text_prior))
         utts.append(utt)
     return sorted(utts, key=lambda u: u["utt_id"])
 
 
-def draw_texts(task: str, rng: random.Random, condition: str = "clean", noise_rng=None) -> Dict[str, str]:
+def draw_texts(task: str, rng: random.Random, condition: str = "clean", noise_rng=None,
+               text_prior: str = "uniform") -> Dict[str, str]:
     """One utterance's texts: ``spoken`` (what espeak-ng says), ``text`` (the target) and the
     task's other text files. ``noise_rng`` misspells the source of MT's hard text condition."""
+    if text_prior == "topical":  # English only (checked by generate)
+        spoken = topical_sentence(rng)
+        return {"spoken": spoken, "text": spoken}
     if task == "slu":
         cmd = command(rng)
         return {"spoken": cmd.transcript, "text": f"{cmd.intent} {cmd.transcript}", "transcript": cmd.transcript}
@@ -101,20 +110,30 @@ def to_utterances(utts: List[Dict[str, str]], paths: List[str], task: str) -> Li
             for u, path in zip(utts, paths)]
 
 
+def audio_subdir(task: str, condition: str, text_prior: str = "uniform") -> str:
+    """Where a corpus' audio goes under the audio dir: its own folder per condition and prior, so
+    that the cached flac files of one corpus are never taken for another's."""
+    return "-".join([task] + [condition] * (condition != "clean") + [text_prior] * (text_prior != "uniform"))
+
+
 def generate(task: str, out_dir, audio_dir, sizes: Dict[str, int], seed: int = 0, nj: int = 2,
-             condition: str = "clean") -> None:
+             condition: str = "clean", text_prior: str = "uniform") -> None:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     if condition not in conditions.CONDITIONS:
         raise ValueError(f"unknown condition {condition!r}; choose one of {', '.join(conditions.CONDITIONS)}")
+    if text_prior not in TEXT_PRIORS:
+        raise ValueError(f"unknown text prior {text_prior!r}; choose one of {', '.join(TEXT_PRIORS)}")
+    if text_prior != "uniform" and task != "asr":
+        raise ValueError(f"the {text_prior} text prior is English text only: use it with --task asr, not {task}")
     if task != "mt":  # mt is text only: the same sentences, never spoken
         check_espeak()
     for split in SPLITS:
-        utts = draw_utterances(task, split, sizes[split], seed, condition)
+        utts = draw_utterances(task, split, sizes[split], seed, condition, text_prior)
         if task == "mt":
             write_data_dir(Path(out_dir) / split, to_utterances(utts, [None] * len(utts), task))
             continue
-        split_audio = Path(audio_dir) / (task if condition == "clean" else f"{task}-{condition}") / split
+        split_audio = Path(audio_dir) / audio_subdir(task, condition, text_prior) / split
         split_audio.mkdir(parents=True, exist_ok=True)
         babble = None
         if condition != "clean":
@@ -128,15 +147,15 @@ def generate(task: str, out_dir, audio_dir, sizes: Dict[str, int], seed: int = 0
 
 
 def write_lm_text(task: str, out_dir, count: int, sizes: Dict[str, int], seed: int = 0,
-                  condition: str = "clean") -> Path:
+                  condition: str = "clean", text_prior: str = "uniform") -> Path:
     """``<out_dir>/lm_text.txt``: ``count`` target-language sentences (one per line) of the grammar,
     none of them a sentence of the dev or test set (an LM must not have seen the test's text)."""
-    held_out = {u["text"] for split in ("dev", "test") for u in draw_utterances(task, split, sizes[split], seed,
-                                                                                 condition)}
+    held_out = {u["text"] for split in ("dev", "test")
+                for u in draw_utterances(task, split, sizes[split], seed, condition, text_prior)}
     rng = random.Random(f"{seed}-{task}-lm")
     lines = []
     while len(lines) < count:
-        text = draw_texts(task, rng, condition)["text"]
+        text = draw_texts(task, rng, condition, text_prior=text_prior)["text"]
         if text not in held_out:
             lines.append(text)
     path = Path(out_dir) / "lm_text.txt"
@@ -152,16 +171,21 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--condition", choices=conditions.CONDITIONS, default="clean",
                         help="clean espeak-ng speech, or hard: tempo, reverberation and noise at -5 to 10 dB SNR")
+    parser.add_argument("--text-prior", choices=TEXT_PRIORS, default="uniform",
+                        help="uniform: the grammar's slots drawn uniformly; topical (asr only): words of one "
+                             "topic per sentence with skewed frequencies, structure a language model can learn")
     parser.add_argument("--nj", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     for split, default in zip(SPLITS, (2000, 200, 200)):
         parser.add_argument(f"--{split}", type=int, default=default, help=f"utterances in {split}")
     parser.add_argument("--lm-text", type=int, default=0,
                         help="also write <out-dir>/lm_text.txt: this many sentences for a language model")
     args = parser.parse_args(argv)
+    if args.text_prior != "uniform" and args.task != "asr":
+        parser.error(f"--text-prior {args.text_prior} is English text only: use it with --task asr")
     sizes = {split: getattr(args, split) for split in SPLITS}
-    generate(args.task, args.out_dir, args.audio_dir, sizes, args.seed, args.nj, args.condition)
+    generate(args.task, args.out_dir, args.audio_dir, sizes, args.seed, args.nj, args.condition, args.text_prior)
     if args.lm_text:
-        write_lm_text(args.task, args.out_dir, args.lm_text, sizes, args.seed, args.condition)
+        write_lm_text(args.task, args.out_dir, args.lm_text, sizes, args.seed, args.condition, args.text_prior)
 
 
 if __name__ == "__main__":

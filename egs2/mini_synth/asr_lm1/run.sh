@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Synthetic mini corpus, ASR with a language model that helps: asr1's hard acoustic condition,
+# sentences from a topical text prior (local/data.sh), and an LM trained on the transcripts plus
+# 100,000 more sentences of that prior (stages 12-14), fused by stage 8 with decode.yaml's lm_weight.
+# Every stage: ./run.sh; the attention type of the acoustic model: --attention mha|mqa|gqa|mla|mtla,
+# of the LM: --lm_attention (default: the same). Without the LM: --use_lm false (decoded into its
+# own decode dir, so both rows stand side by side in RESULTS.md).
+set -euo pipefail
+./pipeline.sh --task asr --train_set train --valid_set dev --test_sets test \
+  --token_type bpe --nbpe 100 --audio_format flac \
+  --train_config "conf/train_{attention}.yaml" --inference_config conf/decode.yaml \
+  --use_lm true --lm_config "conf/train_lm_{attention}.yaml" --lm_extra_text data/lm_text.txt "$@"
