@@ -131,67 +131,93 @@ def test_mt_hard_text_condition_reorders_lengthens_and_misspells(tmp_path):
     assert grammar.misspell("the cat sat", random.Random(0), rate=0.0) == "the cat sat"
 
 
-def topic_of(word_slot, phrase):
-    return {i for i, topic in enumerate(grammar.TOPICS) if phrase in getattr(topic, word_slot)}
 
-
-def parse_topical(sentence):
-    """(subject, verb, object, place or None) of a topical sentence, found by trying each
-    topic's phrases in order (phrases contain spaces, so the words are not split)."""
-    out, rest = [], sentence
-    for slot in ("subjects", "verbs", "objects", "places"):
-        if slot == "places" and not rest:
+def parse_structured(english):
+    """(subject, verb, object, adverbial or None) phrase pairs of a sentence of the grammar's phrases."""
+    out, rest = [], english
+    for phrases in (grammar.SUBJECTS, grammar.VERBS, grammar.OBJECTS, grammar.ADVERBIALS):
+        if phrases is grammar.ADVERBIALS and not rest:
             return (*out, None)
-        phrases = sorted({p for t in grammar.TOPICS for p in getattr(t, slot)}, key=len, reverse=True)
-        match = next(p for p in phrases if rest == p or rest.startswith(p + " "))
+        match = next(p for p in sorted(phrases, key=lambda p: -len(p[0])) if rest == p[0] or rest.startswith(p[0] + " "))
         out.append(match)
-        rest = rest[len(match):].strip()
-    assert not rest, sentence
+        rest = rest[len(match[0]):].strip()
+    assert not rest, english
     return tuple(out)
 
 
-def test_topical_prior_has_structure_an_lm_can_learn():
-    """Words of one sentence mostly share a topic, and frequencies are skewed (Zipf): the first
-    topic is far more frequent than the last, and rare words are rare in 2000 transcripts."""
+def test_structured_prior_has_structure_an_lm_can_learn():
+    """Each slot takes one of the phrases its context prefers with probability PREFERRED (plus
+    the chance draws that land there), and subjects are Zipf-skewed; the German follows the
+    English phrase by phrase, as in the uniform grammar."""
     import collections
     import random
 
     rng = random.Random(0)
-    sentences = [grammar.topical_sentence(rng) for _ in range(4000)]
-    parsed = [parse_topical(s) for s in sentences]
-    same = sum(bool(topic_of("subjects", s) & topic_of("objects", o)) for s, _, o, _ in parsed)
-    assert 0.8 < same / len(parsed) < 0.95  # 1 - OFF_TOPIC, less or more by chance overlaps
-    first = sum(bool(topic_of("subjects", s) & {0}) for s, *_ in parsed)
-    last = sum(bool(topic_of("subjects", s) & {len(grammar.TOPICS) - 1}) for s, *_ in parsed)
-    assert first > 8 * last > 0
-    assert 0.55 < sum(p is not None for *_, p in parsed) / len(parsed) < 0.65  # PLACE_RATE
-    words = collections.Counter(w for s in sentences[:2000] for w in s.split())
-    assert min(words.values()) < 5 and max(words.values()) > 1000
+    sentences = [grammar.structured_sentence(rng) for _ in range(4000)]
+    parsed = [parse_structured(s.english) for s in sentences]
+    prefs = grammar.PREFERENCES
+    rates = {"verb": grammar.PREFERRED + (1 - grammar.PREFERRED) * 3 / len(grammar.VERBS),
+             "object": grammar.PREFERRED + (1 - grammar.PREFERRED) * 2 / len(grammar.OBJECTS)}
+    verb_hits = sum(v in prefs.verbs[s] for s, v, _, _ in parsed) / len(parsed)
+    object_hits = sum(o in prefs.objects[s, v] for s, v, o, _ in parsed) / len(parsed)
+    assert abs(verb_hits - rates["verb"]) < 0.02 and abs(object_hits - rates["object"]) < 0.02
+    assert all(a in prefs.adverbials[o] or a in grammar.ADVERBIALS for _, _, o, a in parsed if a)
+    subjects = collections.Counter(s for s, *_ in parsed)
+    assert subjects[grammar.SUBJECTS[0]] > 8 * subjects[grammar.SUBJECTS[-1]] > 0
+    for sent, phrases in zip(sentences, parsed):
+        assert sent.german == " ".join(de for _, de in filter(None, phrases))
+    assert grammar.PREFERENCES == grammar._preferences()  # a fixed table, not drawn per corpus
 
 
-def test_topical_prior_corpus_and_lm_text(tmp_path):
+def test_structured_prior_corpus_and_lm_text(tmp_path):
     from espnet_mtla.data.mini_synth import draw_utterances, main
 
-    utts = draw_utterances("asr", "test", 20, seed=0, condition="hard", text_prior="topical")
-    assert utts == draw_utterances("asr", "test", 20, seed=0, condition="hard", text_prior="topical")
+    utts = draw_utterances("asr", "test", 20, seed=0, condition="hard", text_prior="structured")
+    assert utts == draw_utterances("asr", "test", 20, seed=0, condition="hard", text_prior="structured")
     by_index = lambda us: [u["condition"] for u in sorted(us, key=lambda u: u["utt_id"][-5:])]  # noqa: E731
     assert by_index(utts) == by_index(draw_utterances("asr", "test", 20, seed=0, condition="hard"))  # own draws
-    assert all(u["text"] == u["spoken"] and parse_topical(u["text"]) for u in utts)
+    assert all(u["text"] == u["spoken"] and parse_structured(u["text"]) for u in utts)
     main(["--task", "asr", "--out-dir", str(tmp_path / "data"), "--audio-dir", str(tmp_path / "audio"),
-          "--train", "2", "--dev", "3", "--test", "3", "--text-prior", "topical", "--lm-text", "500"])
+          "--train", "2", "--dev", "3", "--test", "3", "--text-prior", "structured", "--lm-text", "500"])
     wav = read_table(tmp_path / "data" / "test" / "wav.scp")
-    assert all("/asr-topical/test/" in path for path in wav.values())
+    assert all("/asr-structured/test/" in path for path in wav.values())
     lm_lines = (tmp_path / "data" / "lm_text.txt").read_text().splitlines()
     held_out = {text for split in ("dev", "test") for text in read_table(tmp_path / "data" / split / "text").values()}
     assert len(lm_lines) == 500 and not held_out & set(lm_lines)
-    assert all(parse_topical(line) for line in lm_lines)
+    assert all(parse_structured(line) for line in lm_lines)
 
 
-def test_topical_prior_is_for_asr_only(tmp_path, capsys):
+def test_structured_prior_is_for_spoken_sentences_only(tmp_path, capsys):
     from espnet_mtla.data.mini_synth import main
 
-    with pytest.raises(ValueError, match="the topical text prior is English text only: use it with --task asr, not st"):
-        generate("st", tmp_path / "data", tmp_path / "audio", SIZES, text_prior="topical")
+    with pytest.raises(ValueError, match="the structured text prior is for spoken sentences: use it with --task asr "
+                                         "or st, not slu"):
+        generate("slu", tmp_path / "data", tmp_path / "audio", SIZES, text_prior="structured")
     with pytest.raises(SystemExit):
-        main(["--task", "slu", "--out-dir", str(tmp_path), "--audio-dir", str(tmp_path), "--text-prior", "topical"])
-    assert "--text-prior topical is English text only: use it with --task asr" in capsys.readouterr().err
+        main(["--task", "mt", "--out-dir", str(tmp_path), "--audio-dir", str(tmp_path), "--text-prior", "structured"])
+    assert "--text-prior structured is for spoken sentences: use it with --task asr or st" in capsys.readouterr().err
+
+
+def test_asr_lm1_recipe_prepares_the_structured_corpus_and_lm_text(tmp_path):
+    """The LM recipe's stage 1: asr1's hard acoustic condition and training set (the uniform
+    grammar), dev and test sets from the structured text prior, and the LM's text from that
+    prior, none of it a dev or test sentence."""
+    from espnet_mtla.data.mini_synth import draw_utterances
+
+    from test_recipes import recipe_copy, run_recipe
+
+    recipe = recipe_copy(tmp_path, "mini_synth", "asr_lm1")
+    run_recipe(recipe, "--stage", "1", "--stop_stage", "1", "--local_data_opts",
+               "--train_size 3 --dev_size 2 --test_size 2 --lm_text_size 40")
+    data = recipe / "data"
+    wav = read_table(data / "test" / "wav.scp")
+    assert all("/asr-hard-structured/test/" in path for path in wav.values())
+    assert all("/asr-hard/train/" in path for path in read_table(data / "train" / "wav.scp").values())
+    texts = {split: read_table(data / split / "text") for split in SIZES}
+    for split, prior in (("train", "uniform"), ("test", "structured")):
+        drawn = draw_utterances("asr", split, len(texts[split]), seed=0, condition="hard", text_prior=prior)
+        assert texts[split] == {u["utt_id"]: u["text"] for u in drawn}
+    assert all(parse_structured(text) for split in texts.values() for text in split.values())
+    lm_lines = (data / "lm_text.txt").read_text().splitlines()
+    assert len(lm_lines) == 40 and all(parse_structured(line) for line in lm_lines)
+    assert not set(lm_lines) & (set(texts["dev"].values()) | set(texts["test"].values()))

@@ -24,7 +24,7 @@ RECIPES = {
     "egs2/mini_synth/asr1/conf": [("asr_mini.yaml", "decode_asr.yaml", "train_"),
                                   ("asr_mini_encdec.yaml", None, "train_encdec_"),
                                   ("lm_mini.yaml", None, "train_lm_")],
-    "egs2/mini_synth/asr_lm1/conf": [("asr_mini.yaml", "decode_asr.yaml", "train_"),
+    "egs2/mini_synth/asr_lm1/conf": [("asr_mini.yaml", "decode_asr_lm.yaml", "train_"),
                                      ("lm_mini.yaml", None, "train_lm_")],
     "egs2/mini_synth/st1/conf": [("st_mini.yaml", "decode_st.yaml", "train_"),
                                  ("st_mini_encdec.yaml", None, "train_encdec_")],

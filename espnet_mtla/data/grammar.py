@@ -116,93 +116,42 @@ def intent_names() -> Tuple[str, ...]:
     return tuple(sorted(INTENTS))
 
 
-# The topical text prior (``--text_prior topical``): English sentences whose words depend on each
-# other, with skewed frequencies, as real text has; what an LM trained on much more text than the
-# transcripts can learn and an acoustic model trained on the transcripts sees too rarely. Each
-# sentence is about one topic; topics, and the words inside a topic, are drawn with Zipf weights
-# (1/rank), so a rare topic's words turn up a few dozen times in 2000 transcripts and hundreds of
-# times in an LM's text. A slot leaves its topic with probability OFF_TOPIC, so context narrows
-# the choice without fixing it.
-class Topic(NamedTuple):
-    subjects: Tuple[str, ...]
-    verbs: Tuple[str, ...]
-    objects: Tuple[str, ...]
-    places: Tuple[str, ...]
+
+# The structured text prior (``--text_prior structured``): the same phrases as ``sentence``, but
+# each word depends on the words before it, and subjects have skewed frequencies, as real text
+# has. Every subject prefers 3 verbs, every (subject, verb) pair 2 objects, every object 2
+# adverbials (a fixed table, part of the corpus like the phrase lists); a slot takes a preferred
+# phrase with probability PREFERRED, else any phrase (so an LM that insists on its preference is
+# wrong 5% of the time). The object table has 120 rows: 2000 transcripts show each row ~17
+# times, a language model's 50,000 sentences ~400 times. Subjects are drawn with Zipf weights.
+PREFERRED = 0.95
 
 
-def _topic(subjects: str, verbs: str, objects: str, places: str) -> Topic:
-    return Topic(*(tuple(words.split(", ")) for words in (subjects, verbs, objects, places)))
+class Preferences(NamedTuple):
+    verbs: dict  # subject pair -> preferred verb pairs
+    objects: dict  # (subject, verb) -> preferred object pairs
+    adverbials: dict  # object -> preferred adverbial pairs
 
 
-TOPICS = (  # most frequent first
-    _topic("the cook, the baker, my mother", "stirs, bakes, slices, tastes",
-           "the soup, the bread, a fresh loaf, the onions, a hot pie", "in the kitchen, at the bakery"),
-    _topic("the farmer, the shepherd, a farmhand", "feeds, milks, herds, counts",
-           "the cows, the sheep, the goats, a brown horse, the chickens", "in the barn, on the farm"),
-    _topic("the teacher, a student, the pupils", "reads, writes, corrects, studies",
-           "the lesson, a long essay, the textbook, the homework, the spelling test", "in the classroom, at school"),
-    _topic("the nurse, the surgeon, a doctor", "examines, treats, bandages, checks",
-           "the patient, a broken arm, the wound, the fever, a sore throat", "at the hospital, in the clinic"),
-    _topic("the gardener, my grandmother, a neighbour", "plants, waters, prunes, picks",
-           "the roses, the tulips, a young tree, the hedge, the vegetables", "in the garden, behind the house"),
-    _topic("the carpenter, a builder, the plumber", "saws, hammers, repairs, measures",
-           "the plank, a wooden shelf, the pipes, the roof, a broken window", "in the workshop, on the site"),
-    _topic("the pianist, a singer, the drummer", "plays, tunes, practises, records",
-           "the piano, a guitar, the violin, the drums, a slow song", "on the stage, at the concert"),
-    _topic("the sailor, a fisherman, the captain", "steers, anchors, paints, mends",
-           "the boat, a fishing net, the sails, the rope, a small ship", "at the harbour, on the sea"),
-    _topic("the striker, a goalkeeper, the coach", "kicks, catches, passes, blocks",
-           "the ball, a penalty, the free kick, the corner, a long pass", "on the pitch, at the stadium"),
-    _topic("the librarian, a reader, the writer", "borrows, returns, shelves, reads",
-           "the novel, a magazine, the atlas, the dictionary, a poem", "in the library, at the bookshop"),
-    _topic("the manager, a clerk, the secretary", "types, signs, files, prints",
-           "the letter, a contract, the report, the invoice, the budget", "at the office, at the desk"),
-    _topic("the officer, a detective, the judge", "arrests, questions, follows, releases",
-           "the thief, a suspect, the witness, the robber, the driver", "at the station, in court"),
-    _topic("the pilot, a tourist, the traveller", "flies, books, boards, misses",
-           "the plane, a ticket, the train, the ferry, a taxi", "at the airport, on holiday"),
-    _topic("the grocer, a customer, the vendor", "weighs, sells, packs, buys",
-           "the cheese, a melon, the carrots, the eggs, a bag of rice", "at the market, in the shop"),
-    _topic("the painter, an artist, the sculptor", "paints, draws, carves, sketches",
-           "a portrait, the statue, a landscape, the canvas, the marble", "in the studio, at the gallery"),
-    _topic("the chemist, a scientist, the professor", "measures, mixes, tests, heats",
-           "the sample, a liquid, the crystals, the powder, the solution", "in the laboratory, at the university"),
-    _topic("the mechanic, the engineer, my uncle", "fixes, washes, drives, tows",
-           "the engine, a truck, the tyres, the brakes, a motorbike", "in the garage, on the road"),
-    _topic("the keeper, a vet, the children", "feeds, watches, photographs, visits",
-           "the lion, a giraffe, the monkeys, the elephant, the penguins", "at the zoo, in the park"),
-    _topic("the hiker, a climber, the scouts", "climbs, crosses, explores, maps",
-           "the mountain, a river, the forest, the valley, a glacier", "in the hills, at dawn"),
-    _topic("the waiter, a chef, the guests", "serves, orders, tastes, brings",
-           "the wine, a salad, the dessert, the steak, the menu", "at the restaurant, at dinner"),
-    _topic("the programmer, a hacker, the analyst", "codes, debugs, installs, deletes",
-           "the software, a laptop, the server, the database, the printer", "at the office, at night"),
-    _topic("the tailor, a dressmaker, my aunt", "sews, stitches, irons, folds",
-           "the shirt, a dress, the jacket, the trousers, the scarf", "in the shop, at home"),
-    _topic("the postman, a courier, the clerk", "delivers, sorts, sends, stamps",
-           "the parcel, a postcard, the mail, the package, a telegram", "at the post office, in the van"),
-    _topic("the priest, a bride, the groom", "greets, blesses, thanks, invites",
-           "the couple, the guests, a choir, the family, the bridesmaids", "at the wedding, in the church"),
-)
-OFF_TOPIC = 0.1  # a slot's chance of a word from another topic
-PLACE_RATE = 0.6  # a sentence's chance of ending in a place
+def _preferences() -> Preferences:
+    rng = random.Random("mini_synth structured prior")  # fixed: the same table for every corpus seed
+    return Preferences({s: tuple(rng.sample(VERBS, 3)) for s in SUBJECTS},
+                       {(s, v): tuple(rng.sample(OBJECTS, 2)) for s in SUBJECTS for v in VERBS},
+                       {o: tuple(rng.sample(ADVERBIALS, 2)) for o in OBJECTS})
 
 
-def zipf_choice(rng: random.Random, items):
-    """One of ``items``, the k-th (from 1) with weight 1/k."""
-    return rng.choices(items, weights=[1.0 / k for k in range(1, len(items) + 1)])[0]
+PREFERENCES = _preferences()
 
 
-def topical_sentence(rng: random.Random) -> str:
-    """subject verb object [place], each word from the sentence's topic (Zipf-weighted) except
-    with probability OFF_TOPIC, when it comes from a uniformly drawn other topic."""
-    topic = zipf_choice(rng, TOPICS)
+def structured_sentence(rng: random.Random) -> Sentence:
+    """subject verb object [adverbial], as ``sentence``, each slot conditioned on the ones before."""
+    def pick(preferred, everything):
+        return rng.choice(preferred) if rng.random() < PREFERRED else rng.choice(everything)
 
-    def word(slot: str) -> str:
-        source = rng.choice(TOPICS) if rng.random() < OFF_TOPIC else topic
-        return zipf_choice(rng, getattr(source, slot))
-
-    words = [word("subjects"), word("verbs"), word("objects")]
-    if rng.random() < PLACE_RATE:
-        words.append(word("places"))
-    return " ".join(words)
+    subject = rng.choices(SUBJECTS, weights=[1.0 / k for k in range(1, len(SUBJECTS) + 1)])[0]
+    verb = pick(PREFERENCES.verbs[subject], VERBS)
+    obj = pick(PREFERENCES.objects[subject, verb], OBJECTS)
+    parts = [subject, verb, obj]
+    if rng.random() < 0.6:
+        parts.append(pick(PREFERENCES.adverbials[obj], ADVERBIALS))
+    return Sentence(" ".join(en for en, _ in parts), " ".join(de for _, de in parts))

@@ -18,9 +18,10 @@ sentences with subordinate clauses whose German verb goes last, coordinated sent
 misspelt source words (``grammar.hard_sentence``, ``grammar.misspell``). ``--lm-text N`` also
 writes ``<out-dir>/lm_text.txt``: N more sentences of the grammar in the target language, one
 per line, for a language model (sentences of the dev and test sets left out).
-``--text-prior topical`` (asr) draws the texts from ``grammar.topical_sentence`` instead: one
-topic per sentence, skewed word frequencies, words that predict each other; its audio goes to
-``<audio-dir>/asr[-hard]-topical/``.
+``--text-prior structured`` (asr, st) draws the sentences from ``grammar.structured_sentence``
+instead: the same phrases, each depending on the ones before it, subjects Zipf-weighted; its
+audio goes to ``<audio-dir>/<task>[-hard]-structured/``. ``--train-text-prior`` gives the
+training split a prior of its own (the dev and test sets and lm_text.txt keep ``--text-prior``).
 """
 
 import argparse
@@ -28,19 +29,19 @@ import os
 import random
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import soundfile
 from tqdm import tqdm
 
 from espnet_mtla.data import conditions
-from espnet_mtla.data.grammar import command, hard_sentence, misspell, sentence, topical_sentence
+from espnet_mtla.data.grammar import command, hard_sentence, misspell, sentence, structured_sentence
 from espnet_mtla.data.kaldi_dir import Utterance, write_data_dir
 from espnet_mtla.data.speech_synth import SAMPLE_RATE, VOICES, Voice, check_espeak, speak
 from espnet_mtla.storage.fileio import write_atomic, write_text_atomic
 
 TASKS = ("asr", "st", "slu", "mt")
-TEXT_PRIORS = ("uniform", "topical")  # grammar.sentence (slots drawn uniformly) or grammar.topical_sentence
+TEXT_PRIORS = ("uniform", "structured")  # grammar.sentence (slots drawn uniformly) or grammar.structured_sentence
 SPLITS = ("train", "dev", "test")
 MT_MISSPELL_RATE = 0.3  # the MT text condition's share of misspelt source words (3+ letters)
 
@@ -65,9 +66,6 @@ def draw_texts(task: str, rng: random.Random, condition: str = "clean", noise_rn
                text_prior: str = "uniform") -> Dict[str, str]:
     """One utterance's texts: ``spoken`` (what espeak-ng says), ``text`` (the target) and the
     task's other text files. ``noise_rng`` misspells the source of MT's hard text condition."""
-    if text_prior == "topical":  # English only (checked by generate)
-        spoken = topical_sentence(rng)
-        return {"spoken": spoken, "text": spoken}
     if task == "slu":
         cmd = command(rng)
         return {"spoken": cmd.transcript, "text": f"{cmd.intent} {cmd.transcript}", "transcript": cmd.transcript}
@@ -75,7 +73,7 @@ def draw_texts(task: str, rng: random.Random, condition: str = "clean", noise_rn
         sent = hard_sentence(rng)
         return {"spoken": sent.english, "text": sent.german,
                 "text.en": misspell(sent.english, noise_rng or rng, MT_MISSPELL_RATE), "text.de": sent.german}
-    sent = sentence(rng)
+    sent = structured_sentence(rng) if text_prior == "structured" else sentence(rng)
     texts = {"spoken": sent.english, "text": sent.english if task == "asr" else sent.german}
     if task in ("st", "mt"):
         texts.update({"text.en": sent.english, "text.de": sent.german})
@@ -117,23 +115,28 @@ def audio_subdir(task: str, condition: str, text_prior: str = "uniform") -> str:
 
 
 def generate(task: str, out_dir, audio_dir, sizes: Dict[str, int], seed: int = 0, nj: int = 2,
-             condition: str = "clean", text_prior: str = "uniform") -> None:
+             condition: str = "clean", text_prior: str = "uniform", train_text_prior: Optional[str] = None) -> None:
+    """``train_text_prior`` (default ``text_prior``): the training split's prior, where the
+    transcripts come from other text than the dev and test sets (a language model then brings
+    the test domain's text)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     if condition not in conditions.CONDITIONS:
         raise ValueError(f"unknown condition {condition!r}; choose one of {', '.join(conditions.CONDITIONS)}")
-    if text_prior not in TEXT_PRIORS:
-        raise ValueError(f"unknown text prior {text_prior!r}; choose one of {', '.join(TEXT_PRIORS)}")
-    if text_prior != "uniform" and task != "asr":
-        raise ValueError(f"the {text_prior} text prior is English text only: use it with --task asr, not {task}")
+    priors = {split: (train_text_prior or text_prior) if split == "train" else text_prior for split in SPLITS}
+    for prior in set(priors.values()):
+        if prior not in TEXT_PRIORS:
+            raise ValueError(f"unknown text prior {prior!r}; choose one of {', '.join(TEXT_PRIORS)}")
+        if prior != "uniform" and task not in ("asr", "st"):
+            raise ValueError(f"the {prior} text prior is for spoken sentences: use it with --task asr or st, not {task}")
     if task != "mt":  # mt is text only: the same sentences, never spoken
         check_espeak()
     for split in SPLITS:
-        utts = draw_utterances(task, split, sizes[split], seed, condition, text_prior)
+        utts = draw_utterances(task, split, sizes[split], seed, condition, priors[split])
         if task == "mt":
             write_data_dir(Path(out_dir) / split, to_utterances(utts, [None] * len(utts), task))
             continue
-        split_audio = Path(audio_dir) / audio_subdir(task, condition, text_prior) / split
+        split_audio = Path(audio_dir) / audio_subdir(task, condition, priors[split]) / split
         split_audio.mkdir(parents=True, exist_ok=True)
         babble = None
         if condition != "clean":
@@ -172,18 +175,23 @@ def main(argv=None) -> None:
     parser.add_argument("--condition", choices=conditions.CONDITIONS, default="clean",
                         help="clean espeak-ng speech, or hard: tempo, reverberation and noise at -5 to 10 dB SNR")
     parser.add_argument("--text-prior", choices=TEXT_PRIORS, default="uniform",
-                        help="uniform: the grammar's slots drawn uniformly; topical (asr only): words of one "
-                             "topic per sentence with skewed frequencies, structure a language model can learn")
+                        help="uniform: the grammar's slots drawn uniformly; structured (asr, st): each word "
+                             "depends on the ones before it, subjects Zipf-weighted: what a language model can learn")
+    parser.add_argument("--train-text-prior", choices=TEXT_PRIORS, default=None,
+                        help="the training split's prior (default: --text-prior): transcripts from other text "
+                             "than the dev and test sets, whose domain a language model then brings")
     parser.add_argument("--nj", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     for split, default in zip(SPLITS, (2000, 200, 200)):
         parser.add_argument(f"--{split}", type=int, default=default, help=f"utterances in {split}")
     parser.add_argument("--lm-text", type=int, default=0,
                         help="also write <out-dir>/lm_text.txt: this many sentences for a language model")
     args = parser.parse_args(argv)
-    if args.text_prior != "uniform" and args.task != "asr":
-        parser.error(f"--text-prior {args.text_prior} is English text only: use it with --task asr")
+    for option, prior in (("--text-prior", args.text_prior), ("--train-text-prior", args.train_text_prior)):
+        if prior not in (None, "uniform") and args.task not in ("asr", "st"):
+            parser.error(f"{option} {prior} is for spoken sentences: use it with --task asr or st")
     sizes = {split: getattr(args, split) for split in SPLITS}
-    generate(args.task, args.out_dir, args.audio_dir, sizes, args.seed, args.nj, args.condition, args.text_prior)
+    generate(args.task, args.out_dir, args.audio_dir, sizes, args.seed, args.nj, args.condition, args.text_prior,
+             args.train_text_prior)
     if args.lm_text:
         write_lm_text(args.task, args.out_dir, args.lm_text, sizes, args.seed, args.condition, args.text_prior)
 
