@@ -261,6 +261,11 @@ def test_rows_decoded_differently_are_not_compared_and_say_why():
     assert comparisons([row("mha", penalty=0.5, **tuned), row("mtla", penalty=0.2, **tuned)]) == alike
     assert "penalty 0.2 vs 0.5" in comparisons([row("mha", penalty=0.5, **tuned), row("mtla", penalty=0.2)])[0]
     assert "length bonus 0.5 (the best on dev), maxlenratio" in render_results([row("mha", penalty=0.5, **tuned)])
+    # the same rule for a row with an LM against the row without: both tuned, each its own bonus
+    fused = dict(row("mtla", penalty=1.0, lm_weight=0.5, **tuned), lm="lm_train_lm_mha", scores={"wer": 2.5})
+    assert ("- asr_train_mtla on test with lm_train_lm_mha: wer 2.5 vs 3.0 without (-0.50 points); decoding speed "
+            "1.00x\n") in render_results([row("mtla", penalty=1.5, **tuned), fused])
+    assert "with lm_train_lm_mha" not in render_results([row("mtla", penalty=1.5), fused])
     text = render_results([row("mha"), row("mtla", beam_size=20)])
     assert ("- asr_train_mha (test): batched within 4000 frames, beam 10, CTC weight 0.3, length bonus 0.0, "
             "maxlenratio 0.0, 2 job(s) of 1 thread(s) on Xeon, 2 cores\n") in text

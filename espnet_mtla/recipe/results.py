@@ -98,6 +98,12 @@ def decoding_differences(a: dict, b: dict, ignore=()) -> List[str]:
                      if key not in ignore and da.get(key) != db.get(key)]
 
 
+def tuned_alike(a: dict, b: dict) -> tuple:
+    """What ``decoding_differences`` ignores between two rows whose length bonus stage 8 tuned on
+    the dev set (--tune_penalty): each is compared with the bonus it does best with."""
+    return ("penalty",) if all((row.get("decoding") or {}).get("penalty_tuned_on") for row in (a, b)) else ()
+
+
 def describe_decoding(d: dict) -> str:
     """One row's decoding in words: 'batched within 4000 frames, beam 10, CTC weight 0.3, ...'."""
     search = (f"batched within {d['batch_frames']} frames" if d.get("batch_frames") else
@@ -192,9 +198,7 @@ def comparisons(rows: List[dict]) -> List[str]:
                 lines.append(f"{row_name(r)} on {test_set}: not compared, no MHA row trained for "
                              f"{r.get('epochs')} epochs (MHA: {trained} epochs): train one alike")
                 continue
-            # each with the length bonus it does best with on the dev set (stage 8's --tune_penalty)
-            tuned = all((row.get("decoding") or {}).get("penalty_tuned_on") for row in (r, base))
-            differ = decoding_differences(r, base, ignore=("penalty",) if tuned else ())
+            differ = decoding_differences(r, base, ignore=tuned_alike(r, base))
             if differ:  # a gap the setup makes is not the attention's
                 lines.append(f"{row_name(r)} vs {row_name(base)} on {test_set}: not compared, decoded differently "
                              f"({'; '.join(differ)}): decode both alike (stage 8 with the same options and machine)")
@@ -229,7 +233,8 @@ def language_model_effects(rows: List[dict]) -> List[str]:
         if not r.get("lm"):
             continue
         base = next((b for b in rows if b["experiment"] == r["experiment"] and b["test_set"] == r["test_set"]
-                     and not b.get("lm") and not decoding_differences(r, b, ignore=("lm_weight",))), None)
+                     and not b.get("lm") and not decoding_differences(r, b, ignore=("lm_weight",) + tuned_alike(r, b))),
+                    None)
         metric = next(iter(base["scores"]), None) if base else None
         if metric in r["scores"]:
             a, b = r["scores"][metric], base["scores"][metric]
