@@ -64,9 +64,12 @@ class Command(NamedTuple):
     transcript: str
 
 
+ADVERBIAL_RATE = 0.6  # a sentence's chance of ending in an adverbial, in both priors
+
+
 def sentence(rng: random.Random) -> Sentence:
     parts = [rng.choice(SUBJECTS), rng.choice(VERBS), rng.choice(OBJECTS)]
-    if rng.random() < 0.6:
+    if rng.random() < ADVERBIAL_RATE:
         parts.append(rng.choice(ADVERBIALS))
     return Sentence(" ".join(en for en, _ in parts), " ".join(de for _, de in parts))
 
@@ -116,7 +119,6 @@ def intent_names() -> Tuple[str, ...]:
     return tuple(sorted(INTENTS))
 
 
-
 # The structured text prior (``--text_prior structured``): the same phrases as ``sentence``, but
 # each word depends on the words before it, and subjects have skewed frequencies, as real text
 # has. Every subject prefers 3 verbs, every (subject, verb) pair 2 objects, every object 2
@@ -125,6 +127,7 @@ def intent_names() -> Tuple[str, ...]:
 # wrong 5% of the time). The object table has 120 rows: 2000 transcripts show each row ~17
 # times, a language model's 50,000 sentences ~400 times. Subjects are drawn with Zipf weights.
 PREFERRED = 0.95
+SUBJECT_WEIGHTS = [1.0 / rank for rank in range(1, len(SUBJECTS) + 1)]  # Zipf
 
 
 class Preferences(NamedTuple):
@@ -148,10 +151,10 @@ def structured_sentence(rng: random.Random) -> Sentence:
     def pick(preferred, everything):
         return rng.choice(preferred) if rng.random() < PREFERRED else rng.choice(everything)
 
-    subject = rng.choices(SUBJECTS, weights=[1.0 / k for k in range(1, len(SUBJECTS) + 1)])[0]
+    subject = rng.choices(SUBJECTS, weights=SUBJECT_WEIGHTS)[0]
     verb = pick(PREFERENCES.verbs[subject], VERBS)
     obj = pick(PREFERENCES.objects[subject, verb], OBJECTS)
     parts = [subject, verb, obj]
-    if rng.random() < 0.6:
+    if rng.random() < ADVERBIAL_RATE:
         parts.append(pick(PREFERENCES.adverbials[obj], ADVERBIALS))
     return Sentence(" ".join(en for en, _ in parts), " ".join(de for _, de in parts))

@@ -42,6 +42,7 @@ from espnet_mtla.storage.fileio import write_atomic, write_text_atomic
 
 TASKS = ("asr", "st", "slu", "mt")
 TEXT_PRIORS = ("uniform", "structured")  # grammar.sentence (slots drawn uniformly) or grammar.structured_sentence
+PRIOR_TASKS = ("asr", "st")  # the tasks that take a prior other than uniform: spoken grammar.sentence's
 SPLITS = ("train", "dev", "test")
 MT_MISSPELL_RATE = 0.3  # the MT text condition's share of misspelt source words (3+ letters)
 
@@ -127,7 +128,7 @@ def generate(task: str, out_dir, audio_dir, sizes: Dict[str, int], seed: int = 0
     for prior in set(priors.values()):
         if prior not in TEXT_PRIORS:
             raise ValueError(f"unknown text prior {prior!r}; choose one of {', '.join(TEXT_PRIORS)}")
-        if prior != "uniform" and task not in ("asr", "st"):
+        if prior != "uniform" and task not in PRIOR_TASKS:
             raise ValueError(f"the {prior} text prior is for spoken sentences: use it with --task asr or st, not {task}")
     if task != "mt":  # mt is text only: the same sentences, never spoken
         check_espeak()
@@ -187,7 +188,7 @@ def main(argv=None) -> None:
                         help="also write <out-dir>/lm_text.txt: this many sentences for a language model")
     args = parser.parse_args(argv)
     for option, prior in (("--text-prior", args.text_prior), ("--train-text-prior", args.train_text_prior)):
-        if prior not in (None, "uniform") and args.task not in ("asr", "st"):
+        if prior not in (None, "uniform") and args.task not in PRIOR_TASKS:
             parser.error(f"{option} {prior} is for spoken sentences: use it with --task asr or st")
     sizes = {split: getattr(args, split) for split in SPLITS}
     generate(args.task, args.out_dir, args.audio_dir, sizes, args.seed, args.nj, args.condition, args.text_prior,
