@@ -196,6 +196,11 @@ def test_structured_prior_is_for_spoken_sentences_only(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--task", "mt", "--out-dir", str(tmp_path), "--audio-dir", str(tmp_path), "--text-prior", "structured"])
     assert "--text-prior structured is for spoken sentences: use it with --task asr or st" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the training split's prior is checked alike, before anything is written
+        main(["--task", "slu", "--out-dir", str(tmp_path / "out"), "--audio-dir", str(tmp_path / "audio"),
+              "--train-text-prior", "structured"])
+    assert "--train-text-prior structured is for spoken sentences" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "audio").exists()
 
 
 def test_asr_lm1_recipe_prepares_the_structured_corpus_and_lm_text(tmp_path):
