@@ -22,10 +22,11 @@ $(STAMP): requirements.txt setup.cfg pyproject.toml
 system-deps:
 	@bash utils/install_system_deps.sh
 
-# Parallel workers (pytest-xdist, at most 4), then the timed tests alone.
+# Parallel workers (pytest-xdist, at most 4; the 15 slowest tests listed, to keep the whole under
+# 30 minutes on 2 cores), then the timed tests alone.
 TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 4 ? 4 : (n < 2 ? 2 : n) )))
 test: install
-	$(PY) -m pytest -q -n $(TEST_JOBS) --dist worksteal -m "not serial" test
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist worksteal --durations=15 -m "not serial" test
 	$(PY) -m pytest -q -m serial test
 
 # The main job: the synthetic mini ASR recipe end to end, MTLA then MHA (same data, tokens and
