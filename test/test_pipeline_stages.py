@@ -206,6 +206,21 @@ def test_results_figure_has_one_bar_per_experiment_in_each_panel(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["RESULTS_dev.png", "RESULTS_test.png"]
 
 
+def test_results_figure_draws_a_seed_group_as_one_bar(tmp_path):
+    """Three seeds are one bar (their mean, the spread as an error bar), not three bars that would
+    show seed noise as if it were a difference between experiments."""
+    from espnet_mtla.recipe.results import plot_results
+
+    def row(name, wer, seed=None):
+        return {"experiment": name, "test_set": "test", "attention": "mtla", "scores": {"wer": wer},
+                "utterances_per_s": 3.0, "peak_memory_bytes": 2**20, "cache_bytes_peak": 10**6,
+                **({"seed_group": "asr_train_mtla", "seed": seed} if seed is not None else {})}
+
+    rows = [row("asr_train_mha", 4.0)] + [row(f"asr_train_mtla_seed{s}", w, s) for s, w in enumerate((3.6, 3.0, 2.7))]
+    assert plot_results(rows, tmp_path / "RESULTS.md") == {"test": ["asr_train_mha", "asr_train_mtla (3 seeds)"]}
+    assert (tmp_path / "RESULTS_test.png").stat().st_size > 0
+
+
 def test_unknown_metric_and_job_backend_are_one_line_option_errors(capsys):
     import pytest
 

@@ -8,8 +8,8 @@ A row is one experiment on one test set (and one fused language model, ``lm``, o
 attention type, scores (``{"wer": 4.1, ...}``),
 decoding efficiency (``RESULT_FIELDS``) and the experiment's learning-curve images (paths relative to
 RESULTS.md; ESPnet draws them under ``exp/<experiment>/images/``). The figure puts the
-experiments side by side, one bar per experiment in each panel: quality (the first score),
-utterances/s, peak memory and KV-cache peak.
+experiments side by side, one bar per experiment (a ``--seeds`` group: one bar, its mean) in each
+panel: quality (the first score), utterances/s, peak memory and KV-cache peak.
 """
 
 import math
@@ -55,25 +55,33 @@ def _panels(rows: List[dict]):
 
 
 def plot_results(rows: List[dict], results: Path) -> Dict[str, List[str]]:
-    """One figure per test set next to ``results``; returns {test set: experiments, in bar order}."""
+    """One figure per test set next to ``results``; returns {test set: bars, in order}. A ``--seeds``
+    group is one bar (its mean), with the seeds' standard deviation as an error bar on quality:
+    a bar per seed would show the noise as if it were a difference between experiments."""
     from espnet_mtla.recipe.figures import pyplot, save_figure
 
     plt = pyplot()
     drawn = {}
     for test_set in sorted({r["test_set"] for r in rows}):
-        subset = sorted((r for r in rows if r["test_set"] == test_set), key=row_name)
+        subset = sorted((r for r in compared_rows(rows) if r["test_set"] == test_set), key=row_name)
         names = [row_name(r) for r in subset]
         panels = _panels(subset)
-        fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
+        metric = next(iter(subset[0]["scores"]), None)
+        spread = [(r.get("spread") or {}).get(metric) for r in subset]
+        # one bar is ~0.3 inch wide with its label: panels widen with the bars instead of crowding them
+        fig, axes = plt.subplots(1, len(panels), figsize=(max(3.2, 0.32 * len(names)) * len(panels), 3.6))
         colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-        for ax, (title, values) in zip(axes, panels):
+        for panel, (ax, (title, values)) in enumerate(zip(axes, panels)):
             heights = [v if v is not None else 0.0 for v in values]
-            bars = ax.bar(range(len(names)), heights, color=[colours[i % len(colours)] for i in range(len(names))])
-            for bar, value in zip(bars, values):
-                ax.annotate("-" if value is None else f"{value:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                            ha="center", va="bottom", fontsize=8)
-            ax.set_title(title, fontsize=9)
-            ax.set_xticks(range(len(names)), [n.split("_", 2)[-1] for n in names], rotation=30, ha="right", fontsize=8)
+            errors = spread if panel == 0 and any(e is not None for e in spread) else None  # panel 0: quality
+            bars = ax.bar(range(len(names)), heights, color=[colours[i % len(colours)] for i in range(len(names))],
+                          yerr=None if errors is None else [math.nan if e is None else e for e in errors], capsize=3)
+            for bar, value, error in zip(bars, values, errors or [None] * len(values)):
+                top = bar.get_height() + (error or 0.0)  # above the error bar, where there is one
+                ax.annotate("-" if value is None else f"{value:.3g}", (bar.get_x() + bar.get_width() / 2, top),
+                            ha="center", va="bottom", fontsize=7)
+            ax.set_title(title + (" (error bars: seeds' std)" if errors else ""), fontsize=9)
+            ax.set_xticks(range(len(names)), [n.split("_", 2)[-1] for n in names], rotation=40, ha="right", fontsize=7)
             ax.margins(y=0.15)
         listed = ", ".join(names)  # every name while they fit on one line; the bars' labels say the rest
         fig.suptitle(f"{test_set}: " + (listed if len(listed) < 30 * len(panels) else
