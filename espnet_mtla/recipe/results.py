@@ -62,8 +62,9 @@ def plot_results(rows: List[dict], results: Path) -> Dict[str, List[str]]:
 
     plt = pyplot()
     drawn = {}
-    for test_set in sorted({r["test_set"] for r in rows}):
-        subset = sorted((r for r in compared_rows(rows) if r["test_set"] == test_set), key=row_name)
+    bars = compared_rows(rows)  # seed groups summarised once, for every test set
+    for test_set in sorted({r["test_set"] for r in bars}):
+        subset = sorted((r for r in bars if r["test_set"] == test_set), key=row_name)
         names = [row_name(r) for r in subset]
         panels = _panels(subset)
         metric = next(iter(subset[0]["scores"]), None)
@@ -74,9 +75,9 @@ def plot_results(rows: List[dict], results: Path) -> Dict[str, List[str]]:
         for panel, (ax, (title, values)) in enumerate(zip(axes, panels)):
             heights = [v if v is not None else 0.0 for v in values]
             errors = spread if panel == 0 and any(e is not None for e in spread) else None  # panel 0: quality
-            bars = ax.bar(range(len(names)), heights, color=[colours[i % len(colours)] for i in range(len(names))],
+            artists = ax.bar(range(len(names)), heights, color=[colours[i % len(colours)] for i in range(len(names))],
                           yerr=None if errors is None else [math.nan if e is None else e for e in errors], capsize=3)
-            for bar, value, error in zip(bars, values, errors or [None] * len(values)):
+            for bar, value, error in zip(artists, values, errors or [None] * len(values)):
                 top = bar.get_height() + (error or 0.0)  # above the error bar, where there is one
                 ax.annotate("-" if value is None else f"{value:.3g}", (bar.get_x() + bar.get_width() / 2, top),
                             ha="center", va="bottom", fontsize=7)
