@@ -172,3 +172,41 @@ def test_lm_fusion_quick_run_measures_every_lm_side_by_side(tmp_path):
     assert "| ours MTLA s=2 |" in table and "x smaller |" in table
     lm_fusion.main(["--replot", "--out-dir", str(tmp_path)])
     assert (tmp_path / "results.md").read_text() == table
+
+
+def test_trained_models_decode_in_turns_and_the_stopwatches_change_nothing(tmp_path, capsys):
+    from espnet_mtla.bench import trained
+    from espnet_mtla.api import load_model
+    from espnet_mtla.search.beam_search import DecodeStep
+    from test_api import make_exp
+    from test_batch_decoding import make_data
+
+    exps = []
+    for attention in ("mha", "mtla"):
+        (tmp_path / attention).mkdir()
+        exps.append(make_exp(tmp_path / attention, "asr", attention))
+    make_data(tmp_path, "asr")  # 7 utterances of noise: tmp_path/wav.scp
+    original = DecodeStep.__call__
+    model = load_model(exps[1], maxlenratio=-3, ctc_weight=0.3)
+    inputs = trained.read_inputs(model, tmp_path / "wav.scp")
+    plain = [r.nbest for r in model(inputs)]
+    totals = {part: [0.0, 0] for part in trained.PARTS}
+    with trained.stopwatches(totals):
+        timed = [r.nbest for r in model(inputs)]
+    assert timed == plain and DecodeStep.__call__ is original  # measured, unchanged, restored
+    assert totals["decoder step"][1] > 0 and totals["CTC scorer"][1] == totals["decoder step"][1]
+    assert totals["search"][0] >= totals["decoder step"][0] + totals["CTC scorer"][0]
+
+    out = tmp_path / "report"
+    trained.main(["--exps", *map(str, exps), "--inputs", str(tmp_path / "wav.scp"), "--rounds", "2",
+                  "--out-dir", str(out)])
+    rows = json.loads((out / "results.json").read_text())["results"]
+    assert [r["model"] for r in rows] == list(map(str, exps))
+    assert all(r["utterances"] == 7 and len(r["utterances_per_s"]) == 2 and r["steps_per_pass"] > 0 for r in rows)
+    table = (out / "results.md").read_text()
+    assert f"| {exps[0]} |" in table and "| 1.00x |" in table
+    trained.main(["--replot", "--out-dir", str(out)])
+    assert (out / "results.md").read_text() == table
+    with pytest.raises(SystemExit):
+        trained.main(["--exps", str(tmp_path / "nope"), "--out-dir", str(out)])
+    assert "--exps: " + str(tmp_path / "nope") + " does not exist" in capsys.readouterr().err

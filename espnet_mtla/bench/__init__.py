@@ -7,6 +7,7 @@
     batch_decode  the same, many utterances per search
     paper         the paper's efficiency protocol (MuST-C-like lengths, beam 50, frame budget)
     from_llama    how close `from_llama` starts to the Llama it converts (KL per token)
+    trained       a recipe's trained models decoding its test set in turns (speed ratios free of drift)
 
 ``common.py`` holds what they share.
 """
