@@ -1,0 +1,63 @@
+"""LM weight x length bonus on dev for this recipe's acoustic model, then test at each LM's best.
+
+    cd egs2/mini_synth/asr_lm1 && python local/sweep_lm_weight.py [--am exp/asr_train_mtla]
+
+Stage 8 fuses every LM with the decode config's one lm_weight and tunes only the length bonus
+(--tune_penalty); this sweeps both on dev, for no LM and for each trained LM (exp/lm_train_lm_*),
+decodes test with each one's best dev setting (the API's batched search, conf/decode.yaml
+otherwise) and writes exp/lm_weight_sweep.json. WER here is jiwer's over the dump's text
+(stage 9's sclite gives the same counts on these lowercase, unpunctuated transcripts).
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import jiwer
+import torch
+
+from espnet_mtla.api import load_model
+
+WEIGHTS = (0.2, 0.35, 0.5, 0.8)
+BONUSES = (0.0, 0.5, 1.0, 1.5, 2.0)
+
+
+def table(path: Path) -> dict:
+    return dict(line.split(" ", 1) for line in path.read_text(encoding="utf-8").splitlines())
+
+
+def word_error_rate(am: Path, lm, weight: float, bonus: float, data: Path) -> float:
+    options = dict(penalty=bonus, lm_weight=weight)
+    if lm is not None:
+        options.update(lm_train_config=str(lm / "config.yaml"), lm_file=str(lm / "valid.loss.ave.pth"))
+    model = load_model(am, decode_config="conf/decode.yaml", **options)
+    wavs, refs = table(data / "wav.scp"), table(data / "text")
+    keys = sorted(refs)
+    hyps = [r.text or "<empty>" for r in model([wavs[k] for k in keys])]
+    return round(100 * jiwer.wer([refs[k] for k in keys], hyps), 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--am", default="exp/asr_train_mtla")
+    parser.add_argument("--dump", default="dump/flac")
+    opts = parser.parse_args()
+    torch.set_num_threads(1)
+    am, dump = Path(opts.am), Path(opts.dump)
+    lms = {"none": None, **{p.name: p for p in sorted(Path("exp").glob("lm_train_lm_*"))}}
+    dev, best = {}, {}
+    for name, lm in lms.items():
+        for weight in ((0.0,) if lm is None else WEIGHTS):
+            for bonus in BONUSES:
+                dev[f"{name} {weight} {bonus}"] = wer = word_error_rate(am, lm, weight, bonus, dump / "dev")
+                print(f"dev: {name}, LM weight {weight}, bonus {bonus}: WER {wer}", flush=True)
+        key = min((k for k in dev if k.split()[0] == name), key=lambda k: (dev[k], k))
+        _, weight, bonus = key.split()
+        test = word_error_rate(am, lm, float(weight), float(bonus), dump / "test")
+        best[name] = {"lm_weight": float(weight), "bonus": float(bonus), "dev_wer": dev[key], "test_wer": test}
+        print(f"best on dev: {name}: {best[name]}", flush=True)
+    Path("exp/lm_weight_sweep.json").write_text(json.dumps({"dev": dev, "best": best}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
