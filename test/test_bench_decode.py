@@ -210,3 +210,10 @@ def test_trained_models_decode_in_turns_and_the_stopwatches_change_nothing(tmp_p
     with pytest.raises(SystemExit):
         trained.main(["--exps", str(tmp_path / "nope"), "--out-dir", str(out)])
     assert "--exps: " + str(tmp_path / "nope") + " does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        trained.main(["--exps", str(exps[0]), "--inputs", str(tmp_path / "nope.scp"), "--out-dir", str(out)])
+    assert f"--inputs {tmp_path / 'nope.scp'} is not a file" in capsys.readouterr().err
+    (tmp_path / "bad.scp").write_text("u0\n")  # a key without a value
+    with pytest.raises(SystemExit, match=f"error: --inputs {tmp_path / 'bad.scp'}: every line must be '<key> <value>'"):
+        trained.main(["--exps", str(exps[0]), "--inputs", str(tmp_path / "bad.scp"), "--out-dir", str(tmp_path / "r2")])
+    assert not (tmp_path / "r2").exists()  # nothing written

@@ -84,30 +84,28 @@ def measure(exps, inputs_path: Path, rounds: int, limit: int, decode_config) -> 
     models = {str(exp): load_model(exp, decode_config=decode_config) for exp in exps}
     inputs = read_inputs(next(iter(models.values())), inputs_path, limit)
     totals = {name: {part: [0.0, 0] for part in PARTS} for name in models}
-    speeds = {name: [] for name in models}
-    walls = {name: 0.0 for name in models}
+    elapsed = {name: [] for name in models}  # seconds of each round
     for _ in range(rounds):
         for name, model in models.items():
             with stopwatches(totals[name]):
                 start = time.perf_counter()
                 model(inputs)
-                elapsed = time.perf_counter() - start
-            walls[name] += elapsed
-            speeds[name].append(len(inputs) / elapsed)
+                elapsed[name].append(time.perf_counter() - start)
     results = []
     for name in models:
         part = totals[name]
         steps = part["decoder step"][1]
         search_s = part["search"][0]
+        speeds = [len(inputs) / seconds for seconds in elapsed[name]]
         results.append({
-            "model": name, "utterances": len(inputs), "utterances_per_s": [round(s, 2) for s in speeds[name]],
-            "median_utterances_per_s": round(statistics.median(speeds[name]), 2),
+            "model": name, "utterances": len(inputs), "utterances_per_s": [round(s, 2) for s in speeds],
+            "median_utterances_per_s": round(statistics.median(speeds), 2),
             "steps_per_pass": steps // rounds, "searches_per_pass": part["search"][1] // rounds,
             "decoder_ms_per_step": round(1e3 * part["decoder step"][0] / max(steps, 1), 3),
             "ctc_ms_per_step": round(1e3 * part["CTC scorer"][0] / max(steps, 1), 3),
             "rest_of_search_ms_per_step": round(1e3 * (search_s - part["decoder step"][0] - part["CTC scorer"][0])
                                                 / max(steps, 1), 3),
-            "outside_search_s_per_pass": round((walls[name] - search_s) / rounds, 3)})
+            "outside_search_s_per_pass": round((sum(elapsed[name]) - search_s) / rounds, 3)})
     return results
 
 
