@@ -5,25 +5,23 @@
 Stage 8 fuses every LM with the decode config's one lm_weight and tunes only the length bonus
 (--tune_penalty); this sweeps both on dev, for no LM and for each trained LM (exp/lm_train_lm_*),
 decodes test with each one's best dev setting (the API's batched search, conf/decode.yaml
-otherwise) and writes exp/lm_weight_sweep.json. WER here is jiwer's over the dump's text
-(stage 9's sclite gives the same counts on these lowercase, unpunctuated transcripts).
+otherwise) and writes exp/lm_weight_sweep.json. WER is stage 9's (``metrics.scoring.wer``:
+sclite) over the dump's text.
 """
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
-import jiwer
 import torch
 
 from espnet_mtla.api import load_model
+from espnet_mtla.data.long_form import read_table
+from espnet_mtla.metrics.scoring import wer
 
 WEIGHTS = (0.2, 0.35, 0.5, 0.8)
 BONUSES = (0.0, 0.5, 1.0, 1.5, 2.0)
-
-
-def table(path: Path) -> dict:
-    return dict(line.split(" ", 1) for line in path.read_text(encoding="utf-8").splitlines())
 
 
 def word_error_rate(am: Path, lm, weight: float, bonus: float, data: Path) -> float:
@@ -31,10 +29,11 @@ def word_error_rate(am: Path, lm, weight: float, bonus: float, data: Path) -> fl
     if lm is not None:
         options.update(lm_train_config=str(lm / "config.yaml"), lm_file=str(lm / "valid.loss.ave.pth"))
     model = load_model(am, decode_config="conf/decode.yaml", **options)
-    wavs, refs = table(data / "wav.scp"), table(data / "text")
+    wavs, refs = read_table(data / "wav.scp"), read_table(data / "text")
     keys = sorted(refs)
-    hyps = [r.text or "<empty>" for r in model([wavs[k] for k in keys])]
-    return round(100 * jiwer.wer([refs[k] for k in keys], hyps), 2)
+    hyps = dict(zip(keys, (r.text for r in model([wavs[k] for k in keys]))))
+    with tempfile.TemporaryDirectory() as scoring:
+        return wer(refs, hyps, scoring)["wer"]
 
 
 def main() -> None:
