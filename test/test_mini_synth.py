@@ -132,10 +132,14 @@ def test_mt_hard_text_condition_reorders_lengthens_and_misspells(tmp_path):
 
 
 
+HOMOPHONE_OBJECTS = [phrase for pair in grammar.HOMOPHONES for phrase in pair]
+
+
 def parse_structured(english):
-    """(subject, verb, object, adverbial or None) phrase pairs of a sentence of the grammar's phrases."""
+    """(subject, verb, object, adverbial or None) phrase pairs of a sentence of the grammar's
+    phrases, homophone objects included."""
     out, rest = [], english
-    for phrases in (grammar.SUBJECTS, grammar.VERBS, grammar.OBJECTS, grammar.ADVERBIALS):
+    for phrases in (grammar.SUBJECTS, grammar.VERBS, grammar.OBJECTS + HOMOPHONE_OBJECTS, grammar.ADVERBIALS):
         if phrases is grammar.ADVERBIALS and not rest:
             return (*out, None)
         match = next(p for p in sorted(phrases, key=lambda p: -len(p[0])) if rest == p[0] or rest.startswith(p[0] + " "))
@@ -169,6 +173,37 @@ def test_structured_prior_has_structure_an_lm_can_learn():
     assert grammar.PREFERENCES == grammar._preferences()  # a fixed table, not drawn per corpus
 
 
+def test_homophone_pairs_are_said_alike_and_only_the_verb_tells_them_apart():
+    """espeak-ng gives both phrases of a pair the same phonemes (so the audio cannot tell them);
+    the structured prior spells a homophone as its verb prefers (each pair split evenly over the
+    verbs), the uniform one at random, and without ``homophones`` no pair is ever drawn."""
+    import random
+    import subprocess
+
+    def phonemes(text):
+        return subprocess.run(["espeak-ng", "-q", "-x", text], capture_output=True, text=True, check=True).stdout
+
+    for (first, _), (second, _) in grammar.HOMOPHONES:
+        assert phonemes(first) == phonemes(second), (first, second)
+    spellings = grammar.PREFERENCES.spellings
+    for pair in grammar.HOMOPHONES:
+        assert sorted(sum(spellings[verb, pair] == phrase for verb in grammar.VERBS) for phrase in pair) == [5, 5]
+
+    def homophone_draws(draw, homophones):
+        rng = random.Random(0)
+        parsed = [parse_structured(draw(rng, homophones).english) for _ in range(4000)]
+        return [(verb, obj) for _, verb, obj, _ in parsed if obj in HOMOPHONE_OBJECTS]
+
+    assert not homophone_draws(grammar.structured_sentence, False) and not homophone_draws(grammar.sentence, False)
+    pair_of = {phrase: pair for pair in grammar.HOMOPHONES for phrase in pair}
+    for draw, rate in ((grammar.structured_sentence, grammar.PREFERRED + (1 - grammar.PREFERRED) / 2),
+                       (grammar.sentence, 0.5)):
+        drawn = homophone_draws(draw, True)
+        assert abs(len(drawn) / 4000 - grammar.HOMOPHONE_RATE) < 0.03
+        as_verb_prefers = sum(spellings[verb, pair_of[obj]] == obj for verb, obj in drawn) / len(drawn)
+        assert abs(as_verb_prefers - rate) < 0.05, draw
+
+
 def test_structured_prior_corpus_and_lm_text(tmp_path):
     from espnet_mtla.data.mini_synth import draw_utterances, main
 
@@ -200,13 +235,19 @@ def test_structured_prior_is_for_spoken_sentences_only(tmp_path, capsys):
         main(["--task", "slu", "--out-dir", str(tmp_path / "out"), "--audio-dir", str(tmp_path / "audio"),
               "--train-text-prior", "structured"])
     assert "--train-text-prior structured is for spoken sentences" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="homophones are for spoken sentences: use them with --task asr or st, not mt"):
+        generate("mt", tmp_path / "out", tmp_path / "audio", SIZES, homophones=True)
+    with pytest.raises(SystemExit):
+        main(["--task", "slu", "--out-dir", str(tmp_path / "out"), "--audio-dir", str(tmp_path / "audio"),
+              "--homophones"])
+    assert "--homophones is for spoken sentences: use it with --task asr or st" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / "audio").exists()
 
 
 def test_asr_lm1_recipe_prepares_the_structured_corpus_and_lm_text(tmp_path):
-    """The LM recipe's stage 1: asr1's hard acoustic condition and training set (the uniform
-    grammar), dev and test sets from the structured text prior, and the LM's text from that
-    prior, none of it a dev or test sentence."""
+    """The LM recipe's stage 1: asr1's hard acoustic condition and phrases plus homophones, the
+    training set from the uniform grammar, dev and test sets from the structured text prior,
+    and the LM's text from that prior, none of it a dev or test sentence."""
     from espnet_mtla.data.mini_synth import draw_utterances
 
     from test_recipes import recipe_copy, run_recipe
@@ -216,11 +257,12 @@ def test_asr_lm1_recipe_prepares_the_structured_corpus_and_lm_text(tmp_path):
                "--train_size 3 --dev_size 2 --test_size 2 --lm_text_size 40")
     data = recipe / "data"
     wav = read_table(data / "test" / "wav.scp")
-    assert all("/asr-hard-structured/test/" in path for path in wav.values())
-    assert all("/asr-hard/train/" in path for path in read_table(data / "train" / "wav.scp").values())
+    assert all("/asr-hard-structured-homophones/test/" in path for path in wav.values())
+    assert all("/asr-hard-homophones/train/" in path for path in read_table(data / "train" / "wav.scp").values())
     texts = {split: read_table(data / split / "text") for split in SIZES}
     for split, prior in (("train", "uniform"), ("test", "structured")):
-        drawn = draw_utterances("asr", split, len(texts[split]), seed=0, condition="hard", text_prior=prior)
+        drawn = draw_utterances("asr", split, len(texts[split]), seed=0, condition="hard", text_prior=prior,
+                                homophones=True)
         assert texts[split] == {u["utt_id"]: u["text"] for u in drawn}
     assert all(parse_structured(text) for split in texts.values() for text in split.values())
     lm_lines = (data / "lm_text.txt").read_text().splitlines()

@@ -10,11 +10,17 @@ seed=0
 lm_text_size=0  # > 0: also data/lm_text.txt, sentences for a language model (dev/test sentences left out)
 text_prior=uniform  # structured (asr, st): words that depend on the ones before, skewed frequencies (espnet_mtla/data/grammar.py)
 train_text_prior=  # the training split's prior, if not --text_prior's (the dev and test sets and lm_text.txt keep that)
+homophones=false  # true (asr, st): 30% of the objects one of a pair espeak-ng says alike, spelt as the prior says
 condition=clean  # hard: tempo, reverberation and noise at -5 to 10 dB SNR (espnet_mtla/data/conditions.py)
 audio_dir=downloads/mini_synth
-help_message="Usage: local/data.sh [--train_size N] [--dev_size N] [--test_size N] [--seed S] [--condition clean|hard] [--text_prior uniform|structured] [--train_text_prior uniform|structured] [--lm_text_size N]"
+help_message="Usage: local/data.sh [--train_size N] [--dev_size N] [--test_size N] [--seed S] [--condition clean|hard] [--text_prior uniform|structured] [--train_text_prior uniform|structured] [--homophones false|true] [--lm_text_size N]"
 . ./utils/parse_options.sh
 . ./path.sh
+case "$homophones" in
+  true) homophones_opt=(--homophones) ;;
+  false) homophones_opt=() ;;
+  *) echo "local/data.sh: --homophones takes true or false, not '$homophones'" >&2; exit 1 ;;
+esac
 python -m espnet_mtla.data.mini_synth --task "$task" --out-dir data --audio-dir "$audio_dir" \
   --train "$train_size" --dev "$dev_size" --test "$test_size" --seed "$seed" --condition "$condition" \
-  --text-prior "$text_prior" ${train_text_prior:+--train-text-prior "$train_text_prior"} --lm-text "$lm_text_size"
+  --text-prior "$text_prior" ${train_text_prior:+--train-text-prior "$train_text_prior"} --lm-text "$lm_text_size" "${homophones_opt[@]}"

@@ -5,7 +5,9 @@ translated as whole units (articles and adjectives agree inside each German phra
 every English sentence has exactly one reference translation. ``hard_sentence`` (the text
 condition of the MT recipe) adds subordinate clauses whose German verb goes to the end
 (``because``/``weil``, ``when``/``wenn``: word order to learn) and coordinated sentences, and
-``misspell`` puts typing errors into source words.
+``misspell`` puts typing errors into source words. ``homophones=True`` (the LM recipe's
+condition) makes some objects one of a pair that espeak-ng says alike (``a pear``/``a pair``):
+drawn at random in ``sentence``, chosen by the verb in ``structured_sentence``.
 """
 
 import random
@@ -28,6 +30,14 @@ OBJECTS = [
     ("an old chair", "einen alten stuhl"), ("the white door", "die weiße tür"), ("a warm coat", "einen warmen mantel"),
     ("the yellow bag", "die gelbe tasche"), ("a wooden table", "einen hölzernen tisch"), ("the black hat", "den schwarzen hut"),
 ]
+# Object pairs espeak-ng says alike ("a pear" and "a pair" are both a# p'e@): no acoustic model
+# can tell them apart, context can. Not in OBJECTS, so that corpora without --homophones keep their draws.
+HOMOPHONES = [
+    (("a pear", "eine birne"), ("a pair", "ein paar")), (("the hare", "den hasen"), ("the hair", "das haar")),
+    (("the knight", "den ritter"), ("the night", "die nacht")), (("the flour", "das mehl"), ("the flower", "die blume")),
+    (("a tale", "eine geschichte"), ("a tail", "einen schwanz")), (("the plane", "das flugzeug"), ("the plain", "die ebene")),
+]
+HOMOPHONE_RATE = 0.3  # with homophones=True: a sentence's chance that its object is one of a pair
 ADVERBIALS = [
     ("today", "heute"), ("in the morning", "am morgen"), ("at home", "zu hause"), ("every day", "jeden tag"),
     ("again", "wieder"), ("in the evening", "am abend"), ("after school", "nach der schule"), ("on sunday", "am sonntag"),
@@ -67,8 +77,11 @@ class Command(NamedTuple):
 ADVERBIAL_RATE = 0.6  # a sentence's chance of ending in an adverbial, in both priors
 
 
-def sentence(rng: random.Random) -> Sentence:
-    parts = [rng.choice(SUBJECTS), rng.choice(VERBS), rng.choice(OBJECTS)]
+def sentence(rng: random.Random, homophones: bool = False) -> Sentence:
+    """subject verb object [adverbial], every slot drawn uniformly (so is a homophone's spelling)."""
+    subject, verb = rng.choice(SUBJECTS), rng.choice(VERBS)
+    homophone = homophones and rng.random() < HOMOPHONE_RATE
+    parts = [subject, verb, rng.choice(rng.choice(HOMOPHONES)) if homophone else rng.choice(OBJECTS)]
     if rng.random() < ADVERBIAL_RATE:
         parts.append(rng.choice(ADVERBIALS))
     return Sentence(" ".join(en for en, _ in parts), " ".join(de for _, de in parts))
@@ -134,27 +147,38 @@ class Preferences(NamedTuple):
     verbs: dict  # subject pair -> preferred verb pairs
     objects: dict  # (subject, verb) -> preferred object pairs
     adverbials: dict  # object -> preferred adverbial pairs
+    spellings: dict  # (verb, homophone pair) -> the pair's phrase that verb takes
 
 
 def _preferences() -> Preferences:
     rng = random.Random("mini_synth structured prior")  # fixed: the same table for every corpus seed
-    return Preferences({s: tuple(rng.sample(VERBS, 3)) for s in SUBJECTS},
-                       {(s, v): tuple(rng.sample(OBJECTS, 2)) for s in SUBJECTS for v in VERBS},
-                       {o: tuple(rng.sample(ADVERBIALS, 2)) for o in OBJECTS})
+    verbs = {s: tuple(rng.sample(VERBS, 3)) for s in SUBJECTS}
+    objects = {(s, v): tuple(rng.sample(OBJECTS, 2)) for s in SUBJECTS for v in VERBS}
+    adverbials = {o: tuple(rng.sample(ADVERBIALS, 2)) for o in OBJECTS}
+    spellings = {}
+    for pair in HOMOPHONES:  # half of the verbs take each spelling, so neither is right by default
+        for rank, verb in enumerate(rng.sample(VERBS, len(VERBS))):
+            spellings[verb, pair] = pair[rank % 2]
+    return Preferences(verbs, objects, adverbials, spellings)
 
 
 PREFERENCES = _preferences()
 
 
-def structured_sentence(rng: random.Random) -> Sentence:
-    """subject verb object [adverbial], as ``sentence``, each slot conditioned on the ones before."""
+def structured_sentence(rng: random.Random, homophones: bool = False) -> Sentence:
+    """subject verb object [adverbial], as ``sentence``, each slot conditioned on the ones before;
+    a homophone object (``homophones=True``) takes the spelling its verb prefers."""
     def pick(preferred, everything):
         return rng.choice(preferred) if rng.random() < PREFERRED else rng.choice(everything)
 
     subject = rng.choices(SUBJECTS, weights=SUBJECT_WEIGHTS)[0]
     verb = pick(PREFERENCES.verbs[subject], VERBS)
-    obj = pick(PREFERENCES.objects[subject, verb], OBJECTS)
+    if homophones and rng.random() < HOMOPHONE_RATE:
+        pair = rng.choice(HOMOPHONES)
+        obj = pick((PREFERENCES.spellings[verb, pair],), pair)
+    else:
+        obj = pick(PREFERENCES.objects[subject, verb], OBJECTS)
     parts = [subject, verb, obj]
     if rng.random() < ADVERBIAL_RATE:
-        parts.append(pick(PREFERENCES.adverbials[obj], ADVERBIALS))
+        parts.append(pick(PREFERENCES.adverbials.get(obj, ADVERBIALS), ADVERBIALS))
     return Sentence(" ".join(en for en, _ in parts), " ".join(de for _, de in parts))

@@ -22,6 +22,10 @@ per line, for a language model (sentences of the dev and test sets left out).
 instead: the same phrases, each depending on the ones before it, subjects Zipf-weighted; its
 audio goes to ``<audio-dir>/<task>[-hard]-structured/``. ``--train-text-prior`` gives the
 training split a prior of its own (the dev and test sets and lm_text.txt keep ``--text-prior``).
+``--homophones`` (asr, st) makes 30% of the objects one of a pair espeak-ng says alike
+(``a pear``/``a pair``, ``grammar.HOMOPHONES``): spelt at random under the uniform prior, by
+the verb under the structured one, so only context can tell them; its audio goes to
+``<audio-dir>/<task>[-hard][-structured]-homophones/``.
 """
 
 import argparse
@@ -48,7 +52,7 @@ MT_MISSPELL_RATE = 0.3  # the MT text condition's share of misspelt source words
 
 
 def draw_utterances(task: str, split: str, count: int, seed: int, condition: str = "clean",
-                    text_prior: str = "uniform") -> List[Dict[str, str]]:
+                    text_prior: str = "uniform", homophones: bool = False) -> List[Dict[str, str]]:
     """Texts, voices and acoustic conditions of one split; independent of the other splits' sizes."""
     rng = random.Random(f"{seed}-{task}-{split}")
     # Its own generator, so the texts and voices do not depend on the condition.
@@ -58,13 +62,13 @@ def draw_utterances(task: str, split: str, count: int, seed: int, condition: str
         voice = random_voice(rng)
         utt = {"voice": voice, "utt_id": f"{voice.speaker_id}-{split}-{index:05d}",
                "condition": None if condition == "clean" or task == "mt" else conditions.draw(condition_rng)}
-        utt.update(draw_texts(task, rng, condition, condition_rng, text_prior))
+        utt.update(draw_texts(task, rng, condition, condition_rng, text_prior, homophones))
         utts.append(utt)
     return sorted(utts, key=lambda u: u["utt_id"])
 
 
 def draw_texts(task: str, rng: random.Random, condition: str = "clean", noise_rng=None,
-               text_prior: str = "uniform") -> Dict[str, str]:
+               text_prior: str = "uniform", homophones: bool = False) -> Dict[str, str]:
     """One utterance's texts: ``spoken`` (what espeak-ng says), ``text`` (the target) and the
     task's other text files. ``noise_rng`` misspells the source of MT's hard text condition."""
     if task == "slu":
@@ -74,7 +78,7 @@ def draw_texts(task: str, rng: random.Random, condition: str = "clean", noise_rn
         sent = hard_sentence(rng)
         return {"spoken": sent.english, "text": sent.german,
                 "text.en": misspell(sent.english, noise_rng or rng, MT_MISSPELL_RATE), "text.de": sent.german}
-    sent = structured_sentence(rng) if text_prior == "structured" else sentence(rng)
+    sent = (structured_sentence if text_prior == "structured" else sentence)(rng, homophones)
     texts = {"spoken": sent.english, "text": sent.english if task == "asr" else sent.german}
     if task in ("st", "mt"):
         texts.update({"text.en": sent.english, "text.de": sent.german})
@@ -109,14 +113,16 @@ def to_utterances(utts: List[Dict[str, str]], paths: List[str], task: str) -> Li
             for u, path in zip(utts, paths)]
 
 
-def audio_subdir(task: str, condition: str, text_prior: str = "uniform") -> str:
+def audio_subdir(task: str, condition: str, text_prior: str = "uniform", homophones: bool = False) -> str:
     """Where a corpus' audio goes under the audio dir: its own folder per condition and prior, so
     that the cached flac files of one corpus are never taken for another's."""
-    return "-".join([task] + [condition] * (condition != "clean") + [text_prior] * (text_prior != "uniform"))
+    return "-".join([task] + [condition] * (condition != "clean") + [text_prior] * (text_prior != "uniform")
+                    + ["homophones"] * homophones)
 
 
 def generate(task: str, out_dir, audio_dir, sizes: Dict[str, int], seed: int = 0, nj: int = 2,
-             condition: str = "clean", text_prior: str = "uniform", train_text_prior: Optional[str] = None) -> None:
+             condition: str = "clean", text_prior: str = "uniform", train_text_prior: Optional[str] = None,
+             homophones: bool = False) -> None:
     """``train_text_prior`` (default ``text_prior``): the training split's prior, where the
     transcripts come from other text than the dev and test sets (a language model then brings
     the test domain's text)."""
@@ -130,14 +136,16 @@ def generate(task: str, out_dir, audio_dir, sizes: Dict[str, int], seed: int = 0
             raise ValueError(f"unknown text prior {prior!r}; choose one of {', '.join(TEXT_PRIORS)}")
         if prior != "uniform" and task not in PRIOR_TASKS:
             raise ValueError(f"the {prior} text prior is for spoken sentences: use it with --task asr or st, not {task}")
+    if homophones and task not in PRIOR_TASKS:
+        raise ValueError(f"homophones are for spoken sentences: use them with --task asr or st, not {task}")
     if task != "mt":  # mt is text only: the same sentences, never spoken
         check_espeak()
     for split in SPLITS:
-        utts = draw_utterances(task, split, sizes[split], seed, condition, priors[split])
+        utts = draw_utterances(task, split, sizes[split], seed, condition, priors[split], homophones)
         if task == "mt":
             write_data_dir(Path(out_dir) / split, to_utterances(utts, [None] * len(utts), task))
             continue
-        split_audio = Path(audio_dir) / audio_subdir(task, condition, priors[split]) / split
+        split_audio = Path(audio_dir) / audio_subdir(task, condition, priors[split], homophones) / split
         split_audio.mkdir(parents=True, exist_ok=True)
         babble = None
         if condition != "clean":
@@ -151,15 +159,15 @@ def generate(task: str, out_dir, audio_dir, sizes: Dict[str, int], seed: int = 0
 
 
 def write_lm_text(task: str, out_dir, count: int, sizes: Dict[str, int], seed: int = 0,
-                  condition: str = "clean", text_prior: str = "uniform") -> Path:
+                  condition: str = "clean", text_prior: str = "uniform", homophones: bool = False) -> Path:
     """``<out_dir>/lm_text.txt``: ``count`` target-language sentences (one per line) of the grammar,
     none of them a sentence of the dev or test set (an LM must not have seen the test's text)."""
     held_out = {u["text"] for split in ("dev", "test")
-                for u in draw_utterances(task, split, sizes[split], seed, condition, text_prior)}
+                for u in draw_utterances(task, split, sizes[split], seed, condition, text_prior, homophones)}
     rng = random.Random(f"{seed}-{task}-lm")
     lines = []
     while len(lines) < count:
-        text = draw_texts(task, rng, condition, text_prior=text_prior)["text"]
+        text = draw_texts(task, rng, condition, text_prior=text_prior, homophones=homophones)["text"]
         if text not in held_out:
             lines.append(text)
     path = Path(out_dir) / "lm_text.txt"
@@ -181,6 +189,9 @@ def main(argv=None) -> None:
     parser.add_argument("--train-text-prior", choices=TEXT_PRIORS, default=None,
                         help="the training split's prior (default: --text-prior): transcripts from other text "
                              "than the dev and test sets, whose domain a language model then brings")
+    parser.add_argument("--homophones", action="store_true",
+                        help="(asr, st) 30%% of the objects one of a pair espeak-ng says alike (a pear/a pair): "
+                             "spelt at random under the uniform prior, by the verb under the structured one")
     parser.add_argument("--nj", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     for split, default in zip(SPLITS, (2000, 200, 200)):
         parser.add_argument(f"--{split}", type=int, default=default, help=f"utterances in {split}")
@@ -190,11 +201,14 @@ def main(argv=None) -> None:
     for option, prior in (("--text-prior", args.text_prior), ("--train-text-prior", args.train_text_prior)):
         if prior not in (None, "uniform") and args.task not in PRIOR_TASKS:
             parser.error(f"{option} {prior} is for spoken sentences: use it with --task asr or st")
+    if args.homophones and args.task not in PRIOR_TASKS:
+        parser.error("--homophones is for spoken sentences: use it with --task asr or st")
     sizes = {split: getattr(args, split) for split in SPLITS}
     generate(args.task, args.out_dir, args.audio_dir, sizes, args.seed, args.nj, args.condition, args.text_prior,
-             args.train_text_prior)
+             args.train_text_prior, args.homophones)
     if args.lm_text:
-        write_lm_text(args.task, args.out_dir, args.lm_text, sizes, args.seed, args.condition, args.text_prior)
+        write_lm_text(args.task, args.out_dir, args.lm_text, sizes, args.seed, args.condition, args.text_prior,
+                      args.homophones)
 
 
 if __name__ == "__main__":
