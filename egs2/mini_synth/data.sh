@@ -16,11 +16,8 @@ audio_dir=downloads/mini_synth
 help_message="Usage: local/data.sh [--train_size N] [--dev_size N] [--test_size N] [--seed S] [--condition clean|hard] [--text_prior uniform|structured] [--train_text_prior uniform|structured] [--homophones false|true] [--lm_text_size N]"
 . ./utils/parse_options.sh
 . ./path.sh
-case "$homophones" in
-  true) homophones_opt=(--homophones) ;;
-  false) homophones_opt=() ;;
-  *) echo "local/data.sh: --homophones takes true or false, not '$homophones'" >&2; exit 1 ;;
-esac
+homophones_opt=()  # parse_options.sh has checked that it is true or false
+if [ "$homophones" = true ]; then homophones_opt=(--homophones); fi
 python -m espnet_mtla.data.mini_synth --task "$task" --out-dir data --audio-dir "$audio_dir" \
   --train "$train_size" --dev "$dev_size" --test "$test_size" --seed "$seed" --condition "$condition" \
   --text-prior "$text_prior" ${train_text_prior:+--train-text-prior "$train_text_prior"} --lm-text "$lm_text_size" "${homophones_opt[@]}"
