@@ -39,7 +39,8 @@ import soundfile
 from tqdm import tqdm
 
 from espnet_mtla.data import conditions
-from espnet_mtla.data.grammar import command, hard_sentence, misspell, sentence, structured_sentence
+from espnet_mtla.data.grammar import (HOMOPHONE_RATE, command, hard_sentence, misspell, sentence,
+                                      structured_sentence)
 from espnet_mtla.data.kaldi_dir import Utterance, write_data_dir
 from espnet_mtla.data.speech_synth import SAMPLE_RATE, VOICES, Voice, check_espeak, speak
 from espnet_mtla.storage.fileio import write_atomic, write_text_atomic
@@ -190,7 +191,8 @@ def main(argv=None) -> None:
                         help="the training split's prior (default: --text-prior): transcripts from other text "
                              "than the dev and test sets, whose domain a language model then brings")
     parser.add_argument("--homophones", action="store_true",
-                        help="(asr, st) 30%% of the objects one of a pair espeak-ng says alike (a pear/a pair): "
+                        help=f"(asr, st) {round(100 * HOMOPHONE_RATE)}%% of the objects one of a pair espeak-ng says alike "
+                             "(a pear/a pair): "
                              "spelt at random under the uniform prior, by the verb under the structured one")
     parser.add_argument("--nj", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     for split, default in zip(SPLITS, (2000, 200, 200)):

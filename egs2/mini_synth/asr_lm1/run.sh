@@ -4,8 +4,8 @@
 # uniform grammar, dev and test sentences from the structured text prior, where the verb decides
 # each homophone's spelling (local/data.sh), and an LM trained on the transcripts plus 50,000
 # sentences of that prior (stages 12-14, two passes over them), fused by stage 8 with decode.yaml's
-# lm_weight. Each row's length bonus is the best of
-# --tune_penalty's on dev (the noisiest utterances lose their ends without one).
+# lm_weight. Each row's length bonus is the best of --tune_penalty's on dev (the noisiest
+# utterances lose their ends without one).
 # Every stage: ./run.sh; the attention type of the acoustic model: --attention mha|mqa|gqa|mla|mtla,
 # of the LM: --lm_attention (default: the same). Without the LM: --use_lm false (decoded into its
 # own decode dir, so both rows stand side by side in RESULTS.md).
